@@ -1,0 +1,46 @@
+"""gdag: exact inference in linear-Gaussian directed acyclic models.
+
+Declare Gaussian nodes whose means are affine in their parents, and gdag
+compiles the model to one sparse joint precision matrix whose Cholesky
+factor (CHOLMOD) gives exact posteriors, the log evidence and fits.
+"""
+
+from .dsl import Model, Node, Param, Plate
+from .errors import (
+    AccuracyWarning,
+    ConvergenceWarning,
+    CycleError,
+    DataError,
+    FitError,
+    GdagWarning,
+    GraphError,
+    ModelError,
+    ModelSpecError,
+    NotIdentifiedError,
+    ParamError,
+)
+from .posterior import Posterior
+from .terms import Expr, dot
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Model",
+    "Node",
+    "Param",
+    "Plate",
+    "Expr",
+    "Posterior",
+    "dot",
+    "ModelError",
+    "ModelSpecError",
+    "GraphError",
+    "CycleError",
+    "DataError",
+    "ParamError",
+    "NotIdentifiedError",
+    "FitError",
+    "GdagWarning",
+    "ConvergenceWarning",
+    "AccuracyWarning",
+]

@@ -1,0 +1,223 @@
+"""Compile a model into index arrays for ``x = c + B x + e``, ``e ~ N(0, diag(d))``.
+
+Notation (used throughout gdag):
+
+========  ==============================================================
+``n``      number of scalar variables (all families concatenated)
+``B``      sparse n x n; ``B[k, j]`` is the coefficient of x_j in E[x_k]
+``c``      length n; ``c = c0 + F @ theta`` (constants plus parameter terms)
+``d``      length n; variances ``d_k = (sd_base_k * theta[sd_param_k])^2``
+``A``      ``I - B``, unit triangular in a topological order
+``Q``      ``A^T D^{-1} A``, the joint precision
+``theta``  every parameter entry, concatenated in declaration order
+========  ==============================================================
+
+The compiled arrays depend only on the declarations; values that depend on
+parameters are produced by :meth:`CompiledModel.values` for any ``theta``.
+Assembly loops over families, never over scalar variables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from .dsl import Model, Node, Param
+from .errors import ParamError
+
+
+@dataclass(frozen=True)
+class CompiledModel:
+    """Index arrays of one model version; see the module docstring for the notation."""
+
+    name: str
+    family_names: tuple[str, ...]
+    family_offset: np.ndarray  # start of each family in the scalar vector
+    family_size: np.ndarray
+    family_plate: tuple[str | None, ...]
+    B_rows: np.ndarray
+    B_cols: np.ndarray
+    B_base: np.ndarray  # coefficient before scaling
+    B_scale: np.ndarray  # index into theta of a scale parameter, -1 for none
+    F: sp.csr_matrix  # n x p: parameter entries entering c linearly
+    c0: np.ndarray
+    sd_base: np.ndarray
+    sd_param: np.ndarray  # index into theta, -1 for none
+    param_names: tuple[str, ...]
+    param_offset: np.ndarray
+    param_size: np.ndarray
+    param_positive: np.ndarray
+    param_scalar: np.ndarray
+    param_default: tuple  # declared values (or None)
+    _index: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def n(self) -> int:
+        """Number of scalar variables."""
+        return int(self.c0.shape[0])
+
+    @property
+    def n_theta(self) -> int:
+        """Number of parameter entries."""
+        return int(self.F.shape[1])
+
+    @property
+    def deterministic(self) -> np.ndarray:
+        """Boolean mask of variables with sd 0 (eliminated exactly)."""
+        return (self.sd_base == 0) & (self.sd_param < 0)
+
+    def family(self, name: str) -> int:
+        """Position of family ``name``."""
+        return self._index[name]
+
+    def span(self, name: str) -> slice:
+        """Slice of family ``name`` in the scalar vector."""
+        i = self._index[name]
+        start = int(self.family_offset[i])
+        return slice(start, start + int(self.family_size[i]))
+
+    def param_span(self, name: str) -> slice:
+        """Slice of parameter ``name`` in ``theta``."""
+        i = self.param_names.index(name)
+        start = int(self.param_offset[i])
+        return slice(start, start + int(self.param_size[i]))
+
+    def labels(self, positions: np.ndarray) -> list[str]:
+        """Labels such as ``R_i[friend=3]`` for scalar positions (for messages)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        fam = np.searchsorted(self.family_offset, positions, side="right") - 1
+        out = []
+        for k, f in zip(positions.tolist(), fam.tolist()):
+            name, plate = self.family_names[f], self.family_plate[f]
+            local = k - int(self.family_offset[f])
+            out.append(name if plate is None else f"{name}[{plate}={local}]")
+        return out
+
+    def theta(self, values: dict) -> np.ndarray:
+        """The parameter vector from ``values`` (name -> value), defaults filled in."""
+        from .dsl import check_param_value
+
+        theta = np.empty(self.n_theta)
+        missing = []
+        for i, name in enumerate(self.param_names):
+            value = values.get(name, self.param_default[i])
+            if value is None:
+                missing.append(name)
+                continue
+            start = int(self.param_offset[i])
+            theta[start : start + int(self.param_size[i])] = value
+        if missing:
+            listed = ", ".join(f"`{m}`" for m in missing)
+            raise ParamError(
+                f"No value for parameter{'s' if len(missing) > 1 else ''} {listed}. "
+                "Pass params={...} to posterior(), give value= to m.param(), or estimate it with m.fit()."
+            )
+        return theta
+
+    def values(self, theta: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+        """``(B, c, d)`` for parameter vector ``theta``."""
+        vals = self.B_base.copy()
+        scaled = self.B_scale >= 0
+        vals[scaled] *= theta[self.B_scale[scaled]]
+        B = sp.csr_matrix((vals, (self.B_rows, self.B_cols)), shape=(self.n, self.n))
+        c = self.c0 + self.F @ theta if self.n_theta else self.c0.copy()
+        sd = self.sd_base.copy()
+        has = self.sd_param >= 0
+        sd[has] *= theta[self.sd_param[has]]
+        return B, c, sd * sd
+
+    def describe(self) -> str:
+        """A table of family sizes and the nonzeros of ``B``."""
+        lines = [f"Model `{self.name}`: {self.n} scalar variables, {self.n_theta} parameter entries, "
+                 f"{self.B_rows.shape[0]} coefficients in B"]
+        lines.append(f"  {'family':<20}{'plate':<16}{'size':>10}{'deterministic':>15}")
+        det = self.deterministic
+        for i, name in enumerate(self.family_names):
+            s = self.span(name)
+            lines.append(
+                f"  {name:<20}{self.family_plate[i] or '-':<16}{int(self.family_size[i]):>10}{int(det[s].sum()):>15}"
+            )
+        return "\n".join(lines)
+
+
+def compiled(model: Model) -> CompiledModel:
+    """The compiled form of ``model``'s current declarations (cached per version)."""
+    key = ("compiled", model._version)
+    if key not in model._cache:
+        from .graph import check_acyclic
+
+        result = compile_model(model)
+        check_acyclic(model, result)
+        model._cache[key] = result
+    return model._cache[key]
+
+
+def compile_model(model: Model) -> CompiledModel:
+    """Assemble ``B``, ``F``, ``c0`` and the sd arrays from the declarations."""
+    nodes = list(model.nodes.values())
+    params = list(model.params.values())
+    sizes = np.array([nd.size for nd in nodes], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if nodes else np.zeros(0, np.int64)
+    node_off = {nd.name: int(o) for nd, o in zip(nodes, offsets)}
+    psizes = np.array([p.size for p in params], dtype=np.int64)
+    poffsets = np.concatenate([[0], np.cumsum(psizes)[:-1]]).astype(np.int64) if params else np.zeros(0, np.int64)
+    param_off = {p.name: int(o) for p, o in zip(params, poffsets)}
+    n, p_total = int(sizes.sum()), int(psizes.sum())
+
+    b_rows, b_cols, b_vals, b_scale = [], [], [], []
+    f_rows, f_cols, f_vals = [], [], []
+    c0 = np.zeros(n)
+    sd_base = np.zeros(n)
+    sd_param = np.full(n, -1, dtype=np.int64)
+    for nd in nodes:
+        start = node_off[nd.name]
+        c0[start : start + nd.size] = nd.mean.offset
+        for t in nd.mean.terms:
+            rows = t.rows + start
+            if isinstance(t.source, Param):
+                f_rows.append(rows)
+                f_cols.append(t.cols + param_off[t.source.name])
+                f_vals.append(t.vals)
+                continue
+            b_rows.append(rows)
+            b_cols.append(t.cols + node_off[t.source.name])
+            b_vals.append(t.vals)
+            scale = -1 if t.scale is None else param_off[t.scale.name]
+            b_scale.append(np.full(rows.shape[0], scale, dtype=np.int64))
+        sd_base[start : start + nd.size] = nd.sd.base
+        if nd.sd.param is not None:
+            sd_param[start : start + nd.size] = nd.sd.param_index + param_off[nd.sd.param.name]
+
+    def cat(parts, dtype):
+        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+    B_rows, B_cols, B_vals, B_scale = (
+        cat(b_rows, np.int64), cat(b_cols, np.int64), cat(b_vals, float), cat(b_scale, np.int64)
+    )
+    F = sp.csr_matrix((cat(f_vals, float), (cat(f_rows, np.int64), cat(f_cols, np.int64))), shape=(n, p_total))
+    F.sum_duplicates()
+    result = CompiledModel(
+        name=model.name,
+        family_names=tuple(nd.name for nd in nodes),
+        family_offset=offsets,
+        family_size=sizes,
+        family_plate=tuple(None if nd.plate is None else nd.plate.name for nd in nodes),
+        B_rows=B_rows,
+        B_cols=B_cols,
+        B_base=B_vals,
+        B_scale=B_scale,
+        F=F,
+        c0=c0,
+        sd_base=sd_base,
+        sd_param=sd_param,
+        param_names=tuple(p.name for p in params),
+        param_offset=poffsets,
+        param_size=psizes,
+        param_positive=np.array([p.positive for p in params], dtype=bool),
+        param_scalar=np.array([p.is_scalar for p in params], dtype=bool),
+        param_default=tuple(p.value for p in params),
+    )
+    result._index.update({name: i for i, name in enumerate(result.family_names)})
+    return result

@@ -1,0 +1,419 @@
+"""The modelling language: ``Model``, plates, Gaussian nodes and parameters.
+
+A :class:`Model` records declarations only.  Compiling, factoring and
+conditioning happen in later stages (:mod:`gdag.compiler`,
+:mod:`gdag.factor`, :mod:`gdag.posterior`), which never change the model.
+"""
+
+from __future__ import annotations
+
+import keyword
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from . import terms
+from .errors import ModelSpecError
+from .terms import Expr, Operand
+
+
+@dataclass(frozen=True, eq=False)
+class Plate:
+    """An index set: the entries of every family declared on it.
+
+    ``within`` and ``index`` record nesting (a classroom within a school):
+    ``index[k]`` is the parent-plate entry that contains entry ``k``.
+    """
+
+    name: str
+    size: int
+    within: "Plate | None" = None
+    index: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        parent = f" within `{self.within.name}`" if self.within is not None else ""
+        return f"<gdag.Plate `{self.name}` ({self.size}){parent}>"
+
+    def __len__(self) -> int:
+        return self.size
+
+
+@dataclass(frozen=True)
+class SdSpec:
+    """Standard deviations of a family: ``base`` times an optional parameter entry.
+
+    ``sd_k = base_k`` when ``param`` is None, else ``base_k * param[param_index_k]``.
+    """
+
+    base: np.ndarray
+    param: "Param | None" = None
+    param_index: np.ndarray | None = None
+
+
+class Node(Operand):
+    """A family of Gaussian scalar variables (one per plate entry, or one).
+
+    Use it in other nodes' means directly (same plate or a scalar node),
+    gathered (``node[index]``), or through :func:`gdag.dot`.
+    """
+
+    def __init__(self, model: "Model", name: str, plate: Plate | None, site: str):
+        self.model = model
+        self.name = name
+        self.plate = plate
+        self.size = plate.size if plate is not None else 1
+        self.site = site
+        self.mean: Expr | None = None
+        self.sd: SdSpec | None = None
+
+    @property
+    def is_scalar(self) -> bool:
+        """True for a node declared without a plate."""
+        return self.plate is None
+
+    def _expr(self) -> Expr:
+        return Expr(self.size, (terms.identity_term(self, self.size),), np.zeros(self.size))
+
+    def __getitem__(self, index) -> Expr:
+        return terms.gather(self, index)
+
+    def take(self, index, where=None) -> Expr:
+        """``node[index]`` where ``where`` is True and nothing (0) elsewhere.
+
+        This is how a family refers to other entries of itself: a tree of
+        entries (``parent`` index, ``where=has_parent``) or any recursion
+        whose scalar graph is acyclic.
+        """
+        return terms.gather(self, index, where=where)
+
+    def lag(self, k: int = 1) -> Expr:
+        """Entry ``t - k`` for ``t >= k`` and 0 for the first ``k`` entries.
+
+        Inside a self-referencing mean this gives an AR chain:
+        ``m.normal("x", mean=lambda x: phi * x.lag(1), sd=s, plate=time)``.
+        """
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ModelSpecError(f"`{self.name}.lag(k)` needs an integer k >= 1; got {k!r}.")
+        target = np.arange(self.size, dtype=np.int64)
+        source = np.maximum(target - k, 0)
+        return terms.gather(self, source, where=target >= k)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __repr__(self) -> str:
+        where = f" on plate `{self.plate.name}` ({self.size})" if self.plate is not None else ""
+        return f"<gdag.Node `{self.name}`{where}>"
+
+    def __bool__(self):
+        raise ModelSpecError(f"Node `{self.name}` has no truth value; it is a random variable.")
+
+
+class Param(Operand):
+    """An unknown parameter: a fixed effect in a mean, a variance component as an sd,
+    or a coefficient when it multiplies a node term (``rho * u0``)."""
+
+    def __init__(self, model: "Model", name: str, size: int, scalar: bool, positive: bool, value, site: str):
+        self.model = model
+        self.name = name
+        self.size = size
+        self.is_scalar = scalar
+        self.positive = positive
+        self.site = site
+        self.value = None if value is None else check_param_value(self, value)
+
+    def _expr(self) -> Expr:
+        return Expr(self.size, (terms.identity_term(self, self.size),), np.zeros(self.size))
+
+    def __getitem__(self, index) -> Expr:
+        return terms.gather(self, index)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __repr__(self) -> str:
+        kind = "positive parameter" if self.positive else "parameter"
+        return f"<gdag.Param `{self.name}` ({kind}, size {self.size})>"
+
+    def __bool__(self):
+        raise ModelSpecError(f"Parameter `{self.name}` has no truth value; it is symbolic.")
+
+
+def check_param_value(param: Param, value) -> np.ndarray:
+    """Validate one parameter's value and return it as a float array of its size."""
+    from .errors import ParamError
+
+    if isinstance(value, (str, bytes)) or isinstance(value, Operand):
+        raise ParamError(f"The value of parameter `{param.name}` must be numeric; got {type(value).__name__}.")
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise ParamError(f"The value of parameter `{param.name}` must be numeric; got {value!r}.") from err
+    arr = arr.reshape(-1) if arr.ndim <= 1 else arr
+    if arr.ndim != 1 or arr.shape[0] != param.size:
+        raise ParamError(
+            f"Parameter `{param.name}` has size {param.size}; its value has shape {np.shape(value)}."
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ParamError(f"The value of parameter `{param.name}` has NaN or infinite entries.")
+    if param.positive and np.any(arr <= 0):
+        raise ParamError(f"Parameter `{param.name}` is positive; got {value!r}.")
+    return arr
+
+
+class Model:
+    """A linear-Gaussian directed acyclic model under construction.
+
+    Parameters
+    ----------
+    name : str
+        Used in drawings and messages.
+
+    Examples
+    --------
+    >>> import numpy as np, gdag
+    >>> m = gdag.Model("romcom")
+    >>> friend = m.plate("friend", 3)
+    >>> R = m.normal("R", mean=3.0, sd=1.0)
+    >>> R_i = m.normal("R_i", mean=R, sd=0.5, plate=friend)
+    >>> post = m.posterior({"R_i": [3.5, np.nan, 2.0]})
+    >>> round(float(post.mean("R_i")[1]), 6) == round(float(post.mean("R")), 6)
+    True
+    """
+
+    def __init__(self, name: str = "model"):
+        if not isinstance(name, str) or not name:
+            raise ModelSpecError("A model name must be a non-empty string.")
+        self.name = name
+        self.plates: dict[str, Plate] = {}
+        self.nodes: dict[str, Node] = {}
+        self.params: dict[str, Param] = {}
+        self._version = 0  # bumped by each declaration; invalidates cached compilations
+        self._cache: dict[Any, Any] = {}
+
+    # ------------------------------------------------------------ declarations
+
+    def plate(self, name: str, size: int, *, within: Plate | None = None, index=None) -> Plate:
+        """Declare an index set of ``size`` entries.
+
+        Parameters
+        ----------
+        name : str
+        size : int
+            Number of entries; at least 1.
+        within : Plate, optional
+            The plate this one nests in (classrooms within schools).  Drawings
+            show nested plates as nested boxes.
+        index : array of int, optional
+            With ``within``: ``index[k]`` is the entry of ``within`` holding
+            entry ``k``.  Given, gdag checks it; it is what you gather with.
+        """
+        self._check_new_name(name, self.plates, "plate")
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+            raise ModelSpecError(f"Plate `{name}` needs an integer size; got {size!r}.")
+        if size < 1:
+            raise ModelSpecError(f"Plate `{name}` has size {size}; a plate needs at least one entry.")
+        if within is not None and not isinstance(within, Plate):
+            raise ModelSpecError(f"`within` for plate `{name}` must be a Plate; got {type(within).__name__}.")
+        if within is not None and self.plates.get(within.name) is not within:
+            raise ModelSpecError(f"Plate `{name}` is within `{within.name}`, which belongs to another model.")
+        idx = None
+        if index is not None:
+            if within is None:
+                raise ModelSpecError(f"Plate `{name}` has an `index` but no `within` plate for it to point into.")
+            idx = terms.check_index(index, within.size, f"index of plate `{name}` into `{within.name}`")
+            if idx.shape[0] != size:
+                raise ModelSpecError(
+                    f"The index of plate `{name}` has length {idx.shape[0]}; the plate has {size} entries."
+                )
+        plate = Plate(name, int(size), within, idx)
+        self.plates[name] = plate
+        self._touch()
+        return plate
+
+    def normal(self, name: str, mean=0.0, sd=1.0, plate: Plate | None = None) -> Node:
+        """Declare a Gaussian family ``name ~ N(mean, sd^2)``, one variable per plate entry.
+
+        Parameters
+        ----------
+        name : str
+            Unique among nodes and parameters.
+        mean : number, array, expression, or callable
+            Affine in nodes and parameters.  A callable receives the new node
+            and returns its mean, so that a family can depend on its own
+            earlier entries (``lambda x: phi * x.lag(1)``).
+        sd : number, array, positive Param or expression in one positive Param
+            Standard deviation.  0 makes the variable deterministic (equal to
+            its mean), which gdag eliminates exactly.
+        plate : Plate, optional
+            Without a plate the node is a single scalar.
+        """
+        self._check_new_name(name, self.nodes, "node")
+        if plate is not None and (not isinstance(plate, Plate) or self.plates.get(plate.name) is not plate):
+            raise ModelSpecError(f"Node `{name}`: `plate` must be a plate declared on this model with m.plate().")
+        node = Node(self, name, plate, _declaration_site())
+        if callable(mean) and not isinstance(mean, Operand):
+            mean = mean(node)
+        node.mean = self._check_mean(node, mean)
+        node.sd = self._check_sd(node, sd)
+        self.nodes[name] = node
+        self._touch()
+        return node
+
+    def param(self, name: str, size: int | None = None, positive: bool = False, value=None) -> Param:
+        """Declare an unknown parameter.
+
+        Parameters
+        ----------
+        name : str
+        size : int, optional
+            None for a scalar; an integer for a vector gathered like a node
+            (``alpha[unit]``: one fixed effect per unit).
+        positive : bool
+            Required for parameters used as an ``sd``.
+        value : number or array, optional
+            Default value for :meth:`posterior`; ``params=`` overrides it.
+        """
+        self._check_new_name(name, self.params, "parameter")
+        scalar = size is None
+        if not scalar and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1):
+            raise ModelSpecError(f"Parameter `{name}` needs a positive integer size; got {size!r}.")
+        param = Param(self, name, 1 if scalar else int(size), scalar, bool(positive), value, _declaration_site())
+        self.params[name] = param
+        self._touch()
+        return param
+
+    # ----------------------------------------------------------------- queries
+
+    def posterior(self, data: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None):
+        """Exact posterior of every unobserved variable given ``data``.
+
+        Parameters
+        ----------
+        data : mapping name -> number or array
+            Observed values; NaN entries are unobserved.  Nodes not named are
+            unobserved.
+        params : mapping name -> value, optional
+            Values of parameters; defaults to the ``value`` given to :meth:`param`.
+
+        Returns
+        -------
+        Posterior
+        """
+        from .posterior import condition
+
+        return condition(self, data or {}, params or {})
+
+    def fit(self, data, method: str = "reml", **options):
+        """Estimate unknown parameters by ``"reml"``, ``"ml"`` or ``"em"``; see :func:`gdag.fit.fit`."""
+        from .fit import fit
+
+        return fit(self, data, method=method, **options)
+
+    def graph(self, expanded: bool = False):
+        """The model as a ``networkx.DiGraph``: families (default) or scalar variables."""
+        from .graph import expanded_graph, family_graph
+
+        return expanded_graph(self) if expanded else family_graph(self)
+
+    def render(self, path=None, **options):
+        """Draw the model with graphviz; see :func:`gdag.render.render`."""
+        from .render import render
+
+        return render(self, path, **options)
+
+    def describe(self) -> str:
+        """Family sizes and the sizes of the compiled sparse system."""
+        from .compiler import compiled
+
+        return compiled(self).describe()
+
+    # ------------------------------------------------------------- internals
+
+    def _touch(self) -> None:
+        self._version += 1
+        self._cache.clear()
+
+    def _check_new_name(self, name, namespace, what: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ModelSpecError(f"A {what} name must be a non-empty string; got {name!r}.")
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise ModelSpecError(f"{what.capitalize()} name {name!r} must be a Python identifier (letters, digits, _).")
+        if namespace is self.plates:
+            taken = name in self.plates
+        else:
+            taken = name in self.nodes or name in self.params
+        if taken:
+            raise ModelSpecError(f"The name `{name}` is already declared in model `{self.name}`; names must be unique.")
+
+    def _check_mean(self, node: Node, mean) -> Expr:
+        try:
+            expr = terms.as_expr(mean)
+        except ModelSpecError as err:
+            raise ModelSpecError(f"Node `{node.name}` ({node.site}): mean: {err}") from None
+        for t in expr.terms:
+            owner = t.source.model
+            if owner is not self:
+                raise ModelSpecError(f"Node `{node.name}`: its mean uses `{t.source.name}` from another model.")
+            for p in (t.scale,) if t.scale is not None else ():
+                if p.model is not self:
+                    raise ModelSpecError(f"Node `{node.name}`: its mean uses `{p.name}` from another model.")
+        if expr.length not in (1, node.size):
+            raise ModelSpecError(
+                f"Node `{node.name}` has {node.size} entr{'y' if node.size == 1 else 'ies'} but its mean has length "
+                f"{expr.length}. Gather parents with an index array of length {node.size}."
+            )
+        return terms.broadcast_to(expr, node.size)
+
+    def _check_sd(self, node: Node, sd) -> SdSpec:
+        where = f"Node `{node.name}`"
+        if isinstance(sd, Node) or (isinstance(sd, Expr) and any(isinstance(t.source, Node) for t in sd.terms)):
+            raise ModelSpecError(f"{where}: an sd cannot depend on a node; gdag models are linear-Gaussian.")
+        if isinstance(sd, Operand):
+            return self._param_sd(node, terms.as_expr(sd))
+        try:
+            arr = np.asarray(sd, dtype=float)
+        except (TypeError, ValueError):
+            raise ModelSpecError(f"{where}: sd must be a number, an array or a positive parameter; got {sd!r}.") from None
+        if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] not in (1, node.size)):
+            raise ModelSpecError(f"{where}: sd has shape {arr.shape}; it needs length {node.size} or a single value.")
+        bad = np.flatnonzero(~np.isfinite(np.atleast_1d(arr)) | (np.atleast_1d(arr) < 0))
+        if bad.size:
+            raise ModelSpecError(
+                f"{where}: sd must be finite and >= 0; entry {bad[0]} is {np.atleast_1d(arr)[bad[0]]}."
+            )
+        return SdSpec(np.array(np.broadcast_to(arr, (node.size,)), dtype=float))
+
+    def _param_sd(self, node: Node, expr: Expr) -> SdSpec:
+        where = f"Node `{node.name}`"
+        if len(expr.terms) != 1 or np.any(expr.offset != 0) or expr.terms[0].scale is not None:
+            raise ModelSpecError(f"{where}: an sd expression must be one positive parameter times positive numbers.")
+        term = expr.terms[0]
+        param = term.source
+        if not param.positive:
+            raise ModelSpecError(
+                f"{where}: parameter `{param.name}` is used as an sd, so declare it with positive=True."
+            )
+        if param.model is not self:
+            raise ModelSpecError(f"{where}: sd uses `{param.name}` from another model.")
+        expr = terms.broadcast_to(expr, node.size) if expr.length == 1 else expr
+        term = expr.terms[0]
+        if expr.length != node.size or term.rows.shape[0] != node.size or np.any(term.rows != np.arange(node.size)):
+            raise ModelSpecError(f"{where}: the sd in `{param.name}` must give one value per entry ({node.size}).")
+        if np.any(term.vals <= 0):
+            raise ModelSpecError(f"{where}: the sd in `{param.name}` must be multiplied by positive numbers.")
+        return SdSpec(term.vals.copy(), param, term.cols.copy())
+
+
+def _declaration_site() -> str:
+    """``file:line`` of the user code that declared something (for messages)."""
+    here = os.path.dirname(__file__)
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(here):
+        frame = frame.f_back
+    if frame is None:
+        return "<unknown>"
+    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"

@@ -1,0 +1,165 @@
+"""The model as a graph: family-level networkx graphs and acyclicity checks.
+
+Acyclicity is a property of the *scalar* graph.  Families form a DAG (a node
+can only use nodes declared before it, or itself through a callable mean), so
+a scalar cycle can only run inside one self-referencing family.  Those are
+checked with scipy's strongly connected components, which is vectorized and
+handles millions of entries; networkx names a cycle once one is known.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from .dsl import Model, Node, Param
+from .errors import CycleError, ModelSpecError
+
+EXPANDED_LIMIT = 5000
+
+
+def node_kind(node: Node) -> str:
+    """``"random"``, ``"deterministic"`` (sd 0 everywhere) or ``"partly deterministic"``."""
+    if node.sd.param is not None:
+        return "random"
+    zero = node.sd.base == 0
+    if zero.all():
+        return "deterministic"
+    return "partly deterministic" if zero.any() else "random"
+
+
+def family_edges(model: Model):
+    """Yield ``(source, target, role)`` for every family-level dependency.
+
+    Roles: ``"mean"`` (a node in a mean), ``"fixed"`` (a parameter in a mean),
+    ``"scale"`` (a parameter multiplying a node term), ``"sd"``.
+    """
+    for node in model.nodes.values():
+        seen = set()
+        for t in node.mean.terms:
+            role = "fixed" if isinstance(t.source, Param) else "mean"
+            for edge in ((t.source.name, role),) + (((t.scale.name, "scale"),) if t.scale is not None else ()):
+                if edge not in seen:
+                    seen.add(edge)
+                    yield edge[0], node.name, edge[1]
+        if node.sd.param is not None:
+            yield node.sd.param.name, node.name, "sd"
+
+
+def family_graph(model: Model) -> nx.DiGraph:
+    """One vertex per node or parameter family.
+
+    Vertex attributes: ``kind`` (``random``, ``deterministic``, ``partly
+    deterministic``, ``param``), ``plate`` (name or None), ``size``.  Edge
+    attribute ``roles``: the set of roles (see :func:`family_edges`).  A
+    self-referencing family has a self-loop.
+    """
+    g = nx.DiGraph(name=model.name)
+    for p in model.params.values():
+        g.add_node(p.name, kind="param", plate=None, size=p.size, positive=p.positive)
+    for nd in model.nodes.values():
+        g.add_node(nd.name, kind=node_kind(nd), plate=None if nd.plate is None else nd.plate.name, size=nd.size)
+    for source, target, role in family_edges(model):
+        if g.has_edge(source, target):
+            g.edges[source, target]["roles"].add(role)
+        else:
+            g.add_edge(source, target, roles={role})
+    return g
+
+
+def expanded_graph(model: Model, limit: int = EXPANDED_LIMIT) -> nx.DiGraph:
+    """One vertex per scalar variable (``R_i[3]``) and per parameter entry.
+
+    Vertex attributes: ``family``, ``index``, ``kind``.  Refuses models with
+    more than ``limit`` vertices: use the family graph for those.
+    """
+    from .compiler import compiled
+
+    cm = compiled(model)
+    total = cm.n + cm.n_theta
+    if total > limit:
+        raise ModelSpecError(
+            f"The expanded graph of `{model.name}` would have {total} vertices (limit {limit}); "
+            "use m.graph() for the family-level graph."
+        )
+    var_names = _entry_names(cm.family_names, cm.family_size, [model.nodes[f].is_scalar for f in cm.family_names])
+    par_names = _entry_names(cm.param_names, cm.param_size, list(cm.param_scalar))
+    g = nx.DiGraph(name=model.name)
+    det = cm.deterministic
+    fam_of = np.repeat(np.arange(len(cm.family_names)), cm.family_size)
+    for k, name in enumerate(var_names):
+        f = int(fam_of[k])
+        g.add_node(name, family=cm.family_names[f], index=k - int(cm.family_offset[f]),
+                   kind="deterministic" if det[k] else "random")
+    par_of = np.repeat(np.arange(len(cm.param_names)), cm.param_size)
+    for k, name in enumerate(par_names):
+        f = int(par_of[k])
+        g.add_node(name, family=cm.param_names[f], index=k - int(cm.param_offset[f]), kind="param")
+    for r, c, v in zip(cm.B_rows.tolist(), cm.B_cols.tolist(), cm.B_base.tolist()):
+        g.add_edge(var_names[c], var_names[r], coef=v)
+    scaled = cm.B_scale >= 0
+    for r, s in zip(cm.B_rows[scaled].tolist(), cm.B_scale[scaled].tolist()):
+        g.add_edge(par_names[s], var_names[r], role="scale")
+    F = cm.F.tocoo()
+    for r, c, v in zip(F.row.tolist(), F.col.tolist(), F.data.tolist()):
+        g.add_edge(par_names[c], var_names[r], coef=v, role="fixed")
+    has_sd = np.flatnonzero(cm.sd_param >= 0)
+    for r in has_sd.tolist():
+        g.add_edge(par_names[int(cm.sd_param[r])], var_names[r], role="sd")
+    return g
+
+
+def _entry_names(families, sizes, scalar_flags) -> list[str]:
+    names: list[str] = []
+    for fam, size, scalar in zip(families, sizes, scalar_flags):
+        names.extend([fam] if scalar else [f"{fam}[{i}]" for i in range(int(size))])
+    return names
+
+
+def check_acyclic(model: Model, cm) -> None:
+    """Raise :class:`CycleError` naming a cycle if the scalar graph has one."""
+    fam_graph = nx.DiGraph()
+    fam_graph.add_nodes_from(model.nodes)
+    fam_graph.add_edges_from(
+        (s, t) for s, t, role in family_edges(model) if role == "mean" and s != t
+    )
+    if not nx.is_directed_acyclic_graph(fam_graph):
+        cycle = [u for u, _ in nx.find_cycle(fam_graph)]
+        raise CycleError(_cycle_message(cycle + [cycle[0]]))
+    fam_of_row = np.searchsorted(cm.family_offset, cm.B_rows, side="right") - 1
+    fam_of_col = np.searchsorted(cm.family_offset, cm.B_cols, side="right") - 1
+    within = fam_of_row == fam_of_col
+    for f in np.unique(fam_of_row[within]).tolist():
+        sel = within & (fam_of_row == f)
+        start = int(cm.family_offset[f])
+        _check_family_acyclic(cm, f, cm.B_rows[sel] - start, cm.B_cols[sel] - start)
+
+
+def _check_family_acyclic(cm, f: int, rows: np.ndarray, cols: np.ndarray) -> None:
+    """Scalar acyclicity of the edges ``cols -> rows`` inside family ``f``."""
+    if np.all(cols < rows):  # every entry depends on earlier ones: the common, cheap case
+        return
+    size = int(cm.family_size[f])
+    start = int(cm.family_offset[f])
+    loops = np.flatnonzero(rows == cols)
+    if loops.size:
+        label = cm.labels(np.array([start + rows[loops[0]]]))[0]
+        raise CycleError(f"The model has a cycle: `{label}` depends on itself. Remove that entry from its mean.")
+    graph = sp.csr_matrix((np.ones(rows.shape[0]), (cols, rows)), shape=(size, size))
+    n_comp, comp = connected_components(graph, directed=True, connection="strong")
+    if n_comp == size:
+        return
+    big = np.bincount(comp).argmax()
+    members = np.flatnonzero(comp == big)
+    keep = np.isin(cols, members) & np.isin(rows, members)
+    sub = nx.DiGraph(zip(cols[keep].tolist(), rows[keep].tolist()))
+    cycle = [u for u, _ in nx.find_cycle(sub)]
+    labels = cm.labels(np.array(cycle + [cycle[0]]) + start)
+    raise CycleError(_cycle_message(labels))
+
+
+def _cycle_message(labels: list[str]) -> str:
+    path = " -> ".join(labels)
+    return f"The model has a cycle: `{path}`. Remove one of these dependencies."
