@@ -216,6 +216,8 @@ class Posterior:
     # ------------------------------------------------------------ internals
 
     def _node(self, node) -> Node:
+        if isinstance(node, _NodeView):
+            return node
         name = node.name if isinstance(node, (Node, Param)) else node
         if isinstance(node, Param) or (isinstance(name, str) and name in self._cm.param_names
                                        and name not in self._cm._index):

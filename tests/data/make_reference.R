@@ -1,0 +1,224 @@
+## make_reference.R -- generate lme4 reference values for gdag's tests.
+##
+## Not run by CI. Regenerate with:
+##     cd tests/data && Rscript make_reference.R
+##
+## Requires R packages lme4 (provides the data sets) and jsonlite.
+## Writes, in the current directory:
+##   dyestuff.csv,    dyestuff_reference.json
+##   sleepstudy.csv,  sleepstudy_reference.json
+##   penicillin.csv,  penicillin_reference.json
+##   insteval.csv.gz, insteval_reference.json
+##
+## Every grouping factor is written to the CSVs as a 0-based integer code,
+## as.integer(f) - 1, i.e. in lme4's (R's) factor-level order; the same order
+## is used for the conditional modes in the JSON files.
+##
+## JSON structure of every fit (identical keys for all fits):
+##   formula, reml (bool), method ("REML"/"ML"), nobs,
+##   loglik       logLik(fit) (REML log-likelihood for REML fits, ML otherwise)
+##   df           number of parameters counted by logLik()
+##   minus2loglik -2 * loglik (= REML criterion / ML deviance)
+##   aic, bic     AIC(fit), BIC(fit) (based on the above logLik, as lme4 reports)
+##   fixef        {term: estimate}
+##   fixef_se     {term: sqrt(diag(vcov(fit)))}
+##   sd           {group: {term: SD}, "residual": sigma}
+##   cor          {group: {"termA,termB": correlation}}  ({} if none estimated)
+##   theta        lme4's relative covariance factor parameters, getME(fit, "theta")
+##   ranef        {group: {n_levels, levels (labels, first ones only if truncated),
+##                 mode: {term: [...]}, sd: {term: [...]},
+##                 cond_cov: {"termA,termB": [...]}}}
+##                mode = conditional modes, ranef(fit, condVar = TRUE);
+##                sd = sqrt of the diagonal of its postVar attribute;
+##                cond_cov = off-diagonal of postVar (only for correlated terms).
+##   optimizer, converged_messages
+## Group names are the lme4 grouping-factor names in lower case
+## (Batch -> batch, Subject -> subject; s, d, dept, plate, sample unchanged).
+
+suppressPackageStartupMessages({
+  library(lme4)
+  library(jsonlite)
+})
+
+## ---------------------------------------------------------------------------
+## helpers
+
+grp_key <- function(g) tolower(sub("\\.[0-9]+$", "", g))  # "Subject.1" -> "subject"
+
+sd_cor <- function(fit) {
+  vc <- as.data.frame(VarCorr(fit))
+  sds <- list(); cors <- list()
+  for (i in seq_len(nrow(vc))) {
+    r <- vc[i, ]
+    if (r$grp == "Residual") next
+    g <- grp_key(r$grp)
+    if (is.na(r$var2)) {
+      if (is.null(sds[[g]])) sds[[g]] <- list()
+      sds[[g]][[r$var1]] <- r$sdcor
+    } else {
+      if (is.null(cors[[g]])) cors[[g]] <- list()
+      cors[[g]][[paste(r$var1, r$var2, sep = ",")]] <- r$sdcor
+    }
+  }
+  sds[["residual"]] <- sigma(fit)
+  list(sd = sds, cor = if (length(cors)) cors else setNames(list(), character(0)))
+}
+
+## conditional modes and conditional SDs; keep only the first n_keep[[g]]
+## levels of group g when given
+ranef_info <- function(fit, n_keep = list()) {
+  re <- ranef(fit, condVar = TRUE)
+  fl <- getME(fit, "flist")
+  out <- list()
+  for (gname in names(re)) {
+    g <- grp_key(gname)
+    df <- re[[gname]]
+    pv <- attr(df, "postVar")
+    levs <- levels(fl[[gname]])
+    stopifnot(identical(rownames(df), levs))
+    n <- length(levs)
+    keep <- seq_len(min(n, if (is.null(n_keep[[g]])) n else n_keep[[g]]))
+    terms <- colnames(df)
+    mode <- list(); csd <- list(); ccov <- list()
+    if (is.list(pv)) {
+      ## several terms for the same grouping factor in separate (uncorrelated)
+      ## blocks: postVar is a list of arrays, one per block
+      k <- 0
+      for (blk in pv) {
+        nt <- dim(blk)[1]
+        for (j in seq_len(nt)) csd[[terms[k + j]]] <- sqrt(blk[j, j, keep])
+        if (nt > 1) for (a in 1:(nt - 1)) for (b in (a + 1):nt)
+          ccov[[paste(terms[k + a], terms[k + b], sep = ",")]] <- blk[a, b, keep]
+        k <- k + nt
+      }
+    } else {
+      nt <- dim(pv)[1]
+      for (j in seq_len(nt)) csd[[terms[j]]] <- sqrt(pv[j, j, keep])
+      if (nt > 1) for (a in 1:(nt - 1)) for (b in (a + 1):nt)
+        ccov[[paste(terms[a], terms[b], sep = ",")]] <- pv[a, b, keep]
+    }
+    for (t in terms) mode[[t]] <- df[keep, t]
+    csd <- csd[terms]
+    out[[g]] <- list(
+      n_levels = n,
+      levels = levs[keep],
+      mode = mode,
+      sd = csd,
+      cond_cov = if (length(ccov)) ccov else setNames(list(), character(0))
+    )
+  }
+  out
+}
+
+summarise_fit <- function(fit, n_keep = list()) {
+  ll <- logLik(fit)
+  fe <- fixef(fit)
+  se <- sqrt(diag(as.matrix(vcov(fit))))
+  names(se) <- names(fe)
+  sc <- sd_cor(fit)
+  th <- getME(fit, "theta")
+  list(
+    formula = paste(deparse(formula(fit)), collapse = " "),
+    reml = isREML(fit),
+    method = if (isREML(fit)) "REML" else "ML",
+    nobs = nobs(fit),
+    loglik = as.numeric(ll),
+    df = attr(ll, "df"),
+    minus2loglik = -2 * as.numeric(ll),
+    aic = AIC(fit),
+    bic = BIC(fit),
+    fixef = as.list(fe),
+    fixef_se = as.list(se),
+    sd = sc$sd,
+    cor = sc$cor,
+    theta = as.list(th),
+    ranef = ranef_info(fit, n_keep),
+    optimizer = fit@optinfo$optimizer,
+    converged_messages = as.list(unlist(fit@optinfo$conv$lme4$messages))
+  )
+}
+
+meta <- function() list(
+  generated_by = "tests/data/make_reference.R",
+  r_version = R.version.string,
+  lme4_version = as.character(packageVersion("lme4")),
+  matrix_version = as.character(packageVersion("Matrix")),
+  blas = unname(extSoftVersion()["BLAS"]),
+  date = format(Sys.Date())
+)
+
+write_json_file <- function(x, path) {
+  writeLines(toJSON(x, auto_unbox = TRUE, digits = NA, pretty = TRUE,
+                    null = "null", na = "null"), path)
+  cat("wrote", path, "\n")
+}
+
+write_csv <- function(df, path) {
+  con <- if (grepl("\\.gz$", path)) gzfile(path, "w") else file(path, "w")
+  write.csv(df, con, row.names = FALSE, quote = FALSE)
+  close(con)
+  cat("wrote", path, "(", nrow(df), "rows )\n")
+}
+
+code0 <- function(f) as.integer(f) - 1L
+
+## ---------------------------------------------------------------------------
+## 1. Dyestuff: Yield ~ 1 + (1|Batch)
+
+write_csv(data.frame(batch = code0(Dyestuff$Batch), yield = Dyestuff$Yield),
+          "dyestuff.csv")
+f_reml <- lmer(Yield ~ 1 + (1 | Batch), Dyestuff, REML = TRUE)
+f_ml   <- lmer(Yield ~ 1 + (1 | Batch), Dyestuff, REML = FALSE)
+write_json_file(list(meta = meta(), data = "lme4::Dyestuff",
+                     reml = summarise_fit(f_reml), ml = summarise_fit(f_ml)),
+                "dyestuff_reference.json")
+
+## ---------------------------------------------------------------------------
+## 2. sleepstudy: Reaction ~ 1 + Days + (1 + Days | Subject), REML and ML;
+##    uncorrelated variant (1|Subject) + (0 + Days|Subject), ML
+
+write_csv(data.frame(subject = code0(sleepstudy$Subject),
+                     days = sleepstudy$Days,
+                     reaction = sleepstudy$Reaction),
+          "sleepstudy.csv")
+s_reml <- lmer(Reaction ~ 1 + Days + (1 + Days | Subject), sleepstudy, REML = TRUE)
+s_ml   <- lmer(Reaction ~ 1 + Days + (1 + Days | Subject), sleepstudy, REML = FALSE)
+s_unc  <- lmer(Reaction ~ 1 + Days + (1 | Subject) + (0 + Days | Subject),
+               sleepstudy, REML = FALSE)
+write_json_file(list(meta = meta(), data = "lme4::sleepstudy",
+                     reml = summarise_fit(s_reml), ml = summarise_fit(s_ml),
+                     ml_uncorrelated = summarise_fit(s_unc)),
+                "sleepstudy_reference.json")
+
+## ---------------------------------------------------------------------------
+## 3. Penicillin (crossed): diameter ~ 1 + (1|plate) + (1|sample)
+
+write_csv(data.frame(plate = code0(Penicillin$plate),
+                     sample = code0(Penicillin$sample),
+                     diameter = Penicillin$diameter),
+          "penicillin.csv")
+p_reml <- lmer(diameter ~ 1 + (1 | plate) + (1 | sample), Penicillin, REML = TRUE)
+p_ml   <- lmer(diameter ~ 1 + (1 | plate) + (1 | sample), Penicillin, REML = FALSE)
+write_json_file(list(meta = meta(), data = "lme4::Penicillin",
+                     reml = summarise_fit(p_reml), ml = summarise_fit(p_ml)),
+                "penicillin_reference.json")
+
+## ---------------------------------------------------------------------------
+## 4. InstEval: y ~ 1 + (1|s) + (1|d) + (1|dept), ML
+##    Conditional modes only for all 14 dept levels and the first 20 levels
+##    of d and s (keeps the file small).
+
+write_csv(data.frame(s = code0(InstEval$s), d = code0(InstEval$d),
+                     dept = code0(InstEval$dept), y = InstEval$y),
+          "insteval.csv.gz")
+tm <- system.time(
+  i_ml <- lmer(y ~ 1 + (1 | s) + (1 | d) + (1 | dept), InstEval, REML = FALSE)
+)
+i_sum <- summarise_fit(i_ml, n_keep = list(s = 20, d = 20))
+i_sum$fit_time_elapsed_s <- unname(tm["elapsed"])
+i_sum$fit_time_note <- paste0(
+  "system.time(lmer(...))['elapsed'], default lmerControl(), BLAS: ",
+  unname(extSoftVersion()["BLAS"]), ", machine: ", Sys.info()[["machine"]])
+write_json_file(list(meta = meta(), data = "lme4::InstEval",
+                     ml = i_sum),
+                "insteval_reference.json")
