@@ -4,6 +4,8 @@
 ##     cd tests/data && Rscript make_reference.R
 ##
 ## Requires R packages lme4 (provides the data sets) and jsonlite.
+## Numbers in the JSON files are written with the fewest significant digits
+## (15-17) that round-trip the double exactly.
 ## Writes, in the current directory:
 ##   dyestuff.csv,    dyestuff_reference.json
 ##   sleepstudy.csv,  sleepstudy_reference.json
@@ -86,22 +88,22 @@ ranef_info <- function(fit, n_keep = list()) {
       k <- 0
       for (blk in pv) {
         nt <- dim(blk)[1]
-        for (j in seq_len(nt)) csd[[terms[k + j]]] <- sqrt(blk[j, j, keep])
+        for (j in seq_len(nt)) csd[[terms[k + j]]] <- I(sqrt(blk[j, j, keep]))
         if (nt > 1) for (a in 1:(nt - 1)) for (b in (a + 1):nt)
-          ccov[[paste(terms[k + a], terms[k + b], sep = ",")]] <- blk[a, b, keep]
+          ccov[[paste(terms[k + a], terms[k + b], sep = ",")]] <- I(blk[a, b, keep])
         k <- k + nt
       }
     } else {
       nt <- dim(pv)[1]
-      for (j in seq_len(nt)) csd[[terms[j]]] <- sqrt(pv[j, j, keep])
+      for (j in seq_len(nt)) csd[[terms[j]]] <- I(sqrt(pv[j, j, keep]))
       if (nt > 1) for (a in 1:(nt - 1)) for (b in (a + 1):nt)
-        ccov[[paste(terms[a], terms[b], sep = ",")]] <- pv[a, b, keep]
+        ccov[[paste(terms[a], terms[b], sep = ",")]] <- I(pv[a, b, keep])
     }
-    for (t in terms) mode[[t]] <- df[keep, t]
+    for (t in terms) mode[[t]] <- I(df[keep, t])
     csd <- csd[terms]
     out[[g]] <- list(
       n_levels = n,
-      levels = levs[keep],
+      levels = I(levs[keep]),
       mode = mode,
       sd = csd,
       cond_cov = if (length(ccov)) ccov else setNames(list(), character(0))
@@ -134,7 +136,7 @@ summarise_fit <- function(fit, n_keep = list()) {
     theta = as.list(th),
     ranef = ranef_info(fit, n_keep),
     optimizer = fit@optinfo$optimizer,
-    converged_messages = as.list(unlist(fit@optinfo$conv$lme4$messages))
+    converged_messages = I(as.character(unlist(fit@optinfo$conv$lme4$messages)))
   )
 }
 
@@ -147,9 +149,48 @@ meta <- function() list(
   date = format(Sys.Date())
 )
 
+## Minimal JSON writer. jsonlite's toJSON() prints at most 15 significant
+## digits, which does not round-trip doubles, so numbers are written here with
+## the fewest digits (15, 16 or 17) that reproduce the double exactly.
+## Named lists -> objects, unnamed lists -> arrays, vectors wrapped in I() ->
+## arrays (whatever their length), other length-1 atomics -> scalars.
+num_str <- function(x) {
+  if (is.na(x) || !is.finite(x)) return("null")
+  for (d in 15:17) {
+    s <- sprintf(paste0("%.", d, "g"), x)
+    if (as.numeric(s) == x) break
+  }
+  s
+}
+scalar_str <- function(x) {
+  if (is.logical(x)) return(if (is.na(x)) "null" else if (x) "true" else "false")
+  if (is.numeric(x)) return(num_str(x))
+  if (is.na(x)) return("null")
+  toJSON(unbox(as.character(x)))  # string escaping
+}
+to_json <- function(x, indent = 0) {
+  pad <- strrep("  ", indent + 1); pad0 <- strrep("  ", indent)
+  if (is.list(x)) {
+    if (length(x) == 0) return(if (is.null(names(x))) "[]" else "{}")
+    if (!is.null(names(x))) {
+      items <- vapply(names(x), function(n)
+        paste0(pad, scalar_str(n), ": ", to_json(x[[n]], indent + 1)), "")
+    } else {
+      items <- vapply(x, function(v) paste0(pad, to_json(v, indent + 1)), "")
+    }
+    open <- if (is.null(names(x))) "[" else "{"
+    close <- if (is.null(names(x))) "]" else "}"
+    return(paste0(open, "\n", paste(items, collapse = ",\n"), "\n", pad0, close))
+  }
+  if (inherits(x, "AsIs") || length(x) != 1) {
+    x <- unclass(x)
+    return(paste0("[", paste(vapply(x, scalar_str, ""), collapse = ", "), "]"))
+  }
+  scalar_str(x)
+}
+
 write_json_file <- function(x, path) {
-  writeLines(toJSON(x, auto_unbox = TRUE, digits = NA, pretty = TRUE,
-                    null = "null", na = "null"), path)
+  writeLines(to_json(x), path)
   cat("wrote", path, "\n")
 }
 
@@ -162,6 +203,17 @@ write_csv <- function(df, path) {
 
 code0 <- function(f) as.integer(f) - 1L
 
+## refit a model from the CSV just written (grouping columns as factors of the
+## 0-based codes) and check it reproduces the reference log-likelihood, i.e.
+## that the CSV carries exactly the data that was fitted
+check_csv <- function(path, formula, groups, fit) {
+  d <- read.csv(if (grepl("\\.gz$", path)) gzfile(path) else path)
+  for (g in groups) d[[g]] <- factor(d[[g]])
+  refit <- lmer(formula, d, REML = isREML(fit))
+  stopifnot(abs(as.numeric(logLik(refit)) - as.numeric(logLik(fit))) < 1e-6)
+  cat("checked", path, "reproduces", if (isREML(fit)) "REML" else "ML", "fit\n")
+}
+
 ## ---------------------------------------------------------------------------
 ## 1. Dyestuff: Yield ~ 1 + (1|Batch)
 
@@ -169,6 +221,7 @@ write_csv(data.frame(batch = code0(Dyestuff$Batch), yield = Dyestuff$Yield),
           "dyestuff.csv")
 f_reml <- lmer(Yield ~ 1 + (1 | Batch), Dyestuff, REML = TRUE)
 f_ml   <- lmer(Yield ~ 1 + (1 | Batch), Dyestuff, REML = FALSE)
+check_csv("dyestuff.csv", yield ~ 1 + (1 | batch), "batch", f_reml)
 write_json_file(list(meta = meta(), data = "lme4::Dyestuff",
                      reml = summarise_fit(f_reml), ml = summarise_fit(f_ml)),
                 "dyestuff_reference.json")
@@ -185,6 +238,8 @@ s_reml <- lmer(Reaction ~ 1 + Days + (1 + Days | Subject), sleepstudy, REML = TR
 s_ml   <- lmer(Reaction ~ 1 + Days + (1 + Days | Subject), sleepstudy, REML = FALSE)
 s_unc  <- lmer(Reaction ~ 1 + Days + (1 | Subject) + (0 + Days | Subject),
                sleepstudy, REML = FALSE)
+check_csv("sleepstudy.csv", reaction ~ 1 + days + (1 + days | subject),
+          "subject", s_ml)
 write_json_file(list(meta = meta(), data = "lme4::sleepstudy",
                      reml = summarise_fit(s_reml), ml = summarise_fit(s_ml),
                      ml_uncorrelated = summarise_fit(s_unc)),
@@ -199,6 +254,8 @@ write_csv(data.frame(plate = code0(Penicillin$plate),
           "penicillin.csv")
 p_reml <- lmer(diameter ~ 1 + (1 | plate) + (1 | sample), Penicillin, REML = TRUE)
 p_ml   <- lmer(diameter ~ 1 + (1 | plate) + (1 | sample), Penicillin, REML = FALSE)
+check_csv("penicillin.csv", diameter ~ 1 + (1 | plate) + (1 | sample),
+          c("plate", "sample"), p_reml)
 write_json_file(list(meta = meta(), data = "lme4::Penicillin",
                      reml = summarise_fit(p_reml), ml = summarise_fit(p_ml)),
                 "penicillin_reference.json")
@@ -219,6 +276,8 @@ i_sum$fit_time_elapsed_s <- unname(tm["elapsed"])
 i_sum$fit_time_note <- paste0(
   "system.time(lmer(...))['elapsed'], default lmerControl(), BLAS: ",
   unname(extSoftVersion()["BLAS"]), ", machine: ", Sys.info()[["machine"]])
+check_csv("insteval.csv.gz", y ~ 1 + (1 | s) + (1 | d) + (1 | dept),
+          c("s", "d", "dept"), i_ml)
 write_json_file(list(meta = meta(), data = "lme4::InstEval",
                      ml = i_sum),
                 "insteval_reference.json")
