@@ -116,17 +116,24 @@ class CompiledModel:
             )
         return theta
 
-    def values(self, theta: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
-        """``(B, c, d)`` for parameter vector ``theta``."""
-        vals = self.B_base.copy()
+    def values(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(coef, c, d)`` for parameter vector ``theta``.
+
+        ``coef`` are the values of ``B`` at ``(B_rows, B_cols)`` (repeated
+        positions add up); see :meth:`B_matrix`.
+        """
+        coef = self.B_base.copy()
         scaled = self.B_scale >= 0
-        vals[scaled] *= theta[self.B_scale[scaled]]
-        B = sp.csr_matrix((vals, (self.B_rows, self.B_cols)), shape=(self.n, self.n))
+        coef[scaled] *= theta[self.B_scale[scaled]]
         c = self.c0 + self.F @ theta if self.n_theta else self.c0.copy()
         sd = self.sd_base.copy()
         has = self.sd_param >= 0
         sd[has] *= theta[self.sd_param[has]]
-        return B, c, sd * sd
+        return coef, c, sd * sd
+
+    def B_matrix(self, coef: np.ndarray) -> sp.csr_matrix:
+        """``B`` as a sparse matrix from coefficient values (see :meth:`values`)."""
+        return sp.csr_matrix((coef, (self.B_rows, self.B_cols)), shape=(self.n, self.n))
 
     def describe(self) -> str:
         """A table of family sizes and the nonzeros of ``B``."""

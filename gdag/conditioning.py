@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from . import factor
+from . import assembly, factor
 from .compiler import CompiledModel
 
 
@@ -34,18 +34,16 @@ from .compiler import CompiledModel
 class LinearSystem:
     """Values of the conditioned system for one theta and one data vector."""
 
-    Q: sp.csc_matrix  # Q_UU
+    Q: sp.csc_matrix  # lower triangle of Q_UU
     b: np.ndarray  # right-hand side
     r: np.ndarray  # residual c' - A_O x_O, over R
     d: np.ndarray  # variances over R
-    A_U: sp.csc_matrix  # rows R, columns U
-    A_O: sp.csc_matrix  # rows R, columns O
     g: np.ndarray  # deterministic offsets (|S|)
     M: sp.csr_matrix  # |S| x |R| map from stochastic to deterministic values
 
 
 class Conditioning:
-    """Index sets and symbolic analysis for one observed pattern.
+    """Index sets, assembly maps and symbolic analysis for one observed pattern.
 
     Parameters
     ----------
@@ -65,6 +63,8 @@ class Conditioning:
         self.pos_R = _positions(self.R, cm.n)
         self.pos_U = _positions(self.U, cm.n)
         self.pos_O = _positions(self.O, cm.n)
+        self._pattern = self._coefficient_pattern()
+        self._gram = GramAssembler(self._pattern, self.pos_U[self.R], self.pos_O[self.R])
         self._symbolic = None
 
     @property
@@ -77,38 +77,41 @@ class Conditioning:
         return self.cm.labels(self.U[np.asarray(positions, dtype=np.int64)])
 
     def system(self, theta: np.ndarray, x: np.ndarray) -> LinearSystem:
-        """Assemble ``Q_UU``, ``b`` and the pieces of the evidence."""
-        B, c, d = self.cm.values(theta)
-        B_R, c_R, g, M = self._eliminate(B, c)
-        A = (sp.identity(self.R.shape[0], format="csr") - B_R).tocsc()
-        A_U = _columns(A, self.pos_U[self.R])
-        A_O = _columns(A, self.pos_O[self.R])
+        """Assemble ``Q_UU`` (lower triangle), ``b`` and the pieces of the evidence."""
+        coef, c, d = self.cm.values(theta)
+        coef, c_R, g, M = self._reduced_coefficients(coef, c)
         d_R = d[self.R]
-        x_O = x[self.O]
-        r = c_R - A_O @ x_O if self.O.size else c_R
-        Q = _gram(A_U, 1.0 / d_R)
-        b = A_U.T @ (r / d_R)
-        return LinearSystem(Q, b, r, d_R, A_U, A_O, g, M)
+        r = self._gram.residual(coef, c_R, x[self.R])
+        Q, b = self._gram.assemble(coef, 1.0 / d_R, r / d_R)
+        return LinearSystem(Q, b, r, d_R, g, M)
 
     def factorize(self, system: LinearSystem) -> "factor.CholeskyFactor":
         """A new numeric factor of ``system.Q``, reusing this pattern's analysis."""
         if self._symbolic is None:
-            self._symbolic = factor.analyze(self._structural_pattern())
+            self._symbolic = factor.analyze(self._gram.pattern)
         return factor.CholeskyFactor(self._symbolic, system.Q, self.label_unobserved)
 
-    def _structural_pattern(self) -> sp.csc_matrix:
-        """Pattern of ``Q_UU`` for every theta: built from all-positive values so nothing cancels."""
+    def _coefficient_pattern(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols) over R of the reduced coefficients ``B'``, fixed for every theta."""
         cm = self.cm
+        if self.S.size == 0:
+            return cm.B_rows, cm.B_cols
         ones = sp.csr_matrix((np.ones(cm.B_rows.shape[0]), (cm.B_rows, cm.B_cols)), shape=(cm.n, cm.n))
-        B_R, _, _, _ = self._eliminate(ones, np.zeros(cm.n))
-        A = (sp.identity(self.R.shape[0], format="csr") + B_R).tocsc()
-        return _gram(_columns(A, self.pos_U[self.R]), np.ones(self.R.shape[0]))
+        B_R, _, _, _ = self._eliminate(ones, np.zeros(cm.n))  # all positive: nothing cancels
+        coo = B_R.tocoo()
+        return coo.row.astype(np.int64), coo.col.astype(np.int64)
+
+    def _reduced_coefficients(self, coef: np.ndarray, c: np.ndarray):
+        """Values of ``B'`` on the fixed pattern, ``c'``, ``g`` and ``M``."""
+        if self.S.size == 0:
+            return coef, c, np.zeros(0), sp.csr_matrix((0, self.R.shape[0]))
+        B_R, c_R, g, M = self._eliminate(self.cm.B_matrix(coef), c)
+        rows, cols = self._pattern
+        return _entries(B_R, rows, cols), c_R, g, M
 
     def _eliminate(self, B: sp.csr_matrix, c: np.ndarray):
         """Remove deterministic variables; returns ``B'``, ``c'`` over R and ``g``, ``M``."""
         R, S = self.R, self.S
-        if S.size == 0:
-            return B, c, np.zeros(0), sp.csr_matrix((0, R.shape[0]))
         B_SS, B_SR = B[S][:, S], B[S][:, R]
         B_RS, B_RR = B[R][:, S], B[R][:, R]
         M, g = B_SR.copy(), c[S].copy()
@@ -124,20 +127,60 @@ class Conditioning:
         return (B_RR + B_RS @ M).tocsr(), c[R] + B_RS @ g, g, M
 
 
+class GramAssembler:
+    """Maps from coefficient values to ``Q_UU = A_U^T W A_U`` and ``b``, built once per pattern.
+
+    ``A = I - B'`` over R; ``A_U`` keeps its unit diagonal on unobserved rows
+    and the coefficients on unobserved parents.  The pattern of ``Q_UU`` is
+    analysed once (:mod:`gdag.assembly`); each theta then costs one pass.
+
+    Parameters
+    ----------
+    pattern : (rows, cols)
+        Positions over R of the coefficients of ``B'`` (duplicates allowed).
+    u_of_R, o_of_R : int arrays over R
+        Position of each R variable in U (resp. O), -1 when it is not there.
+    """
+
+    def __init__(self, pattern, u_of_R: np.ndarray, o_of_R: np.ndarray):
+        rows, cols = pattern
+        n_R = u_of_R.shape[0]
+        self.n_U = int(np.count_nonzero(u_of_R >= 0))
+        self.diag_U = np.flatnonzero(u_of_R >= 0)  # rows of A with a unit diagonal entry in U
+        self.diag_O = np.flatnonzero(o_of_R >= 0)
+        self.coef_U = np.flatnonzero(u_of_R[cols] >= 0)  # coefficients on unobserved parents
+        self.coef_O = np.flatnonzero(o_of_R[cols] >= 0)
+        self.rows, self.cols = rows, cols
+        self.entry_row = np.concatenate([self.diag_U, rows[self.coef_U]])
+        self.entry_col = np.concatenate([u_of_R[self.diag_U], u_of_R[cols[self.coef_U]]])
+        self.structure = assembly.gram_structure(self.entry_row, self.entry_col, n_R, self.n_U)
+        self.pattern = self.structure.pattern()
+
+    def residual(self, coef: np.ndarray, c_R: np.ndarray, x_R: np.ndarray) -> np.ndarray:
+        """``r = c' - A_O x_O`` over R."""
+        r = c_R.copy()
+        r[self.diag_O] -= x_R[self.diag_O]
+        if self.coef_O.size:
+            k = self.coef_O
+            r += np.bincount(self.rows[k], weights=coef[k] * x_R[self.cols[k]], minlength=r.shape[0])
+        return r
+
+    def assemble(self, coef: np.ndarray, weight: np.ndarray, scaled_r: np.ndarray):
+        """Lower triangle of ``A_U^T diag(weight) A_U`` and ``b = A_U^T scaled_r``."""
+        values = np.concatenate([np.ones(self.diag_U.shape[0]), -coef[self.coef_U]])
+        Q = assembly.gram_values(self.structure, values, weight)
+        b = np.bincount(self.entry_col, weights=values * scaled_r[self.entry_row], minlength=self.n_U)
+        return Q, b
+
+
+def _entries(A: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``A[rows[k], cols[k]]`` for every k (0 where A has no entry)."""
+    if rows.shape[0] == 0:
+        return np.zeros(0)
+    return np.asarray(A[rows, cols], dtype=float).reshape(-1)
+
+
 def _positions(index: np.ndarray, n: int) -> np.ndarray:
     pos = np.full(n, -1, dtype=np.int64)
     pos[index] = np.arange(index.shape[0], dtype=np.int64)
     return pos
-
-
-def _columns(A: sp.csc_matrix, new_col: np.ndarray) -> sp.csc_matrix:
-    """The columns of ``A`` where ``new_col >= 0``, in their original order."""
-    keep = np.flatnonzero(new_col >= 0)
-    return A[:, keep] if keep.shape[0] != A.shape[1] else A
-
-
-def _gram(A: sp.csc_matrix, weights: np.ndarray) -> sp.csc_matrix:
-    """``A^T diag(weights) A`` as CSC (symmetric, so CSR data read as CSC)."""
-    G = (A.T @ sp.csr_matrix(A.multiply(weights[:, None]))).tocsr()
-    G.sort_indices()
-    return sp.csc_matrix((G.data, G.indices, G.indptr), shape=G.shape)

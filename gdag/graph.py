@@ -128,10 +128,13 @@ def check_acyclic(model: Model, cm) -> None:
     if not nx.is_directed_acyclic_graph(fam_graph):
         cycle = [u for u, _ in nx.find_cycle(fam_graph)]
         raise CycleError(_cycle_message(cycle + [cycle[0]]))
+    recursive = [i for i, nd in enumerate(model.nodes.values()) if any(t.source is nd for t in nd.mean.terms)]
+    if not recursive:
+        return
     fam_of_row = np.searchsorted(cm.family_offset, cm.B_rows, side="right") - 1
     fam_of_col = np.searchsorted(cm.family_offset, cm.B_cols, side="right") - 1
     within = fam_of_row == fam_of_col
-    for f in np.unique(fam_of_row[within]).tolist():
+    for f in recursive:
         sel = within & (fam_of_row == f)
         start = int(cm.family_offset[f])
         _check_family_acyclic(cm, f, cm.B_rows[sel] - start, cm.B_cols[sel] - start)
