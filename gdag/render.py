@@ -534,9 +534,9 @@ def _draw_families(gv, model: Model, masks, style: _Style, rankdir: str):
 
 
 def _edge(dot, source: str, target: str, style: _Style, *, coefficient: str = "", index: str = "",
-          dashed: bool = False) -> None:
+          dashed: bool = False, color: str | None = None) -> None:
     """One edge, labelled ``coefficient index`` (either may be empty)."""
-    attrs = {}
+    attrs = {} if color is None else {"color": color}
     text = " ".join(p for p in (coefficient, index) if p)
     if text:
         attrs["label"] = style.boxed(text)
@@ -564,22 +564,21 @@ def _draw_expanded(gv, model: Model, masks, style: _Style, max_vertices: int, ra
         rankdir = "LR" if len(generations) > max(len(gen) for gen in generations) else "TB"
     dot = _new_digraph(gv, model, rankdir)
 
-    names: dict[str, list[str]] = {}
-    members: dict[str | None, list[tuple[str, dict]]] = {None: []}
+    names: dict[str, dict[int, str]] = {}
     for vid, data in g.nodes(data=True):
-        fam, idx, kind = data["family"], data["index"], data["kind"]
-        names.setdefault(fam, []).append(vid)
+        fam, idx, kind = data["family"], int(data["index"]), data["kind"]
+        names.setdefault(fam, {})[idx] = vid
         suffix = vid[len(fam):]  # "[3]" or ""
         if kind == "param":
             frag = f"● {style.name(fam)}{style.text(suffix)}"
-            members[None].append((vid, dict(_node_attrs("param", None), label=style.label(frag))))
+            dot.node(vid, label=style.label(frag), tooltip=f"parameter {vid}", **_node_attrs("param", None))
             continue
         mask = masks.get(fam)
         seen = "all" if mask is not None and mask[idx] else None
-        attrs = dict(_node_attrs(kind, seen), label=style.label(style.name(fam) + style.text(suffix)))
         plate = model.nodes[fam].plate
-        members.setdefault(None if plate is None else plate.name, []).append((vid, attrs))
-    _add_clusters(dot, model, members, style)
+        tip = fam if plate is None else f"{fam}[{plate.name}={idx}]"
+        dot.node(vid, label=style.label(style.name(fam) + style.text(suffix)), tooltip=f"{tip} ({kind})",
+                 **_node_attrs(kind, seen))
 
     scaled: dict[tuple[str, str], str] = {}
     if style.edge_labels:
@@ -597,5 +596,7 @@ def _draw_expanded(gv, model: Model, masks, style: _Style, max_vertices: int, ra
             elif "coef" in data:
                 scale = model.params[scaled[(u, v)]] if (u, v) in scaled else None
                 label = _coefficient(np.array([data["coef"]]), scale, style) or ""
-        _edge(dot, u, v, style, coefficient=label, dashed=role == "sd")
+        # Parameter edges fan out to many entries; grey keeps the variables' edges readable.
+        _edge(dot, u, v, style, coefficient=label, dashed=role == "sd",
+              color="gray55" if g.nodes[u]["kind"] == "param" else None)
     return dot
