@@ -259,6 +259,9 @@ class Model:
             mean = mean(node)
         node.mean = self._check_mean(node, mean)
         node.sd = self._check_sd(node, sd)
+        from .graph import check_self_reference
+
+        check_self_reference(node)
         self.nodes[name] = node
         self._touch()
         return node

@@ -128,39 +128,38 @@ def check_acyclic(model: Model, cm) -> None:
     if not nx.is_directed_acyclic_graph(fam_graph):
         cycle = [u for u, _ in nx.find_cycle(fam_graph)]
         raise CycleError(_cycle_message(cycle + [cycle[0]]))
-    recursive = [i for i, nd in enumerate(model.nodes.values()) if any(t.source is nd for t in nd.mean.terms)]
-    if not recursive:
+    for node in model.nodes.values():
+        check_self_reference(node)
+
+
+def check_self_reference(node: Node) -> None:
+    """Raise :class:`CycleError` if a family's references to itself form a cycle."""
+    own = [t for t in node.mean.terms if t.source is node]
+    if not own:
         return
-    fam_of_row = np.searchsorted(cm.family_offset, cm.B_rows, side="right") - 1
-    fam_of_col = np.searchsorted(cm.family_offset, cm.B_cols, side="right") - 1
-    within = fam_of_row == fam_of_col
-    for f in recursive:
-        sel = within & (fam_of_row == f)
-        start = int(cm.family_offset[f])
-        _check_family_acyclic(cm, f, cm.B_rows[sel] - start, cm.B_cols[sel] - start)
-
-
-def _check_family_acyclic(cm, f: int, rows: np.ndarray, cols: np.ndarray) -> None:
-    """Scalar acyclicity of the edges ``cols -> rows`` inside family ``f``."""
+    rows = np.concatenate([t.rows for t in own])
+    cols = np.concatenate([t.cols for t in own])
     if np.all(cols < rows):  # every entry depends on earlier ones: the common, cheap case
         return
-    size = int(cm.family_size[f])
-    start = int(cm.family_offset[f])
+
+    def label(k: int) -> str:
+        return f"{node.name}[{node.plate.name}={k}]" if node.plate is not None else node.name
+
     loops = np.flatnonzero(rows == cols)
     if loops.size:
-        label = cm.labels(np.array([start + rows[loops[0]]]))[0]
-        raise CycleError(f"The model has a cycle: `{label}` depends on itself. Remove that entry from its mean.")
+        raise CycleError(
+            f"The model has a cycle: `{label(int(rows[loops[0]]))}` depends on itself. Remove that entry from its mean."
+        )
+    size = node.size
     graph = sp.csr_matrix((np.ones(rows.shape[0]), (cols, rows)), shape=(size, size))
     n_comp, comp = connected_components(graph, directed=True, connection="strong")
     if n_comp == size:
         return
-    big = np.bincount(comp).argmax()
-    members = np.flatnonzero(comp == big)
+    members = np.flatnonzero(comp == np.bincount(comp).argmax())
     keep = np.isin(cols, members) & np.isin(rows, members)
     sub = nx.DiGraph(zip(cols[keep].tolist(), rows[keep].tolist()))
     cycle = [u for u, _ in nx.find_cycle(sub)]
-    labels = cm.labels(np.array(cycle + [cycle[0]]) + start)
-    raise CycleError(_cycle_message(labels))
+    raise CycleError(_cycle_message([label(k) for k in cycle + [cycle[0]]]))
 
 
 def _cycle_message(labels: list[str]) -> str:
