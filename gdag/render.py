@@ -50,17 +50,29 @@ Gathers and crossing
     ``[device]``.  :func:`plate_crossings` returns these factors.
 
 Labels
-    With ``subscripts=True`` (the default), ``R_i`` is drawn as R with a
+    With ``subscripts=True`` (the default), names that read as maths are
+    drawn as maths through graphviz HTML-like labels: ``R_i`` is R with a
     subscript i and spelled-out Greek names become letters (``sigma_P`` is
-    σ with subscript P) through graphviz HTML-like labels.  The DOT vertex ids
+    σ with subscript P).  A name reads as maths when it is one letter (with
+    digits) or a Greek letter's name, then ``_`` and one to four letters or
+    digits; descriptive names (``class_effect``) are drawn verbatim.  The DOT vertex ids
     stay the names, so the DOT source is searchable for ``R_i``.
     ``edge_labels=True`` adds coefficients: on a family edge only when it is
     one constant for every entry (``0.9``), a scale parameter by its name
     (``rho``), and ``sd`` on dashed edges.
 
+Expanded view
+    ``expanded=True`` draws one vertex per scalar variable (``R_i[3]``) and per
+    parameter entry, with the shapes above and no plate boxes: boxes around
+    hundreds of entries force graphviz into tangled layouts, and the index
+    in each label already says where an entry belongs (the SVG tooltip reads
+    ``R_i[friend=3]``).  Parameter edges are grey and do not constrain the
+    layout.  Drawings over ``max_vertices`` (300) are refused.
+
 Layout
     Top to bottom (hierarchies read downwards).  The expanded view goes left
     to right when its longest path is longer than its widest rank (chains).
+    PNG files are written at 144 dpi.
 """
 
 from __future__ import annotations
@@ -68,6 +80,7 @@ from __future__ import annotations
 import difflib
 import html
 import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -98,12 +111,19 @@ _GREEK = {
     for name, code in {
         "alpha": 0x3B1, "beta": 0x3B2, "gamma": 0x3B3, "delta": 0x3B4, "epsilon": 0x3B5,
         "zeta": 0x3B6, "eta": 0x3B7, "theta": 0x3B8, "iota": 0x3B9, "kappa": 0x3BA,
-        "lam": 0x3BB, "mu": 0x3BC, "nu": 0x3BD, "xi": 0x3BE, "pi": 0x3C0, "rho": 0x3C1,
-        "sigma": 0x3C3, "tau": 0x3C4, "upsilon": 0x3C5, "phi": 0x3C6, "chi": 0x3C7,
-        "psi": 0x3C8, "omega": 0x3C9,
+        "lambda": 0x3BB, "lam": 0x3BB, "mu": 0x3BC, "nu": 0x3BD, "xi": 0x3BE, "pi": 0x3C0,
+        "rho": 0x3C1, "sigma": 0x3C3, "tau": 0x3C4, "upsilon": 0x3C5, "phi": 0x3C6,
+        "chi": 0x3C7, "psi": 0x3C8, "omega": 0x3C9,
+        # Capitals only where they differ from Latin letters (Beta would read as B).
+        "Gamma": 0x393, "Delta": 0x394, "Theta": 0x398, "Lambda": 0x39B, "Xi": 0x39E,
+        "Pi": 0x3A0, "Sigma": 0x3A3, "Phi": 0x3A6, "Psi": 0x3A8, "Omega": 0x3A9,
     }.items()
 }
-_GREEK.update({k.capitalize(): v.upper() for k, v in _GREEK.items() if k not in ("lam",)})
+
+
+# A name that reads as maths: one letter (with digits) or a Greek letter's name,
+# then a short subscript (R_i, Y_jk, sigma_P, u0_g).  Others stay verbatim.
+_MATH_NAME = re.compile(r"^((?:[A-Za-z][0-9]*)|(?:" + "|".join(_GREEK) + r"))_([A-Za-z0-9]{1,4})$")
 
 
 def render(
@@ -242,7 +262,12 @@ def observed_masks(model: Model, observed) -> dict[str, np.ndarray]:
     if isinstance(observed, str):
         observed = [observed]
     is_mapping = isinstance(observed, Mapping)
-    names = list(observed.keys() if is_mapping else observed)
+    try:
+        names = list(observed.keys() if is_mapping else observed)
+    except TypeError:
+        raise DataError(
+            f"`observed` must be node names or a mapping of node names to data; got {type(observed).__name__}."
+        ) from None
     bad = [n for n in names if not isinstance(n, str)]
     if bad:
         raise DataError(f"Observed nodes must be named by strings; got {bad[0]!r}.")
@@ -306,8 +331,8 @@ def plate_crossings(model: Model) -> dict[str, tuple[str, ...]]:
     Returns
     -------
     dict
-        Crossed plate name -> names of the plates it crosses, finest first
-        in declaration order (``{"install": ("app", "device")}``).
+        Crossed plate name -> names of the plates it crosses, in declaration
+        order (``{"install": ("app", "device")}``).
     """
     sources: dict[str, list[Plate]] = {}
     for node in model.nodes.values():
@@ -320,11 +345,11 @@ def plate_crossings(model: Model) -> dict[str, tuple[str, ...]]:
             if src is None or src is plate or plate in _ancestors(src):
                 continue
             found.append(src)
+    order = {name: i for i, name in enumerate(model.plates)}
     out = {}
     for name, found in sources.items():
         factors = _finest(found)
         if len(factors) >= 2:
-            order = {p: i for i, p in enumerate(model.plates)}
             out[name] = tuple(sorted((p.name for p in factors), key=order.__getitem__))
     return out
 
@@ -354,9 +379,13 @@ class _Style:
         """A family or parameter name as a label fragment (``R_i`` -> R<SUB>i</SUB>)."""
         if not self.html:
             return name
-        base, sep, sub = name.partition("_")
-        if not base or not sep or not sub:
-            return html.escape(_GREEK.get(name, name))
+        stem = name[:-1] if name.endswith("_") and name[:-1] in _GREEK else name  # lambda_ -> lambda
+        if stem in _GREEK:
+            return _GREEK[stem]
+        math = _MATH_NAME.match(name)
+        if math is None:  # a descriptive name such as state_effect: verbatim
+            return html.escape(name)
+        base, sub = math.group(1), math.group(2)
         return f"{html.escape(_GREEK.get(base, base))}<SUB>{html.escape(sub)}</SUB>"
 
     def text(self, text: str) -> str:
@@ -454,9 +483,9 @@ def _param_label(param: Param, style: _Style) -> str:
 
 
 def _new_digraph(gv, model: Model, rankdir: str):
-    dot = gv.Digraph(name=model.name)
+    dot = gv.Digraph(name=gv.nohtml(model.name))  # a name like "<a>" is not HTML
     dot.attr(rankdir=rankdir, fontname=FONT, fontsize="13", nodesep="0.4", ranksep="0.5",
-             newrank="true", labelloc="t", label=model.name)
+             newrank="true", labelloc="t", label=f"<{html.escape(model.name)}>")
     dot.attr("node", fontname=FONT, fontsize="12", height="0.4", margin="0.06,0.03")
     dot.attr("edge", fontname=FONT, fontsize="10", fontcolor="gray25", arrowsize="0.7")
     return dot
@@ -501,11 +530,15 @@ def _draw_families(gv, model: Model, masks, style: _Style, rankdir: str):
     dot = _new_digraph(gv, model, rankdir)
     members: dict[str | None, list[tuple[str, dict]]] = {None: []}
     for param in model.params.values():
-        members[None].append((param.name, dict(_node_attrs("param", None), label=_param_label(param, style))))
+        members[None].append((param.name, dict(_node_attrs("param", None), label=_param_label(param, style),
+                                                tooltip=f"{param.name}: parameter, size {param.size}")))
     for node in model.nodes.values():
         mask = masks.get(node.name)
         seen = None if mask is None else ("all" if mask.all() else "some")
-        attrs = dict(_node_attrs(node_kind(node), seen), label=style.label(style.name(node.name)))
+        kind = node_kind(node)
+        where = "" if node.plate is None else f", {node.size} entries on plate {node.plate.name}"
+        attrs = dict(_node_attrs(kind, seen), label=style.label(style.name(node.name)),
+                     tooltip=f"{node.name}: {kind}{where}")
         members.setdefault(None if node.plate is None else node.plate.name, []).append((node.name, attrs))
     _add_clusters(dot, model, members, style)
 
@@ -534,9 +567,8 @@ def _draw_families(gv, model: Model, masks, style: _Style, rankdir: str):
 
 
 def _edge(dot, source: str, target: str, style: _Style, *, coefficient: str = "", index: str = "",
-          dashed: bool = False, color: str | None = None) -> None:
+          dashed: bool = False, **attrs: str) -> None:
     """One edge, labelled ``coefficient index`` (either may be empty)."""
-    attrs = {} if color is None else {"color": color}
     text = " ".join(p for p in (coefficient, index) if p)
     if text:
         attrs["label"] = style.boxed(text)
@@ -596,7 +628,8 @@ def _draw_expanded(gv, model: Model, masks, style: _Style, max_vertices: int, ra
             elif "coef" in data:
                 scale = model.params[scaled[(u, v)]] if (u, v) in scaled else None
                 label = _coefficient(np.array([data["coef"]]), scale, style) or ""
-        # Parameter edges fan out to many entries; grey keeps the variables' edges readable.
+        # Parameter edges fan out to many entries: grey, and left out of the
+        # ranking, they keep the variables' own structure readable.
         _edge(dot, u, v, style, coefficient=label, dashed=role == "sd",
-              color="gray55" if g.nodes[u]["kind"] == "param" else None)
+              **({"color": "gray55", "constraint": "false"} if g.nodes[u]["kind"] == "param" else {}))
     return dot

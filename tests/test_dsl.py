@@ -1,0 +1,116 @@
+"""The DSL and the family graph: expressions, edges, kinds, expanded graphs."""
+
+import numpy as np
+import pytest
+
+import gdag
+from gdag.terms import Expr
+
+
+def test_numpy_array_on_the_left_builds_an_expression():
+    m = gdag.Model()
+    u = m.normal("u", plate=m.plate("g", 3))
+    offset = np.array([1.0, 2.0, 3.0])
+    for expr in (offset + u, offset * u, offset - u, u * offset):
+        assert isinstance(expr, Expr) and expr.length == 3
+
+
+def test_single_integer_gather_broadcasts():
+    m = gdag.Model()
+    u = m.normal("u", mean=np.array([0.0, 5.0]), sd=1.0, plate=m.plate("g", 2))
+    y = m.normal("y", mean=u[1], sd=1.0, plate=m.plate("obs", 4))
+    post = m.posterior({})
+    np.testing.assert_allclose(post.mean(y), 5.0)
+    np.testing.assert_allclose(post.cov(y, u)[:, 1], 1.0)
+    np.testing.assert_allclose(post.cov(y, u)[:, 0], 0.0)
+
+
+GRAPH_CASES = [
+    (
+        "hierarchy",
+        lambda m: (
+            m.normal("R"),
+            m.normal("R_i", mean=m.nodes["R"], plate=m.plate("friend", 3)),
+        ),
+        {("R", "R_i"): {"mean"}},
+        {"R": "random", "R_i": "random"},
+    ),
+    (
+        "fixed and random effects",
+        lambda m: (
+            m.param("beta", size=2),
+            m.param("sigma", positive=True),
+            m.normal("u", plate=m.plate("g", 2)),
+            m.normal(
+                "y",
+                mean=gdag.dot(np.ones((4, 2)), m.params["beta"]) + m.nodes["u"][np.array([0, 1, 1, 0])],
+                sd=m.params["sigma"],
+                plate=m.plate("obs", 4),
+            ),
+        ),
+        {("beta", "y"): {"fixed"}, ("sigma", "y"): {"sd"}, ("u", "y"): {"mean"}},
+        {"beta": "param", "sigma": "param", "u": "random", "y": "random"},
+    ),
+    (
+        "correlated slopes",
+        lambda m: (
+            m.param("rho"),
+            m.normal("u0", plate=m.plate("g", 3)),
+            m.normal("u1", mean=m.params["rho"] * m.nodes["u0"], plate=m.plates["g"]),
+        ),
+        {("u0", "u1"): {"mean"}, ("rho", "u1"): {"scale"}},
+        {"rho": "param", "u0": "random", "u1": "random"},
+    ),
+    (
+        "deterministic and AR chain",
+        lambda m: (
+            m.normal("b", mean=1.0, sd=0.0),
+            m.normal("x", mean=lambda x: m.nodes["b"] + 0.5 * x.lag(1), sd=np.r_[0.0, 1.0, 1.0],
+                     plate=m.plate("t", 3)),
+        ),
+        {("b", "x"): {"mean"}, ("x", "x"): {"mean"}},
+        {"b": "deterministic", "x": "partly deterministic"},
+    ),
+]
+
+
+@pytest.mark.parametrize("name, build, edges, kinds", GRAPH_CASES, ids=[c[0] for c in GRAPH_CASES])
+def test_family_graph(name, build, edges, kinds):
+    m = gdag.Model(name)
+    build(m)
+    g = m.graph()
+    assert {(u, v): d["roles"] for u, v, d in g.edges(data=True)} == edges
+    assert {v: d["kind"] for v, d in g.nodes(data=True)} == kinds
+
+
+def test_expanded_graph_has_one_vertex_per_scalar():
+    m = gdag.Model()
+    friend = m.plate("friend", 3)
+    R = m.normal("R")
+    R_i = m.normal("R_i", mean=R, plate=friend)
+    m.normal("X", mean=2.0 * R_i[np.array([0, 0, 2])], plate=m.plate("rating", 3))
+    g = m.graph(expanded=True)
+    assert set(g.nodes) == {"R", "R_i[0]", "R_i[1]", "R_i[2]", "X[0]", "X[1]", "X[2]"}
+    assert set(g.edges) == {("R", "R_i[0]"), ("R", "R_i[1]"), ("R", "R_i[2]"),
+                            ("R_i[0]", "X[0]"), ("R_i[0]", "X[1]"), ("R_i[2]", "X[2]")}
+    assert g.edges["R_i[2]", "X[2]"]["coef"] == 2.0
+
+
+def test_expanded_graph_refuses_large_models():
+    m = gdag.Model("big")
+    m.normal("u", plate=m.plate("g", 6000))
+    with pytest.raises(gdag.ModelSpecError, match="use m.graph\\(\\) for the family-level graph"):
+        m.graph(expanded=True)
+
+
+def test_describe_lists_families():
+    m = gdag.Model("d")
+    m.normal("a", plate=m.plate("p", 4))
+    text = m.describe()
+    assert "Model `d`: 4 scalar variables" in text and "a" in text and "p" in text
+
+
+def test_declaration_site_is_recorded():
+    m = gdag.Model()
+    a = m.normal("a")
+    assert a.site.startswith("test_dsl.py:")
