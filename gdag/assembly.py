@@ -107,8 +107,23 @@ def _gram_pattern(csr_indptr, csr_cols, csc_indptr, csc_rows, n_cols):
                     marker[i] = j
                     rows[k] = i
                     k += 1
-        rows[indptr[j] : k].sort()
+        _sort_small(rows, indptr[j], k)
     return indptr, rows
+
+
+@numba.njit(cache=True)
+def _sort_small(a, start, stop):
+    """Sort ``a[start:stop]`` in place: insertion sort for the short columns of most models."""
+    if stop - start > 32:
+        a[start:stop].sort()
+        return
+    for i in range(start + 1, stop):
+        v = a[i]
+        j = i - 1
+        while j >= start and a[j] > v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
 
 
 @numba.njit(cache=True)
