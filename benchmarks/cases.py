@@ -1,0 +1,347 @@
+"""Benchmark cases: each function times one implementation on one size.
+
+Every function returns a dict with ``seconds`` (the whole task), ``phases``
+(seconds per phase, gdag only) and ``check`` (a few numbers that every
+implementation of the same case must reproduce, so the runner can verify
+that they computed the same thing).  ``benchmarks/run.py`` calls them in
+subprocesses so that peak memory is measured per run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+# ----------------------------------------------------------------- helpers
+
+
+def _check(values: np.ndarray) -> list[float]:
+    """Numbers that pin down a vector of results: its first entries, mean and norm."""
+    v = np.asarray(values, dtype=float)
+    return [float(v[:3].sum()), float(v.mean()), float(np.sqrt(v @ v / v.size))]
+
+
+def gdag_phases(model, data) -> tuple[dict, object, np.ndarray, np.ndarray]:
+    """Condition ``model`` on ``data`` one phase at a time; returns phases, factor, mean, var.
+
+    The phases are the steps ``Model.posterior`` takes: compile the
+    declarations, build the assembly pattern for this observed pattern,
+    assemble values, analyse the pattern (CHOLMOD ordering and symbolic
+    factor), factor numerically, solve for the means, and selected inversion
+    for the variances.
+    """
+    from gdag import factor
+    from gdag.compiler import compiled
+    from gdag.posterior import conditioning_for, data_vector, parameter_vector
+
+    phases = {}
+    t = time.perf_counter()
+    cm = compiled(model)
+    phases["compile"] = time.perf_counter() - t
+    t = time.perf_counter()
+    theta = parameter_vector(model, cm, {})
+    x, observed = data_vector(model, cm, data)
+    cond = conditioning_for(model, cm, observed)
+    phases["pattern"] = time.perf_counter() - t
+    t = time.perf_counter()
+    system = cond.system(theta, x)
+    phases["assemble"] = time.perf_counter() - t
+    t = time.perf_counter()
+    symbolic = factor.analyze(cond._gram.pattern)
+    phases["analyze"] = time.perf_counter() - t
+    t = time.perf_counter()
+    fac = factor.CholeskyFactor(symbolic, system.Q, cond.label_unobserved)
+    phases["factor"] = time.perf_counter() - t
+    t = time.perf_counter()
+    mean = fac.solve(system.b)
+    phases["solve"] = time.perf_counter() - t
+    t = time.perf_counter()
+    var = fac.inverse_diagonal()
+    phases["variances"] = time.perf_counter() - t
+    return phases, fac, mean, var
+
+
+def _finish(t0: float, phases: dict, check: list[float], **extra) -> dict:
+    return dict(seconds=time.perf_counter() - t0, phases=phases, check=check, **extra)
+
+
+# ----------------------------------------------------------------- romcom
+
+ROMCOM_RATINGS = 5
+ROMCOM_PRIOR = (3.0, 1.0)
+ROMCOM_FRIEND_SD = 0.5
+
+
+def romcom_data(n_friends: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    who = np.repeat(np.arange(n_friends), ROMCOM_RATINGS)
+    s = rng.uniform(0.3, 1.5, size=n_friends)[who]
+    x = rng.normal(3.0, ROMCOM_FRIEND_SD, size=n_friends)[who] + rng.normal(size=who.size) * s
+    return who, s, x
+
+
+def romcom_gdag(n_friends: int) -> dict:
+    """Declare the romcom model, condition on every rating, mean and sd of every R_i."""
+    import gdag
+
+    who, s, x = romcom_data(n_friends)
+    t0 = time.perf_counter()
+    m = gdag.Model("romcom")
+    friend, rating = m.plate("friend", n_friends), m.plate("rating", who.size)
+    R = m.normal("R", mean=ROMCOM_PRIOR[0], sd=ROMCOM_PRIOR[1])
+    R_i = m.normal("R_i", mean=R, sd=ROMCOM_FRIEND_SD, plate=friend)
+    m.normal("X", mean=R_i[who], sd=s, plate=rating)
+    declare = time.perf_counter() - t0
+    phases, _, mean, var = gdag_phases(m, {"X": x})
+    phases = {"declare": declare, **phases}
+    # R is the first unobserved variable, then every R_i
+    return _finish(t0, phases, _check(mean[1:]), sd_check=_check(np.sqrt(var[1:])))
+
+
+def _romcom_system(n_friends: int):
+    """Hand-written A = I - B, D and c of the romcom model (R, R_i, X), in that order."""
+    who, s, x = romcom_data(n_friends)
+    n_ratings = who.size
+    n = 1 + n_friends + n_ratings
+    friends = 1 + np.arange(n_friends)
+    ratings = 1 + n_friends + np.arange(n_ratings)
+    rows = np.concatenate([np.arange(n), friends, ratings])
+    cols = np.concatenate([np.arange(n), np.zeros(n_friends, dtype=np.int64), 1 + who])
+    vals = np.concatenate([np.ones(n), -np.ones(n_friends + n_ratings)])
+    A = sp.csc_matrix((vals, (rows, cols)), shape=(n, n))
+    d = np.concatenate([[ROMCOM_PRIOR[1] ** 2], np.full(n_friends, ROMCOM_FRIEND_SD**2), s**2])
+    c = np.concatenate([[ROMCOM_PRIOR[0]], np.zeros(n_friends + n_ratings)])
+    return A, d, c, x, 1 + n_friends
+
+
+def romcom_floor(n_friends: int) -> dict:
+    """The floor: hand-written sparse assembly of Q_UU and b, one CHOLMOD factor and solve, means only."""
+    from sksparse import cholmod
+
+    A, d, c, x, n_U = _romcom_system(n_friends)
+    t0 = time.perf_counter()
+    A_U, A_O = A[:, :n_U], A[:, n_U:]
+    W = sp.diags(1.0 / d)
+    Q = (A_U.T @ W @ A_U).tocsc()
+    b = A_U.T @ (W @ (c - A_O @ x))
+    mean = cholmod.cholesky(Q).solve_A(b)
+    return _finish(t0, {}, _check(mean[1:]))
+
+
+def romcom_dense(n_friends: int) -> dict:
+    """Dense numpy Gaussian conditioning: joint covariance blocks, then Sigma_UO Sigma_OO^{-1}.
+
+    ``Sigma = K K^T`` with ``K = A^{-1} D^{1/2}`` (one triangular inversion);
+    only the blocks the conditioning needs are formed.
+    """
+    import scipy.linalg as sla
+    from scipy.linalg import lapack
+
+    A, d, c, x, n_U = _romcom_system(n_friends)
+    t0 = time.perf_counter()
+    Ainv, info = lapack.dtrtri(A.toarray(), lower=1)
+    mu = Ainv @ c
+    K = Ainv * np.sqrt(d)
+    K_U, K_O = K[:n_U], K[n_U:]
+    S_oo, S_uo = K_O @ K_O.T, K_U @ K_O.T
+    chol = sla.cho_factor(S_oo, lower=True)
+    mean = mu[:n_U] + S_uo @ sla.cho_solve(chol, x - mu[n_U:])
+    var = np.einsum("ij,ij->i", K_U, K_U) - np.einsum("ij,ji->i", S_uo, sla.cho_solve(chol, S_uo.T))
+    return _finish(t0, {}, _check(mean[1:]), sd_check=_check(np.sqrt(var[1:])))
+
+
+def romcom_pgmpy(n_friends: int) -> dict:
+    """pgmpy's LinearGaussianBayesianNetwork.predict_probability on the same model."""
+    import pandas as pd
+    from pgmpy.factors.continuous import LinearGaussianCPD
+    from pgmpy.models import LinearGaussianBayesianNetwork
+
+    who, s, x = romcom_data(n_friends)
+    t0 = time.perf_counter()
+    net = LinearGaussianBayesianNetwork()
+    net.add_node("R")
+    cpds = [LinearGaussianCPD("R", [ROMCOM_PRIOR[0]], ROMCOM_PRIOR[1])]  # pgmpy takes sds
+    for i in range(n_friends):
+        net.add_edge("R", f"R_{i}")
+        cpds.append(LinearGaussianCPD(f"R_{i}", [0.0, 1.0], ROMCOM_FRIEND_SD, ["R"]))
+    for k in range(who.size):
+        net.add_edge(f"R_{who[k]}", f"X_{k}")
+        cpds.append(LinearGaussianCPD(f"X_{k}", [0.0, 1.0], float(s[k]), [f"R_{who[k]}"]))
+    net.add_cpds(*cpds)
+    evidence = pd.DataFrame([x], columns=[f"X_{k}" for k in range(who.size)])
+    variables, mean, cov = net.predict_probability(evidence)
+    mean = np.asarray(mean).reshape(-1)
+    order = {name: j for j, name in enumerate(variables)}
+    friends = np.array([mean[order[f"R_{i}"]] for i in range(n_friends)])
+    return _finish(t0, {}, _check(friends))
+
+
+# ------------------------------------------------------------ app reliability
+
+
+def app_sizes(scale: int) -> tuple[int, int, int, int]:
+    """(publishers, apps, devices, installs) for scale 1 = the app-store size of the issue."""
+    return 10_000 // scale, 1_000_000 // scale, max(2_000 // scale, 20), 10_000_000 // scale
+
+
+def app_data(scale: int, seed: int = 0):
+    n_pub, n_app, n_dev, n_inst = app_sizes(scale)
+    rng = np.random.default_rng(seed)
+    pub_of_app = np.sort(rng.integers(0, n_pub, n_app))
+    pub_of_app[:n_pub] = np.arange(n_pub)
+    pub_of_app.sort()
+    app = rng.integers(0, n_app, n_inst)
+    dev = np.minimum(rng.zipf(1.3, n_inst) - 1, n_dev - 1)  # popular devices host most installs
+    y = 0.3 * rng.normal(size=n_app)[app] + 0.4 * rng.normal(size=n_dev)[dev] + 0.8 * rng.normal(size=n_inst)
+    return pub_of_app, app, dev, y
+
+
+def app_gdag(scale: int) -> dict:
+    """The seed's app-reliability model: posterior means and sds of every P_i, A_j and D_k."""
+    import gdag
+
+    pub_of_app, app, dev, y = app_data(scale)
+    n_pub, n_app, n_dev, n_inst = app_sizes(scale)
+    t0 = time.perf_counter()
+    m = gdag.Model("app_reliability")
+    publisher = m.plate("publisher", n_pub)
+    apps = m.plate("app", n_app, within=publisher, index=pub_of_app)
+    device = m.plate("device", n_dev)
+    install = m.plate("install", n_inst)
+    P = m.normal("P", mean=0.0, sd=1.0)
+    D = m.normal("D", mean=0.0, sd=1.0)
+    P_i = m.normal("P_i", mean=P, sd=0.5, plate=publisher)
+    A_j = m.normal("A_j", mean=P_i[pub_of_app], sd=0.3, plate=apps)
+    D_k = m.normal("D_k", mean=D, sd=0.4, plate=device)
+    m.normal("Y", mean=A_j[app] + D_k[dev], sd=0.8, plate=install)
+    declare = time.perf_counter() - t0
+    phases, fac, mean, var = gdag_phases(m, {"Y": y})
+    L = fac.L()
+    fill = dict(nnz_Q=int(fac_pattern_nnz(m)), nnz_L=int(L.nnz))
+    return _finish(t0, {"declare": declare, **phases}, _check(mean), sd_check=_check(np.sqrt(var)), **fill)
+
+
+def fac_pattern_nnz(model) -> int:
+    """Nonzeros of the lower triangle of Q_UU for the model's last conditioning."""
+    conds = [v for k, v in model._cache.items() if k[0] == "conditioning"]
+    return conds[-1]._gram.pattern.nnz
+
+
+def app_floor(scale: int) -> dict:
+    """Hand-written Q_UU (P, D, P_i, A_j, D_k) with scipy.sparse and CHOLMOD means, no variances."""
+    from sksparse import cholmod
+
+    pub_of_app, app, dev, y = app_data(scale)
+    n_pub, n_app, n_dev, n_inst = app_sizes(scale)
+    t0 = time.perf_counter()
+    # unknowns: P, D, P_i, A_j, D_k; equations: one per unknown plus one per install
+    o_pi, o_aj, o_dk = 2, 2 + n_pub, 2 + n_pub + n_app
+    n_U = o_dk + n_dev
+    eq = np.arange(n_U)
+    rows = [eq, o_pi + np.arange(n_pub), o_aj + np.arange(n_app), o_dk + np.arange(n_dev),
+            n_U + np.arange(n_inst), n_U + np.arange(n_inst)]
+    cols = [eq, np.zeros(n_pub, int), o_pi + pub_of_app, np.ones(n_dev, int), o_aj + app, o_dk + dev]
+    vals = [np.ones(n_U), -np.ones(n_pub), -np.ones(n_app), -np.ones(n_dev), np.ones(n_inst), np.ones(n_inst)]
+    A_U = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_U + n_inst, n_U))
+    d = np.concatenate([[1.0, 1.0], np.full(n_pub, 0.25), np.full(n_app, 0.09), np.full(n_dev, 0.16), np.full(n_inst, 0.64)])
+    r = np.concatenate([np.zeros(n_U), y])  # installs: y = A_j + D_k + e, so A_U x_U = y
+    W = sp.diags(1.0 / d)
+    Q = (A_U.T @ W @ A_U).tocsc()
+    b = A_U.T @ (W @ r)
+    mean = cholmod.cholesky(Q).solve_A(b)
+    # reorder to gdag's declaration order: P, D, P_i, A_j, D_k (the same here)
+    return _finish(t0, {}, _check(mean))
+
+
+# --------------------------------------------------------------- state space
+
+SS_PHI, SS_Q, SS_R, SS_P0 = 0.99, 0.1, 0.5, 100.0
+
+
+def ss_data(T: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y = np.cumsum(rng.normal(size=T)) * 0.3 + rng.normal(size=T)
+    y[rng.random(T) < 0.2] = np.nan
+    return y
+
+
+def ss_gdag(T: int) -> dict:
+    """Local-level model with a self-referencing family: smoothed means and variances."""
+    import gdag
+
+    y = ss_data(T)
+    t0 = time.perf_counter()
+    m = gdag.Model("local_level")
+    time_ = m.plate("time", T)
+    sd = np.full(T, np.sqrt(SS_Q))
+    sd[0] = np.sqrt(SS_P0)
+    x = m.normal("x", mean=lambda x: SS_PHI * x.lag(1), sd=sd, plate=time_)
+    m.normal("y", mean=x, sd=np.sqrt(SS_R), plate=time_)
+    declare = time.perf_counter() - t0
+    post_phases, _, mean, var = gdag_phases(m, {"y": y})
+    # U holds every x_t first, then the missing y_t
+    return _finish(t0, {"declare": declare, **post_phases}, _check(mean[:T]), sd_check=_check(np.sqrt(var[:T])))
+
+
+def ss_rts(T: int) -> dict:
+    """Kalman filter + Rauch-Tung-Striebel smoother, a Python loop over time."""
+    y = ss_data(T)
+    t0 = time.perf_counter()
+    mf, pf, mp, pp = (np.empty(T) for _ in range(4))
+    m, p = 0.0, SS_P0
+    for t in range(T):
+        if t:
+            m, p = SS_PHI * m, SS_PHI * SS_PHI * p + SS_Q
+        mp[t], pp[t] = m, p
+        if y[t] == y[t]:
+            k = p / (p + SS_R)
+            m, p = m + k * (y[t] - m), (1 - k) * p
+        mf[t], pf[t] = m, p
+    ms, ps = mf.copy(), pf.copy()
+    for t in range(T - 2, -1, -1):
+        g = pf[t] * SS_PHI / pp[t + 1]
+        ms[t] = mf[t] + g * (ms[t + 1] - mp[t + 1])
+        ps[t] = pf[t] + g * g * (ps[t + 1] - pp[t + 1])
+    return _finish(t0, {}, _check(ms), sd_check=_check(np.sqrt(ps)))
+
+
+# -------------------------------------------------------------- many queries
+
+
+def queries_gdag(n_queries: int, n_friends: int = 10_000) -> dict:
+    """One romcom model, ``n_queries`` different random observed subsets of its ratings."""
+    import gdag
+
+    who, s, x = romcom_data(n_friends)
+    rng = np.random.default_rng(1)
+    m = gdag.Model("romcom")
+    friend, rating = m.plate("friend", n_friends), m.plate("rating", who.size)
+    R = m.normal("R", mean=ROMCOM_PRIOR[0], sd=ROMCOM_PRIOR[1])
+    R_i = m.normal("R_i", mean=R, sd=ROMCOM_FRIEND_SD, plate=friend)
+    m.normal("X", mean=R_i[who], sd=s, plate=rating)
+    t0 = time.perf_counter()
+    first = None
+    total = 0.0
+    for q in range(n_queries):
+        xq = np.where(rng.random(x.size) < 0.8, x, np.nan)
+        tq = time.perf_counter()
+        post = m.posterior({"X": xq})
+        post.mean(R_i)
+        post.sd(R_i)
+        dt = time.perf_counter() - tq
+        first = dt if first is None else first
+        total += dt
+    return _finish(t0, {"first query": first, "per later query": (total - first) / max(n_queries - 1, 1)},
+                   [float(n_queries)])
+
+
+WARM_UP = {"romcom": 10, "app": 1000, "state_space": 100, "queries": 2}
+
+CASES = {
+    "romcom": {"gdag": romcom_gdag, "floor": romcom_floor, "dense numpy": romcom_dense, "pgmpy": romcom_pgmpy},
+    "app": {"gdag": app_gdag, "floor": app_floor},
+    "state_space": {"gdag": ss_gdag, "RTS smoother": ss_rts},
+    "queries": {"gdag": queries_gdag},
+}

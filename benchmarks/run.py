@@ -1,0 +1,220 @@
+"""Run every benchmark case and print one table; write docs/benchmarks.md and the scaling plot.
+
+    .venv/bin/python benchmarks/run.py            # the full suite (about 15 minutes on 2 cores)
+    .venv/bin/python benchmarks/run.py --quick    # small sizes, under a minute
+
+Each (case, implementation, size) runs in its own subprocess, so its peak
+memory is its own, and under a time limit.  Dense numpy references run with
+OPENBLAS_NUM_THREADS=1 (numpy's bundled OpenBLAS crashed in large dense
+Cholesky factorizations with two threads on these machines).  Peers that are
+not installed are skipped with a note; none is a dependency of gdag.
+Implementations of the same case must agree on their check numbers, or the
+run fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+FULL = [
+    ("romcom", "gdag", [1_000, 10_000, 100_000, 1_000_000]),
+    ("romcom", "floor", [1_000, 10_000, 100_000, 1_000_000]),
+    ("romcom", "dense numpy", [1_000, 3_000]),
+    ("romcom", "pgmpy", [1_000]),
+    ("app", "gdag", [100, 10, 1]),
+    ("app", "floor", [100, 10, 1]),
+    ("state_space", "gdag", [10_000, 100_000, 1_000_000]),
+    ("state_space", "RTS smoother", [10_000, 100_000, 1_000_000]),
+    ("queries", "gdag", [1_000]),
+]
+QUICK = [
+    ("romcom", "gdag", [1_000, 10_000]),
+    ("romcom", "floor", [1_000, 10_000]),
+    ("romcom", "dense numpy", [1_000]),
+    ("romcom", "pgmpy", [100]),
+    ("app", "gdag", [100]),
+    ("app", "floor", [100]),
+    ("state_space", "gdag", [10_000]),
+    ("state_space", "RTS smoother", [10_000]),
+    ("queries", "gdag", [20]),
+]
+PEERS = {"pgmpy": "pgmpy", "dense numpy": None}
+SIZE_NAMES = {"romcom": "friends", "app": "1/scale", "state_space": "T", "queries": "queries"}
+
+CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, {here!r})
+import cases
+run = cases.CASES[{case!r}][{impl!r}]
+if {impl!r} == "gdag":
+    run(cases.WARM_UP[{case!r}])  # load numba's compiled kernels and lazy imports outside the timing
+result = run({size!r})
+result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print("RESULT " + json.dumps(result))
+"""
+
+
+def run_one(case: str, impl: str, size: int, timeout: float) -> dict:
+    """Run one implementation in a subprocess; returns its result or a note."""
+    module = PEERS.get(impl)
+    if module is not None and subprocess.run([sys.executable, "-c", f"import {module}"],
+                                             capture_output=True).returncode != 0:
+        return {"note": f"{impl} not installed (pip install {module})"}
+    env = dict(os.environ)
+    if impl == "dense numpy":
+        env["OPENBLAS_NUM_THREADS"] = "1"
+    code = CHILD.format(here=str(HERE), case=case, impl=impl, size=size)
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"note": f"did not finish in {timeout:.0f} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {"note": f"failed: {tail[0][:120]}"}
+
+
+def agree(a: list, b: list, rtol: float = 1e-6) -> bool:
+    return all(abs(x - y) <= rtol * (1 + abs(y)) for x, y in zip(a, b))
+
+
+def machine() -> str:
+    import numpy
+    import scipy
+
+    import gdag
+
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{platform.platform()}, {os.cpu_count()} cores ({cpu}); Python {platform.python_version()}, "
+            f"numpy {numpy.__version__}, scipy {scipy.__version__}, gdag {gdag.__version__}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes only (under a minute)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed to one run")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+
+    results: dict = {}
+    for case, impl, sizes in plan:
+        for size in sizes:
+            print(f"running {case} / {impl} / {size} ...", file=sys.stderr, flush=True)
+            results[case, impl, size] = run_one(case, impl, size, args.timeout)
+
+    rows = table_rows(results)
+    text = format_table(rows)
+    print(text)
+    mismatches = [r for r in rows if r.get("mismatch")]
+    if not args.no_write:
+        write_report(text, results, args.quick)
+    if mismatches:
+        raise SystemExit(f"{len(mismatches)} reference(s) disagree with gdag: see the table")
+
+
+def table_rows(results: dict) -> list[dict]:
+    """One row per (case, size), gdag first, with every reference measured at that size."""
+    sizes = sorted({(case, size) for case, _, size in results}, key=lambda cs: (list(SIZE_NAMES).index(cs[0]), cs[1]))
+    rows = []
+    for case, size in sizes:
+        res = results.get((case, "gdag", size), {"note": "not run at this size"})
+        row = dict(case=case, size=size, gdag=res.get("seconds"), peak=res.get("peak_mb"),
+                   phases=res.get("phases", {}), note=res.get("note", ""), refs=[])
+        for key in ("nnz_Q", "nnz_L"):
+            if key in res:
+                row[key] = res[key]
+        for (c2, impl2, s2), ref in results.items():
+            if c2 != case or s2 != size or impl2 == "gdag":
+                continue
+            entry = dict(name=impl2, seconds=ref.get("seconds"), note=ref.get("note", ""))
+            if "check" in ref and "check" in res and not agree(res["check"], ref["check"]):
+                entry["note"] = "DISAGREES with gdag"
+                row["mismatch"] = True
+            row["refs"].append(entry)
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"| case | size | gdag s | gdag peak MB | reference | reference s | gdag / reference | phases (s) |"
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        phases = ", ".join(f"{k} {v:.3f}" for k, v in r["phases"].items())
+        if "nnz_L" in r:
+            phases += f"; nnz(Q) {r['nnz_Q']:,}, nnz(L) {r['nnz_L']:,}"
+        gdag_s = f"{r['gdag']:.3f}" if r["gdag"] is not None else r["note"]
+        peak = f"{r['peak']:.0f}" if r["peak"] else ""
+        refs = r["refs"] or [dict(name="-", seconds=None, note="")]
+        for i, ref in enumerate(refs):
+            ref_s = f"{ref['seconds']:.3f}" if ref["seconds"] is not None else ref["note"]
+            ratio = f"{r['gdag'] / ref['seconds']:.3g}" if ref["seconds"] and r["gdag"] else ""
+            if ref["note"] and ref["seconds"] is not None:
+                ratio += f" ({ref['note']})"
+            first = i == 0
+            lines.append(f"| {r['case'] if first else ''} | {r['size'] if first else ''} | {gdag_s if first else ''} | "
+                         f"{peak if first else ''} | {ref['name']} | {ref_s} | {ratio} | {phases if first else ''} |")
+    return "\n".join(lines)
+
+
+def write_report(table: str, results: dict, quick: bool) -> None:
+    docs = ROOT / "docs"
+    out = docs / ("benchmarks_quick.md" if quick else "benchmarks.md")
+    body = [
+        "# Benchmarks",
+        "",
+        f"Written by `benchmarks/run.py{' --quick' if quick else ''}` on {machine()}.",
+        "Each time is one run in a fresh subprocess. Ratios below 1 mean gdag is faster. "
+        "For references that measure less (means only) the ratio overstates gdag's cost.",
+        "",
+        table,
+        "",
+    ]
+    out.write_text("\n".join(body))
+    plot_scaling(results, docs / "figures" / ("scaling_quick.png" if quick else "scaling.png"))
+
+
+def plot_scaling(results: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no scaling plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    for impl, style in [("gdag", "o-"), ("floor", "s--"), ("dense numpy", "^:"), ("pgmpy", "v:")]:
+        pts = sorted((s, r["seconds"]) for (c, i, s), r in results.items()
+                     if c == "romcom" and i == impl and r.get("seconds"))
+        if pts:
+            ax.loglog(*zip(*pts), style, label=impl)
+    ax.set_xlabel("friends (x 5 ratings)")
+    ax.set_ylabel("seconds")
+    ax.set_title("romcom posterior: gdag (means and sds) vs references")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    main()
