@@ -91,6 +91,62 @@ class Conditioning:
             self._symbolic = factor.analyze(self._gram.pattern)
         return factor.CholeskyFactor(self._symbolic, system.Q, self.label_unobserved)
 
+    # ------------------------------------------------------------------
+    # Accessors for gdag.fit, which re-evaluates this system for many theta.
+
+    @property
+    def gram(self) -> "GramAssembler":
+        """The assembly maps of ``Q_UU`` and ``b`` for this pattern (used by :mod:`gdag.fit`)."""
+        return self._gram
+
+    @property
+    def coefficient_pattern(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, cols)`` over R of the reduced coefficients ``B'``, fixed for every theta.
+
+        When nothing is eliminated these are ``cm.B_rows, cm.B_cols`` (same
+        order, duplicates kept); otherwise one entry per position of ``B'``.
+        """
+        return self._pattern
+
+    def factor_for(self, Q: sp.csc_matrix) -> "factor.CholeskyFactor":
+        """A new numeric factor of a matrix with this pattern (as :meth:`factorize`, from ``Q`` alone)."""
+        if self._symbolic is None:
+            self._symbolic = factor.analyze(self._gram.pattern)
+        return factor.CholeskyFactor(self._symbolic, Q, self.label_unobserved)
+
+    def reduced_values(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(coef, c_R, d_R)``: ``B'`` on :attr:`coefficient_pattern`, ``c'`` and the variances over R."""
+        coef, c, d = self.cm.values(theta)
+        coef, c_R, _, _ = self._reduced_coefficients(coef, c)
+        return coef, c_R, d[self.R]
+
+    def reduced_offsets(self, theta: np.ndarray, C: sp.spmatrix) -> sp.csr_matrix:
+        """``C' = C_R + B_RS (I - B_SS)^{-1} C_S`` for offsets ``C`` (n x k, columns like ``c``).
+
+        ``c'`` is linear in ``c``; this maps each column of ``C`` the way
+        :meth:`system` maps ``c`` (e.g. ``F``'s columns to the ``F'`` of fixed effects).
+        """
+        C = sp.csr_matrix(C)
+        if self.S.size == 0:
+            return C[self.R]
+        coef, _, _ = self.cm.values(theta)
+        B = self.cm.B_matrix(coef)
+        B_SS, B_RS = B[self.S][:, self.S], B[self.R][:, self.S]
+        total = power = C[self.S]
+        for _ in range(self.S.shape[0]):  # B_SS is nilpotent
+            power = B_SS @ power
+            if power.nnz == 0:
+                break
+            total = total + power
+        return sp.csr_matrix(C[self.R] + B_RS @ total)
+
+    # (reliability) the cached symbolic analysis, for memory estimates made before factoring
+    def analysis(self):
+        """CHOLMOD's symbolic analysis of this pattern (computed once, shared by every factor)."""
+        if self._symbolic is None:
+            self._symbolic = factor.analyze(self._gram.pattern)
+        return self._symbolic
+
     def _coefficient_pattern(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, cols) over R of the reduced coefficients ``B'``, fixed for every theta."""
         cm = self.cm

@@ -1,0 +1,403 @@
+r"""Blocked Cholesky for crossed designs: an independent head and a dense tail.
+
+Used by :mod:`gdag.fit` (internal).  In a crossed random-effects model the
+precision of the unobserved variables has the block form
+
+.. math::
+
+    Q = \begin{pmatrix} D & C^T \\ C & Q_{TT} \end{pmatrix}, \qquad D = \mathrm{diag}(q_h)
+
+where the *head* ``H`` is a set of variables with no precision entry between
+any two of them (the levels of the largest grouping factor: two students are
+never in the same row of ``A``), and the *tail* ``T`` is everything else.
+Eliminating the head is free, and the Schur complement
+``K = Q_TT - C D^{-1} C^T`` of a crossed design is nearly dense, so it is
+factored by LAPACK (``K = U^T U``, upper triangle, column-major) at BLAS speed.  This is the structure
+MixedModels.jl exploits (a diagonal first block, dense blocks after it).
+
+* ``log|Q| = sum log q_h + 2 sum log U_ii``
+* ``Q^{-1}`` on any pair of variables: with ``Z = K^{-1}`` (``dpotri``),
+  ``(Q^{-1})_TT = Z``, ``(Q^{-1})_{Th} = -Z c_h / q_h`` and
+  ``(Q^{-1})_{hh} = 1/q_h + c_h^T Z c_h / q_h^2``.
+
+The split and the index maps are computed once per pattern; each new set of
+values costs one pass over ``C`` (the Schur update), ``dpotrf`` and, for
+gradients, ``dpotri``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+from scipy.linalg import lapack
+
+from .errors import NotIdentifiedError
+
+# Largest dense tail (its K takes 8 |T|^2 bytes, twice when the inverse is needed).
+MAX_TAIL = 4000
+# A tail this small is always dense; a larger one only when its Schur
+# complement has at least this density (else the sparse factor is cheaper).
+SMALL_TAIL = 300
+MIN_DENSITY = 0.05
+
+
+def choose_split(Q_pattern: sp.csc_matrix, family: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(head, tail)`` positions for a blocked factorization of this pattern, or None.
+
+    ``family`` labels each variable's family.  The head is built greedily from
+    whole families, largest first, that have no precision entry inside
+    themselves or with the head so far.  None when the tail is too large for a
+    dense factor (:attr:`BlockedFactor.worthwhile` then judges its density).
+    """
+    n = Q_pattern.shape[0]
+    if n == 0:
+        return None
+    coo = sp.coo_matrix(Q_pattern)
+    off = coo.row != coo.col
+    n_fam = int(family.max()) + 1
+    coupled = np.zeros((n_fam, n_fam), bool)
+    fi, fj = family[coo.row[off]], family[coo.col[off]]
+    coupled[fi, fj] = True
+    coupled[fj, fi] = True
+    sizes = np.bincount(family, minlength=n_fam)
+    head_fams: list[int] = []
+    for f in np.argsort(-sizes, kind="stable"):
+        if sizes[f] == 0 or coupled[f, f] or any(coupled[f, g] for g in head_fams):
+            continue
+        head_fams.append(int(f))
+    in_head = np.isin(family, head_fams)
+    head, tail = np.flatnonzero(in_head), np.flatnonzero(~in_head)
+    if tail.size > MAX_TAIL:
+        return None
+    return head, tail
+
+
+class OneBlasThread:
+    """Context manager: every loaded OpenBLAS on one thread inside it (unless OPENBLAS_NUM_THREADS is set).
+
+    Internal; used around each objective evaluation of a fit.  On shared
+    machines multi-threaded OpenBLAS spins: dpotrf of a 1,142 x 1,142 matrix
+    took up to 1 s instead of 13 ms while another process held the second
+    core, and a whole InstEval fit 30 s instead of 0.4 s.  At the sizes of a
+    fit's dense blocks one thread loses little (13 against 9 ms on an idle
+    2-core machine), so gdag uses one unless the user asked for more through
+    OPENBLAS_NUM_THREADS.  Libraries: numpy's and scipy's bundled OpenBLAS and
+    the system's (CHOLMOD).  Anything else (MKL, non-Linux) is left alone.
+    """
+
+    _PAIRS = (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+              ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+              ("openblas_get_num_threads", "openblas_set_num_threads"))
+
+    def __init__(self):
+        self._libs: list = []
+        self._prev: list = []
+        if "OPENBLAS_NUM_THREADS" in os.environ:
+            return
+        try:
+            with open("/proc/self/maps") as fh:
+                paths = sorted({line.split()[-1] for line in fh if "openblas" in line.split()[-1].lower()})
+        except OSError:
+            return
+        for path in paths:
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for get_name, set_name in self._PAIRS:
+                if hasattr(lib, get_name) and hasattr(lib, set_name):
+                    get, put = getattr(lib, get_name), getattr(lib, set_name)
+                    get.restype, get.argtypes, put.argtypes = ctypes.c_int, [], [ctypes.c_int]
+                    self._libs.append((get, put))
+                    break
+
+    def __enter__(self):
+        self._prev = [get() for get, _ in self._libs]
+        for (_, put), prev in zip(self._libs, self._prev):
+            if prev > 1:
+                put(1)
+        return self
+
+    def __exit__(self, *exc):
+        for (_, put), prev in zip(self._libs, self._prev):
+            if prev > 1:
+                put(prev)
+
+
+_ONE_THREAD: OneBlasThread | None = None
+
+
+def one_blas_thread() -> OneBlasThread:
+    """The process's :class:`OneBlasThread` (libraries are looked up once)."""
+    global _ONE_THREAD
+    if _ONE_THREAD is None:
+        from scipy.linalg import lapack as _  # noqa: F401 - load scipy's BLAS before looking
+
+        _ONE_THREAD = OneBlasThread()
+    return _ONE_THREAD
+
+
+class BlockedFactor:
+    """Numeric factor of ``Q`` (lower triangle given, fixed pattern) in head/tail blocks.
+
+    Parameters
+    ----------
+    Q_pattern : csc_matrix
+        Lower triangle of ``Q`` with the pattern every later matrix will have.
+    head, tail : int arrays
+        From :func:`choose_split`.
+    describe : callable
+        Maps positions of ``Q`` to labels for error messages.
+    """
+
+    def __init__(self, Q_pattern: sp.csc_matrix, head: np.ndarray, tail: np.ndarray, describe):
+        n = Q_pattern.shape[0]
+        self.n, self.head, self.tail, self._describe = n, head, tail, describe
+        self.n_H, self.n_T = int(head.shape[0]), int(tail.shape[0])
+        Q = sp.csc_matrix(Q_pattern)  # positions below index Q.data of later matrices with this pattern
+        self._nnz = Q.nnz
+        kind = np.zeros(n, np.int8)  # 0 head, 1 tail
+        kind[tail] = 1
+        local = np.empty(n, np.int64)
+        local[head] = np.arange(self.n_H)
+        local[tail] = np.arange(self.n_T)
+        (self._pos_qh, self._c_indptr, self._c_rows, self._c_pos, self._tt_pos, self._tt_i,
+         self._tt_j) = _split_indices(Q.indptr.astype(np.int64), Q.indices.astype(np.int64), kind, local, self.n_H)
+        self._local, self._kind = local, kind
+        self._L = None
+        self._Z = None
+
+    @property
+    def worthwhile(self) -> bool:
+        """Whether the tail's Schur complement is dense enough for LAPACK to beat a sparse factor."""
+        if self.n_T <= SMALL_TAIL:
+            return True
+        nnz = _schur_pattern_size(self._c_indptr, self._c_rows, self.n_T, self._tt_i, self._tt_j)
+        return nnz >= MIN_DENSITY * self.n_T * (self.n_T + 1) / 2
+
+    def refactor_inplace(self, Q: sp.csc_matrix) -> None:
+        """Factor new values on the pattern given at construction."""
+        data = Q.data
+        if Q.nnz != self._nnz:  # pragma: no cover - guarded by the caller
+            raise ValueError("pattern changed")
+        self.q_h = data[self._pos_qh]
+        bad = np.flatnonzero(~(self.q_h > 0))
+        if bad.size:
+            self._not_identified(self.head[bad[0]])
+        self.c_data = data[self._c_pos]
+        K = np.zeros((self.n_T, self.n_T), order="F")
+        K[self._tt_j, self._tt_i] = data[self._tt_pos]  # upper triangle: column-major friendly
+        if self.n_T and self.n_H:
+            _schur_update(self._c_indptr, self._c_rows, self.c_data, self.q_h, K)
+        self._Z = None
+        if self.n_T:
+            L, info = lapack.dpotrf(K, lower=0, overwrite_a=1, clean=0)  # K = U^T U
+            if info != 0:
+                self._not_identified(self.tail[max(info - 1, 0)])
+            self._L = L
+            self._logdet_T = 2.0 * float(np.sum(np.log(np.diag(L))))
+        else:
+            self._L, self._logdet_T = None, 0.0
+
+    def _not_identified(self, position: int):
+        label = self._describe(np.array([position]))[0]
+        raise NotIdentifiedError(
+            f"The posterior is not proper: `{label}` is not identified (its pivot in the Cholesky "
+            "factorization is not positive). Give it a prior with finite sd or observe data that informs it."
+        )
+
+    def logdet(self) -> float:
+        """``log det Q``."""
+        return float(np.sum(np.log(self.q_h))) + self._logdet_T
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        """``Q^{-1} b`` for a vector or a matrix of columns."""
+        b = np.asarray(b, dtype=float)
+        vec = b.ndim == 1
+        B = b.reshape(self.n, -1)
+        bH, bT = B[self.head] / self.q_h[:, None], B[self.tail].copy()
+        if self.n_T:
+            if self.n_H:
+                bT -= _c_times(self._c_indptr, self._c_rows, self.c_data, bH, self.n_T)
+            xT, info = lapack.dpotrs(self._L, bT, lower=0)
+            xH = bH - _ct_times(self._c_indptr, self._c_rows, self.c_data, xT) / self.q_h[:, None]
+        else:
+            xT, xH = bT, bH
+        out = np.empty_like(B)
+        out[self.head], out[self.tail] = xH, xT
+        return out.reshape(-1) if vec else out
+
+    def covariances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``(Q^{-1})[a[k], b[k]]`` for pairs of positions (see the module docstring)."""
+        if self.n_T and self._Z is None:
+            self._Z, info = lapack.dpotri(self._L, lower=0)  # upper triangle of K^{-1}
+        Z = self._Z if self.n_T else np.zeros((0, 0), order="F")
+        return _pair_values(a, b, self._kind, self._local, self.q_h, self._c_indptr, self._c_rows,
+                            self.c_data, Z)
+
+
+@numba.njit(cache=True)
+def _split_indices(indptr, indices, kind, local, n_H):
+    """Index maps from ``Q``'s lower CSC data to the head diagonal, ``C`` (by head, tail rows sorted) and ``Q_TT``."""
+    n = indptr.shape[0] - 1
+    pos_qh = np.full(n_H, -1, np.int64)
+    counts = np.zeros(n_H + 1, np.int64)
+    n_tt = 0
+    for j in range(n):
+        for p in range(indptr[j], indptr[j + 1]):
+            r = indices[p]
+            if kind[r] == 0 and kind[j] == 0:
+                pos_qh[local[j]] = p  # head variables share no entries: r == j
+            elif kind[r] != kind[j]:
+                counts[(local[j] if kind[j] == 0 else local[r]) + 1] += 1
+            else:
+                n_tt += 1
+    for h in range(n_H):
+        counts[h + 1] += counts[h]
+    c_rows = np.empty(counts[n_H], np.int64)
+    c_pos = np.empty(counts[n_H], np.int64)
+    fill = counts[:-1].copy()
+    tt_pos = np.empty(n_tt, np.int64)
+    tt_i = np.empty(n_tt, np.int64)
+    tt_j = np.empty(n_tt, np.int64)
+    k = 0
+    for j in range(n):
+        for p in range(indptr[j], indptr[j + 1]):
+            r = indices[p]
+            if kind[r] != kind[j]:
+                h, t = (local[j], local[r]) if kind[j] == 0 else (local[r], local[j])
+                c_rows[fill[h]] = t
+                c_pos[fill[h]] = p
+                fill[h] += 1
+            elif kind[r] == 1:
+                a, b = local[r], local[j]
+                tt_pos[k] = p
+                tt_i[k] = max(a, b)
+                tt_j[k] = min(a, b)
+                k += 1
+    for h in range(n_H):  # insertion sort of each head's tail rows (short lists)
+        for a in range(counts[h] + 1, counts[h + 1]):
+            r, q = c_rows[a], c_pos[a]
+            b = a - 1
+            while b >= counts[h] and c_rows[b] > r:
+                c_rows[b + 1] = c_rows[b]
+                c_pos[b + 1] = c_pos[b]
+                b -= 1
+            c_rows[b + 1] = r
+            c_pos[b + 1] = q
+    return pos_qh, counts, c_rows, c_pos, tt_pos, tt_i, tt_j
+
+
+@numba.njit(cache=True)
+def _schur_pattern_size(indptr, rows, n_T, tt_i, tt_j):
+    """Entries in the lower triangle of the pattern of ``Q_TT + C C^T``."""
+    # tail -> heads (CSR of C^T)
+    counts = np.zeros(n_T + 1, np.int64)
+    for a in range(rows.shape[0]):
+        counts[rows[a] + 1] += 1
+    for t in range(n_T):
+        counts[t + 1] += counts[t]
+    heads = np.empty(rows.shape[0], np.int64)
+    fill = counts[:-1].copy()
+    for h in range(indptr.shape[0] - 1):
+        for a in range(indptr[h], indptr[h + 1]):
+            heads[fill[rows[a]]] = h
+            fill[rows[a]] += 1
+    # Q_TT's own entries, by column
+    qcount = np.zeros(n_T + 1, np.int64)
+    for k in range(tt_j.shape[0]):
+        qcount[tt_j[k] + 1] += 1
+    for t in range(n_T):
+        qcount[t + 1] += qcount[t]
+    qrows = np.empty(tt_i.shape[0], np.int64)
+    qfill = qcount[:-1].copy()
+    for k in range(tt_j.shape[0]):
+        qrows[qfill[tt_j[k]]] = tt_i[k]
+        qfill[tt_j[k]] += 1
+    marker = np.full(n_T, -1, np.int64)
+    total = 0
+    for j in range(n_T):
+        marker[j] = j
+        total += 1
+        for k in range(qcount[j], qcount[j + 1]):
+            i = qrows[k]
+            if marker[i] != j:
+                marker[i] = j
+                total += 1
+        for a in range(counts[j], counts[j + 1]):
+            h = heads[a]
+            for b in range(indptr[h], indptr[h + 1]):
+                i = rows[b]
+                if i > j and marker[i] != j:
+                    marker[i] = j
+                    total += 1
+    return total
+
+
+@numba.njit(cache=True)
+def _schur_update(indptr, rows, vals, q, K):
+    """Upper triangle of ``K -= C diag(1/q) C^T`` (C by head columns, rows sorted; K column-major)."""
+    for h in range(q.shape[0]):
+        inv = 1.0 / q[h]
+        for a in range(indptr[h], indptr[h + 1]):
+            j = rows[a]
+            ca = vals[a] * inv
+            for b in range(indptr[h], a + 1):
+                K[rows[b], j] -= ca * vals[b]
+
+
+@numba.njit(cache=True)
+def _c_times(indptr, rows, vals, X, n_T):
+    """``C @ X`` (X: head x k)."""
+    out = np.zeros((n_T, X.shape[1]))
+    for h in range(indptr.shape[0] - 1):
+        for a in range(indptr[h], indptr[h + 1]):
+            for k in range(X.shape[1]):
+                out[rows[a], k] += vals[a] * X[h, k]
+    return out
+
+
+@numba.njit(cache=True)
+def _ct_times(indptr, rows, vals, X):
+    """``C^T @ X`` (X: tail x k)."""
+    n_H = indptr.shape[0] - 1
+    out = np.zeros((n_H, X.shape[1]))
+    for h in range(n_H):
+        for a in range(indptr[h], indptr[h + 1]):
+            for k in range(X.shape[1]):
+                out[h, k] += vals[a] * X[rows[a], k]
+    return out
+
+
+@numba.njit(cache=True)
+def _pair_values(a, b, kind, local, q, indptr, rows, vals, Z):
+    """Entries of ``Q^{-1}`` for pairs, from the upper triangle of ``Z = K^{-1}`` (column-major reads)."""
+    out = np.empty(a.shape[0])
+    for k in range(a.shape[0]):
+        i, j = a[k], b[k]
+        if kind[i] == 1 and kind[j] == 1:
+            li, lj = local[i], local[j]
+            out[k] = Z[li, lj] if li <= lj else Z[lj, li]
+        elif kind[i] == 0 and kind[j] == 0:  # necessarily i == j
+            h = local[i]
+            s = 0.0
+            for r in range(indptr[h], indptr[h + 1]):  # rows sorted: Z[rows[p], rows[r]] with p <= r
+                col = rows[r]
+                acc = 0.5 * Z[col, col] * vals[r]
+                for p in range(indptr[h], r):
+                    acc += Z[rows[p], col] * vals[p]
+                s += 2.0 * vals[r] * acc
+            out[k] = 1.0 / q[h] + s / (q[h] * q[h])
+        else:
+            h = local[i] if kind[i] == 0 else local[j]
+            t = local[j] if kind[i] == 0 else local[i]
+            s = 0.0
+            for p in range(indptr[h], indptr[h + 1]):
+                r = rows[p]
+                s += (Z[t, r] if t <= r else Z[r, t]) * vals[p]
+            out[k] = -s / q[h]
+    return out
