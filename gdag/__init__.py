@@ -19,6 +19,7 @@ from .errors import (
     NotIdentifiedError,
     ParamError,
 )
+from .fit import Fit
 from .posterior import Posterior
 from .terms import Expr, dot
 
@@ -31,6 +32,7 @@ __all__ = [
     "Plate",
     "Expr",
     "Posterior",
+    "Fit",
     "dot",
     "ModelError",
     "ModelSpecError",
