@@ -19,6 +19,10 @@ from . import terms
 from .errors import ModelSpecError
 from .terms import Expr, Operand
 
+# Largest plate or parameter size accepted: far beyond any model that fits in
+# memory, and small enough that sums of sizes never overflow int64.
+MAX_SIZE = 2**40
+
 
 @dataclass(frozen=True, eq=False)
 class Plate:
@@ -95,8 +99,9 @@ class Node(Operand):
         Inside a self-referencing mean this gives an AR chain:
         ``m.normal("x", mean=lambda x: phi * x.lag(1), sd=s, plate=time)``.
         """
-        if not isinstance(k, (int, np.integer)) or k < 1:
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ModelSpecError(f"`{self.name}.lag(k)` needs an integer k >= 1; got {k!r}.")
+        k = min(int(k), self.size)  # a lag beyond the plate leaves every entry without a term
         target = np.arange(self.size, dtype=np.int64)
         source = np.maximum(target - k, 0)
         return terms.gather(self, source, where=target >= k)
@@ -148,10 +153,11 @@ def check_param_value(param: Param, value) -> np.ndarray:
 
     if isinstance(value, (str, bytes)) or isinstance(value, Operand):
         raise ParamError(f"The value of parameter `{param.name}` must be numeric; got {type(value).__name__}.")
-    try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError) as err:
-        raise ParamError(f"The value of parameter `{param.name}` must be numeric; got {value!r}.") from err
+    if terms.is_complex(value):
+        raise ParamError(f"The value of parameter `{param.name}` must be real; got a complex value.")
+    if terms.is_boolean(value):
+        raise ParamError(f"The value of parameter `{param.name}` must be numeric; got True/False values.")
+    arr = terms.as_float_array(value, ParamError, f"The value of parameter `{param.name}` must be numeric; got {value!r:.60}.")
     arr = arr.reshape(-1) if arr.ndim <= 1 else arr
     if arr.ndim != 1 or arr.shape[0] != param.size:
         raise ParamError(
@@ -216,6 +222,8 @@ class Model:
             raise ModelSpecError(f"Plate `{name}` needs an integer size; got {size!r}.")
         if size < 1:
             raise ModelSpecError(f"Plate `{name}` has size {size}; a plate needs at least one entry.")
+        if size > MAX_SIZE:
+            raise ModelSpecError(f"Plate `{name}` has size {size}; gdag accepts at most 2**40 entries.")
         if within is not None and not isinstance(within, Plate):
             raise ModelSpecError(f"`within` for plate `{name}` must be a Plate; got {type(within).__name__}.")
         if within is not None and self.plates.get(within.name) is not within:
@@ -284,6 +292,10 @@ class Model:
         scalar = size is None
         if not scalar and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1):
             raise ModelSpecError(f"Parameter `{name}` needs a positive integer size; got {size!r}.")
+        if not scalar and size > MAX_SIZE:
+            raise ModelSpecError(f"Parameter `{name}` has size {size}; gdag accepts at most 2**40 entries.")
+        if not isinstance(positive, (bool, np.bool_)):
+            raise ModelSpecError(f"Parameter `{name}`: `positive` must be True or False; got {positive!r}.")
         param = Param(self, name, 1 if scalar else int(size), scalar, bool(positive), value, _declaration_site())
         self.params[name] = param
         self._touch()
@@ -308,7 +320,7 @@ class Model:
         """
         from .posterior import condition
 
-        return condition(self, data or {}, params or {})
+        return condition(self, {} if data is None else data, {} if params is None else params)
 
     def fit(self, data, method: str = "reml", **options):
         """Estimate unknown parameters by ``"reml"``, ``"ml"`` or ``"em"``; see :func:`gdag.fit.fit`."""
@@ -320,6 +332,8 @@ class Model:
         """The model as a ``networkx.DiGraph``: families (default) or scalar variables."""
         from .graph import expanded_graph, family_graph
 
+        if not isinstance(expanded, (bool, np.bool_)):
+            raise ModelSpecError(f"graph(expanded=...) takes True or False; got {expanded!r}.")
         return expanded_graph(self) if expanded else family_graph(self)
 
     def render(self, path=None, **options):
@@ -329,10 +343,54 @@ class Model:
         return render(self, path, **options)
 
     def describe(self) -> str:
-        """Family sizes and the sizes of the compiled sparse system."""
-        from .compiler import compiled
+        """Family sizes, and the sizes of the sparse system gdag factors.
 
-        return compiled(self).describe()
+        The last section gives the nonzeros of ``Q_UU`` and of its Cholesky
+        factor and the estimated peak memory of a posterior, for the observed
+        pattern of the last :meth:`posterior` call (or, before any, with
+        nothing observed).  They come from the symbolic analysis alone.
+        """
+        import numpy as np
+
+        from .compiler import compiled
+        from .posterior import conditioning_for, factor_size_for
+
+        cm = compiled(self)
+        cond = self._cache.get(("last_conditioning", self._version))
+        which = "last queried pattern"
+        if cond is None:
+            cond = conditioning_for(self, cm, np.zeros(cm.n, dtype=bool))
+            which = "nothing observed"
+        size = factor_size_for(self, cond)
+        return cm.describe() + f"\n  posterior ({which}): {size.describe()}"
+
+    def to_dict(self) -> dict:
+        """The declarations as a JSON-safe dict; :meth:`from_dict` rebuilds the model exactly.
+
+        Examples
+        --------
+        >>> import json, gdag
+        >>> m = gdag.Model("tiny")
+        >>> a = m.normal("a", mean=1.0, sd=2.0)
+        >>> m2 = gdag.Model.from_dict(json.loads(json.dumps(m.to_dict())))
+        >>> m2.to_dict() == m.to_dict()
+        True
+        """
+        from .serialize import model_to_dict
+
+        return model_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Model":
+        """Rebuild a model from :meth:`to_dict`'s output.
+
+        Nothing is evaluated or unpickled; every field is checked, and a
+        malformed dict raises :class:`~gdag.ModelSpecError` (a cycle,
+        :class:`~gdag.CycleError`).  See :mod:`gdag.serialize` for the layout.
+        """
+        from .serialize import model_from_dict
+
+        return model_from_dict(d)
 
     # ------------------------------------------------------------- internals
 
@@ -377,10 +435,13 @@ class Model:
             raise ModelSpecError(f"{where}: an sd cannot depend on a node; gdag models are linear-Gaussian.")
         if isinstance(sd, Operand):
             return self._param_sd(node, terms.as_expr(sd))
-        try:
-            arr = np.asarray(sd, dtype=float)
-        except (TypeError, ValueError):
-            raise ModelSpecError(f"{where}: sd must be a number, an array or a positive parameter; got {sd!r}.") from None
+        if terms.is_complex(sd):
+            raise ModelSpecError(f"{where}: sd must be real; got a complex value.")
+        if terms.is_boolean(sd):
+            raise ModelSpecError(f"{where}: sd must be a number, an array or a positive parameter; got True/False values.")
+        arr = terms.as_float_array(
+            sd, ModelSpecError, f"{where}: sd must be a number, an array or a positive parameter; got {sd!r:.60}."
+        )
         if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] not in (1, node.size)):
             raise ModelSpecError(f"{where}: sd has shape {arr.shape}; it needs length {node.size} or a single value.")
         bad = np.flatnonzero(~np.isfinite(np.atleast_1d(arr)) | (np.atleast_1d(arr) < 0))

@@ -88,7 +88,11 @@ class CholeskyFactor:
         label = self._describe(np.array([self._factor.P()[column]]))[0]
         raise NotIdentifiedError(
             f"The posterior is not proper: `{label}` is not identified (its pivot in the Cholesky "
-            "factorization is not positive). Give it a prior with finite sd or observe data that informs it."
+            "factorization is not positive). Give it a prior with finite sd or observe data that informs it. "
+            # (reliability) for a valid model Q_UU is positive definite in exact arithmetic, so in practice
+            # this is rounding: say what causes it.
+            "In double precision this happens when the sds around it span too many orders of magnitude: "
+            "a vague prior over barely informed children, or a near-deterministic node (use sd=0 for it)."
         ) from None
 
     @property

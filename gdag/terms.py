@@ -15,6 +15,7 @@ An expression of length 1 broadcasts against any length, as in numpy.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +83,11 @@ class Operand:
         divisor = _constant_array(other, "divisor")
         if np.any(divisor == 0):
             raise ModelSpecError("Division by zero in a mean expression.")
-        return _multiply(self._expr(), 1.0 / divisor)
+        with np.errstate(over="ignore"):
+            inverse = 1.0 / divisor
+        if not np.all(np.isfinite(inverse)):
+            raise ModelSpecError("Dividing by a number this small overflows double precision; rescale the model's units.")
+        return _multiply(self._expr(), inverse)
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,24 +138,25 @@ def gather(source, index, *, where=None) -> Expr:
     ``index`` is a single integer (a length-1 expression that broadcasts) or a
     1-d integer array; negative, non-integer and out-of-range entries are errors.
     """
-    scalar_index = np.ndim(index) == 0
+    index = _asarray(index, f"index into `{source.name}`")
+    scalar_index = index.ndim == 0
     idx = check_index(index, source.size, f"index into `{source.name}`")
     rows = np.arange(idx.shape[0], dtype=np.int64)
     vals = np.ones(idx.shape[0])
     if where is not None:
-        mask = np.asarray(where)
+        mask = _asarray(where, f"`where` for `{source.name}`")
         if mask.dtype != bool or mask.shape != idx.shape:
             raise ModelSpecError(
                 f"`where` for `{source.name}` must be a boolean array of length {idx.shape[0]}."
             )
         rows, idx, vals = rows[mask], idx[mask], vals[mask]
-    length = 1 if scalar_index else int(np.shape(index)[0])
+    length = 1 if scalar_index else int(index.shape[0])
     return Expr(length, (Term(source, rows, idx, vals),), np.zeros(length))
 
 
 def check_index(index, size: int, what: str) -> np.ndarray:
     """Validate an integer index array into a family of ``size`` entries."""
-    arr = np.asarray(index)
+    arr = _asarray(index, f"{what}")
     if arr.ndim > 1:
         raise ModelSpecError(f"The {what} must be a 1-d integer array; got shape {arr.shape}.")
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
@@ -197,7 +203,7 @@ def dot(matrix, source) -> Expr:
     if sp.issparse(matrix):
         coo = sp.coo_matrix(matrix)
     else:
-        dense = np.asarray(matrix)
+        dense = _asarray(matrix, f"design matrix for `{source.name}`")
         if dense.ndim == 1:
             dense = dense.reshape(-1, 1)
         if dense.ndim != 2 or not np.issubdtype(dense.dtype, np.number) or np.iscomplexobj(dense):
@@ -249,7 +255,10 @@ def _common_length(a: int, b: int) -> int:
 def _add(a: Expr, b: Expr) -> Expr:
     n = _common_length(a.length, b.length)
     a, b = broadcast_to(a, n), broadcast_to(b, n)
-    return Expr(n, a.terms + b.terms, a.offset + b.offset)
+    with np.errstate(over="ignore", invalid="ignore"):
+        offset = a.offset + b.offset
+    _check_finite(offset, "sum")
+    return Expr(n, a.terms + b.terms, offset)
 
 
 def _negate(a: Expr) -> Expr:
@@ -281,8 +290,19 @@ def _multiply(expr: Expr, other) -> Expr:
     n = _common_length(expr.length, factor.shape[0])
     expr = broadcast_to(expr, n)
     factor = np.broadcast_to(factor, (n,))
-    terms = tuple(replace(t, vals=t.vals * factor[t.rows]) for t in expr.terms)
-    return Expr(n, terms, expr.offset * factor)
+    with np.errstate(over="ignore", invalid="ignore"):
+        terms = tuple(replace(t, vals=t.vals * factor[t.rows]) for t in expr.terms)
+        offset = expr.offset * factor
+    for values in [offset] + [t.vals for t in terms]:
+        _check_finite(values, "product")
+    return Expr(n, terms, offset)
+
+
+def _check_finite(values: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(values)):
+        raise ModelSpecError(
+            f"A {what} in a mean expression overflows double precision (beyond 1.8e308); rescale the model's units."
+        )
 
 
 def _is_bare_param(expr: Expr) -> bool:
@@ -328,15 +348,52 @@ def _constant_array(value, what: str) -> np.ndarray:
         raise ModelSpecError(f"The {what} must be numeric; got the string {value!r}.")
     if sp.issparse(value):
         raise ModelSpecError(f"A sparse matrix as a {what} needs gdag.dot(matrix, node).")
-    try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError) as err:
-        raise ModelSpecError(f"The {what} must be a number or a 1-d numeric array; got {type(value).__name__}.") from err
+    if is_complex(value):
+        raise ModelSpecError(f"The {what} must be real; got a complex value.")
+    arr = as_float_array(value, ModelSpecError, f"The {what} must be a number or a 1-d numeric array; got {type(value).__name__}.")
     if arr.ndim > 1:
         raise ModelSpecError(f"The {what} must be a number or a 1-d array; got shape {arr.shape}. Use gdag.dot for matrices.")
     if not np.all(np.isfinite(arr)):
         raise ModelSpecError(f"The {what} has NaN or infinite entries.")
     return arr
+
+
+def as_float_array(value, error: type, message: str) -> np.ndarray:
+    """``np.asarray(value, dtype=float)``, raising ``error(message)`` where that fails or would
+    silently drop an imaginary part (complex entries nested in an object array)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", np.exceptions.ComplexWarning)
+        try:
+            return np.asarray(value, dtype=float)
+        except (TypeError, ValueError, OverflowError, np.exceptions.ComplexWarning) as err:
+            raise error(message) from err
+
+
+def _asarray(value, what: str) -> np.ndarray:
+    """``np.asarray`` that reports ragged or unconvertible input as a :class:`ModelSpecError`."""
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ModelSpecError(f"The {what} must be an array; got a ragged or unconvertible {type(value).__name__}.") from err
+
+
+def is_boolean(value) -> bool:
+    """True for True/False values, boolean arrays and sequences holding them (refused as numbers)."""
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.dtype == bool or (value.dtype == object and any(is_boolean(v) for v in value.reshape(-1)))
+    if isinstance(value, (list, tuple)):
+        return any(is_boolean(v) for v in value)
+    return False
+
+
+def is_complex(value) -> bool:
+    """True for complex input (which a float conversion would silently truncate)."""
+    try:
+        return bool(np.iscomplexobj(value))
+    except (TypeError, ValueError):  # ragged lists and the like: the float conversion reports them
+        return False
 
 
 def _describe(obj) -> str:

@@ -1,0 +1,127 @@
+"""Memory: what the machine has available and what a computation would need.
+
+gdag refuses, with a :class:`~gdag.ModelError` that gives both numbers, a
+computation whose estimated memory exceeds what the operating system reports
+as available, instead of letting it swap or be killed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def available_memory() -> float:
+    """Bytes the OS could give this process now: ``MemAvailable`` from /proc/meminfo.
+
+    Falls back to the free physical pages (``os.sysconf``) and, where neither
+    is known, to infinity (no refusal).
+    """
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (OSError, ValueError, AttributeError):
+        return float("inf")
+
+
+def gigabytes(n_bytes) -> float:
+    """``n_bytes`` in GB (1e9 bytes), for messages; safe for huge Python ints."""
+    return float(min(n_bytes, 10**300)) / 1e9
+
+
+# ------------------------------------------------------ factor size estimate
+
+# Bytes per nonzero of L at the peak of a posterior with variances: CHOLMOD's
+# values (8, plus supernodal padding of 5-70%), the CSC copy of L for selected
+# inversion (8 + 8 for the index) and selected inversion's work array (8).
+# Measured peaks on crossed models: 64-74 bytes per nonzero of L, everything
+# included; the O(n) arrays are counted separately.
+BYTES_PER_FACTOR_ENTRY = 64
+BYTES_PER_VARIABLE = 200
+
+
+@dataclass(frozen=True)
+class FactorSize:
+    """Sizes of the sparse system for one observed pattern, from the symbolic analysis alone."""
+
+    n_unobserved: int
+    nnz_Q: int  # lower triangle of Q_UU, diagonal included
+    nnz_L: int  # structural nonzeros of the Cholesky factor
+    flops: float  # sum of squared column counts
+    n_variables: int
+
+    @property
+    def memory(self) -> float:
+        """Estimated peak bytes of a posterior with variances."""
+        return BYTES_PER_FACTOR_ENTRY * self.nnz_L + BYTES_PER_VARIABLE * self.n_variables
+
+    def describe(self) -> str:
+        return (
+            f"{self.n_unobserved} unobserved; Q_UU has {self.nnz_Q} nonzeros (lower triangle), "
+            f"its Cholesky factor {self.nnz_L} ({self.flops:.2g} flops); "
+            f"estimated memory {gigabytes(self.memory):.3g} GB of {gigabytes(available_memory()):.3g} GB available"
+        )
+
+
+def factor_size(cond) -> FactorSize:
+    """The :class:`FactorSize` of a :class:`~gdag.conditioning.Conditioning` (cached on the model by callers)."""
+    pattern = cond.gram.pattern
+    if cond.n_unobserved == 0:
+        return FactorSize(0, 0, 0, 0.0, cond.cm.n)
+    nnz_L, flops = factor_nonzeros(pattern, cond.analysis().P())
+    return FactorSize(cond.n_unobserved, int(pattern.nnz), nnz_L, flops, cond.cm.n)
+
+
+def check_memory(size: FactorSize, name: str) -> None:
+    """Refuse, with both numbers, a posterior whose estimated memory exceeds what is available."""
+    available = available_memory()
+    if size.memory > available:
+        from .errors import ModelError
+
+        raise ModelError(
+            f"The posterior of `{name}` needs an estimated {gigabytes(size.memory):.3g} GB (a Cholesky factor with "
+            f"{size.nnz_L} nonzeros for {size.n_unobserved} unobserved variables), more than the "
+            f"{gigabytes(available):.3g} GB available (MemAvailable). Observe more of the model, split it, or use "
+            "a machine with more memory."
+        )
+
+
+def factor_nonzeros(lower, perm) -> tuple[int, float]:
+    """``(nnz(L), flops)`` of the Cholesky factor of ``Q[perm][:, perm]``, exactly, without factoring.
+
+    ``lower`` is the lower triangle of ``Q`` (scipy CSC, any values).  The
+    elimination tree and the row subtrees give every column count in
+    O(nnz(L)) integer work, far less than the numeric factorization
+    (O(sum of squared column counts) flops, the second number returned).
+    CHOLMOD's supernodal factor stores a little more (relaxed supernodes pad
+    with explicit zeros), which :data:`BYTES_PER_FACTOR_ENTRY` allows for.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    n = lower.shape[0]
+    if n == 0:
+        return 0, 0.0
+    perm = np.asarray(perm, dtype=np.int64)
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[perm] = np.arange(n, dtype=np.int64)
+    coo = sp.coo_matrix(lower)
+    r, c = inverse[coo.row], inverse[coo.col]
+    # row i of the permuted lower triangle: columns k < i with an entry (i, k)
+    hi, lo = np.maximum(r, c), np.minimum(r, c)
+    keep = hi != lo
+    rows = sp.csr_matrix((np.ones(int(keep.sum()), dtype=np.int8), (hi[keep], lo[keep])), shape=(n, n))
+    counts = _column_counts(rows.indptr.astype(np.int64), rows.indices.astype(np.int64), n)
+    return int(counts.sum()), float(np.sum(counts.astype(float) ** 2))
+
+
+def _column_counts(indptr, indices, n):
+    from ._kernels import column_counts
+
+    return column_counts(indptr, indices, n)

@@ -1,0 +1,394 @@
+"""Numerical extremes: sds from 1e-8 to 1e8, near-deterministic nodes, long AR chains, singular precisions.
+
+References: exact rational arithmetic (tests/exact.py) for small models, and a
+Kalman filter / RTS smoother in numpy longdouble for the long chains.  The
+numbers these tests pin are the ones reported in docs/accuracy.md.
+"""
+
+import math
+import re
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sksparse import cholmod
+
+import gdag
+from exact import exact_posterior
+from gdag import factor
+
+EPS = np.finfo(float).eps
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def errors_against_exact(post, families, B, c, d, x):
+    """(mean error in posterior sds, largest relative variance error, |log evidence error|)."""
+    U, mean, var, log_evidence = exact_posterior(B, c, d, x)
+    gm = np.concatenate([np.atleast_1d(post.mean(name)) for name in families])[U]
+    gv = np.concatenate([np.atleast_1d(post.var(name)) for name in families])[U]
+    # a mean of 5e7 with posterior sd 1e-7 cannot be closer than its own rounding: allow 8 ulps of it
+    mean_err = float(np.max(np.abs(gm - mean) / (np.sqrt(var) + 8 * EPS * np.abs(mean)))) if U else 0.0
+    var_err = float(np.max(np.abs(gv - var) / var)) if U else 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gdag.AccuracyWarning)  # callers check the warnings themselves
+        return mean_err, var_err, abs(post.log_evidence - log_evidence)
+
+
+def wide_model(prior_sd=1e8):
+    """mu -> u[4] -> y[8] with sds from 1e-8 to 1e8, and the same model as (B, c, d)."""
+    s_u = np.array([1e-8, 1e-4, 1.0, 1e4])
+    group = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    s_y = np.array([1e-8, 1e8, 1e-4, 1e4, 1.0, 1e-6, 1e6, 1e2])
+    m = gdag.Model("wide")
+    mu = m.normal("mu", mean=0.0, sd=prior_sd)
+    u = m.normal("u", mean=mu, sd=s_u, plate=m.plate("group", 4))
+    m.normal("y", mean=u[group] + 1.0, sd=s_y, plate=m.plate("obs", 8))
+    n = 13
+    B, c, d = np.zeros((n, n)), np.zeros(n), np.zeros(n)
+    d[0] = prior_sd**2
+    B[1:5, 0] = 1.0
+    d[1:5] = s_u**2
+    B[5 + np.arange(8), 1 + group] = 1.0
+    c[5:] = 1.0
+    d[5:] = s_y**2
+    return m, B, c, d, s_y
+
+
+def random_extreme_model(rng, lo, hi, max_families=4):
+    """A random small DAG (gathers, coefficients, AR lags) with sds log-uniform in 10**[lo, hi]."""
+    m = gdag.Model("extreme")
+    families, entries, cs, ds = [], [], [], []
+    n = 0
+    for f in range(int(rng.integers(1, max_families + 1))):
+        size = int(rng.integers(1, 4))
+        off, n = n, n + size
+        sds = 10.0 ** rng.uniform(lo, hi, size=size)
+        const = rng.normal(size=size) * 10.0 ** rng.uniform(-2, 2, size=size)
+        terms = []
+        for name, gsize, goff in families:
+            if rng.random() < 0.6:
+                terms.append((name, rng.integers(0, gsize, size=size), rng.normal(size=size) * 10.0 ** rng.uniform(-1, 1, size=size), goff))
+        lag = float(rng.uniform(-0.99, 0.99)) if size > 1 and rng.random() < 0.3 else None
+
+        def mean(x, const=const, terms=terms, lag=lag, size=size):
+            expr = const.copy() if size > 1 else float(const[0])
+            for name, idx, coef, _ in terms:
+                expr = expr + coef * m.nodes[name][idx]
+            return expr + lag * x.lag(1) if lag is not None else expr
+
+        m.normal(f"x{f}", mean=mean, sd=sds if size > 1 else float(sds[0]), plate=m.plate(f"p{f}", size) if size > 1 else None)
+        for name, idx, coef, goff in terms:
+            entries += [(off + i, goff + int(idx[i]), float(coef[i])) for i in range(size)]
+        if lag is not None:
+            entries += [(off + i, off + i - 1, lag) for i in range(1, size)]
+        cs += const.tolist()
+        ds += (sds**2).tolist()
+        families.append((f"x{f}", size, off))
+    B = np.zeros((n, n))
+    for i, j, v in entries:
+        B[i, j] += v
+    c, d = np.array(cs), np.array(ds)
+    x = np.linalg.solve(np.eye(n) - B, c + np.sqrt(d) * rng.normal(size=n))
+    x[rng.random(n) >= rng.choice([0.0, 0.3, 0.6])] = np.nan
+    data = {name: x[off : off + size] if size > 1 else float(x[off]) for name, size, off in families}
+    return m, [name for name, _, _ in families], B, c, d, x, data
+
+
+def posterior_or_refusal(m, data):
+    """Build a posterior and its variances, recording AccuracyWarnings; None if gdag refuses."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", gdag.AccuracyWarning)
+        try:
+            post = m.posterior(data)
+            for name in m.nodes:
+                post.var(name)
+            post.log_evidence
+        except gdag.NotIdentifiedError:
+            return None, caught
+    return post, caught
+
+
+# --------------------------------------------- sds spanning 1e-8..1e8, exact
+
+
+@pytest.mark.parametrize("prior_sd", [1e8, 1.0])
+@pytest.mark.parametrize("hidden", [[1, 6], [], [1, 3, 6, 7]])
+def test_sds_from_1e_minus_8_to_1e8_match_exact_arithmetic(prior_sd, hidden):
+    m, B, c, d, s_y = wide_model(prior_sd)
+    y = 3.0 + np.random.default_rng(0).normal(size=8) * s_y
+    y[hidden] = np.nan
+    x = np.concatenate([np.full(5, np.nan), y])
+    post = m.posterior({"y": y})
+    mean_err, var_err, ll_err = errors_against_exact(post, ["mu", "u", "y"], B, c, d, x)
+    assert mean_err < 1e-9
+    assert var_err < 1e-12
+    assert ll_err < 1e-12 * max(1.0, abs(post.log_evidence))
+    assert var_err <= post.variance_error_bound() < 1e-9
+
+
+def test_vague_prior_over_unobserved_tight_children_is_refused():
+    # mu has prior precision 1e-16 and children of precision 1e16: forming Q rounds mu's
+    # own information away, so its variance has no correct digit.  Say so; never return it.
+    m, *_ = wide_model(1e8)
+    with pytest.warns(gdag.AccuracyWarning, match="nearly singular"):
+        post = m.posterior({})
+    assert post.log_evidence == 0.0  # nothing observed: exactly
+    with pytest.raises(gdag.NotIdentifiedError, match=re.escape("cannot be computed in double precision")):
+        post.var("mu")
+
+
+def test_log_evidence_does_not_cancel_with_tiny_sds():
+    # r'D^{-1}r - b'm lost every digit here (terms of 1e17); e'D^{-1}e keeps them.
+    m, B, c, d, s_y = wide_model(1.0)
+    y = 3.0 + np.random.default_rng(1).normal(size=8) * s_y
+    x = np.concatenate([np.full(5, np.nan), y])
+    _, _, _, exact = exact_posterior(B, c, d, x)
+    assert m.posterior({"y": y}).log_evidence == pytest.approx(exact, rel=1e-14)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_random_models_with_sds_in_1e_minus_4_to_1e4_are_right_or_flagged(seed):
+    m, families, B, c, d, x, data = random_extreme_model(np.random.default_rng(seed), -4, 4)
+    post, caught = posterior_or_refusal(m, data)
+    if post is None or caught:
+        return  # refused or flagged: never silently wrong
+    mean_err, var_err, ll_err = errors_against_exact(post, families, B, c, d, x)
+    assert var_err <= max(post.variance_error_bound(), 1e-13)
+    assert var_err < 1e-6 and mean_err < 1e-6 and ll_err < 1e-6
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_variance_error_bound_holds_for_sds_in_1e_minus_8_to_1e8(seed):
+    m, families, B, c, d, x, data = random_extreme_model(np.random.default_rng(seed), -8, 8)
+    post, caught = posterior_or_refusal(m, data)
+    if post is None:
+        return
+    _, var_err, _ = errors_against_exact(post, families, B, c, d, x)
+    assert var_err <= max(post.variance_error_bound(), 1e-13)
+    if post.variance_error_bound() > gdag.accuracy.VARIANCE_TOLERANCE:
+        assert any("may have relative errors up to" in str(w.message) for w in caught)
+
+
+# ----------------------------------------------------- near-deterministic
+
+
+def near_deterministic(sd_y):
+    """x ~ N(0,1), y ~ N(1.7 x, sd_y^2), z ~ N(y, 1) with z = 0.7 observed, and its (B, c, d, x)."""
+    m = gdag.Model()
+    x = m.normal("x", sd=1.0)
+    y = m.normal("y", mean=1.7 * x, sd=sd_y)
+    m.normal("z", mean=y, sd=1.0)
+    B = np.array([[0, 0, 0], [1.7, 0, 0], [0, 1.0, 0]])
+    return m, B, np.zeros(3), np.array([1.0, sd_y**2, 1.0]), np.array([np.nan, np.nan, 0.7])
+
+
+def test_near_deterministic_node_with_sd_1e_minus_4_is_accurate():
+    m, B, c, d, x = near_deterministic(1e-4)
+    post, caught = posterior_or_refusal(m, {"z": 0.7})
+    assert not caught
+    mean_err, var_err, ll_err = errors_against_exact(post, ["x", "y", "z"], B, c, d, x)
+    assert mean_err < 1e-8 and var_err < 1e-8 and ll_err < 1e-8
+    assert var_err <= post.variance_error_bound()
+
+
+def test_near_deterministic_node_with_sd_1e_minus_6_warns_and_stays_within_its_bound():
+    m, B, c, d, x = near_deterministic(1e-6)
+    post = m.posterior({"z": 0.7})
+    with pytest.warns(gdag.AccuracyWarning, match="may have relative errors up to"):
+        post.var("x")
+    mean_err, var_err, _ = errors_against_exact(post, ["x", "y", "z"], B, c, d, x)
+    assert 1e-9 < var_err <= post.variance_error_bound() < 0.1
+    assert mean_err < 1e-8
+
+
+@pytest.mark.parametrize("sd_y", [1e-8, 1e-10])
+def test_near_deterministic_node_with_sd_1e_minus_10_is_refused_and_sd_0_is_exact(sd_y):
+    m, *_ = near_deterministic(sd_y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gdag.AccuracyWarning)
+        with pytest.raises(gdag.NotIdentifiedError, match=r"(sd=0)|(deterministic)"):
+            m.posterior({"z": 0.7}).var("y")
+    exact, B, c, d, x = near_deterministic(0.0)
+    post = exact.posterior({"z": 0.7})
+    # x | z: precision 1 + 1.7^2, mean 1.7 * 0.7 / (1 + 1.7^2)
+    assert post.mean("x") == pytest.approx(1.7 * 0.7 / (1 + 1.7**2), rel=1e-15)
+    assert post.var("y") == pytest.approx(1.7**2 / (1 + 1.7**2), rel=1e-15)
+
+
+# ------------------------------------------------------- long AR chains
+
+
+def kalman_rts(y, phi, q, r, s0):
+    """Scalar Kalman filter and RTS smoother in numpy longdouble: (means, variances, log-likelihood)."""
+    F = np.longdouble
+    phi, q2, r2 = F(phi), F(q) ** 2, F(r) ** 2
+    T = len(y)
+    mp, Pp, mf, Pf = [F(0)] * T, [F(0)] * T, [F(0)] * T, [F(0)] * T
+    loglik, two_pi = F(0), F(2 * math.pi)
+    for t in range(T):
+        m, P = (F(0), F(s0) ** 2) if t == 0 else (phi * mf[t - 1], phi * phi * Pf[t - 1] + q2)
+        mp[t], Pp[t] = m, P
+        if y[t] == y[t]:
+            S = P + r2
+            v = F(y[t]) - m
+            loglik -= (np.log(two_pi * S) + v * v / S) / 2
+            m, P = m + P / S * v, P * r2 / S
+        mf[t], Pf[t] = m, P
+    ms, Ps = mf[:], Pf[:]
+    for t in range(T - 2, -1, -1):
+        G = Pf[t] * phi / Pp[t + 1]
+        ms[t] = mf[t] + G * (ms[t + 1] - mp[t + 1])
+        Ps[t] = Pf[t] + G * G * (Ps[t + 1] - Pp[t + 1])
+    return np.array(ms, dtype=float), np.array(Ps, dtype=float), float(loglik)
+
+
+@pytest.mark.parametrize("phi", [0.999, 0.9999])
+def test_long_ar_chain_matches_a_longdouble_kalman_smoother(phi):
+    T, q, r = 100_000, 1.0, 1.0
+    rng = np.random.default_rng(3)
+    s0 = q / math.sqrt(1 - phi * phi)  # stationary start
+    x = np.empty(T)
+    x[0] = s0 * rng.normal()
+    shocks = q * rng.normal(size=T)
+    for t in range(1, T):
+        x[t] = phi * x[t - 1] + shocks[t]
+    y = x + r * rng.normal(size=T)
+    y[rng.random(T) >= 0.1] = np.nan  # 10% observed
+
+    m = gdag.Model("ar")
+    time = m.plate("time", T)
+    sds = np.full(T, q)
+    sds[0] = s0
+    state = m.normal("x", mean=lambda x: phi * x.lag(1), sd=sds, plate=time)
+    m.normal("y", mean=state, sd=r, plate=time)
+    post = m.posterior({"y": y})
+
+    mean, var, loglik = kalman_rts(y.tolist(), phi, q, r, s0)
+    assert np.max(np.abs(post.mean("x") - mean) / np.sqrt(var)) < 1e-11
+    assert np.max(np.abs(post.var("x") / var - 1)) < 1e-11
+    assert abs(post.log_evidence - loglik) < 1e-9 * abs(loglik)
+    assert post.variance_error_bound() < 1e-9
+
+
+# ------------------------------------------- the AccuracyWarning's thresholds
+
+
+def test_accuracy_warning_fires_for_a_vague_prior_over_barely_informed_children():
+    m = gdag.Model()
+    mu = m.normal("mu", sd=1e7)
+    m.normal("u", mean=mu, sd=1.0, plate=m.plate("g", 4))
+    with pytest.warns(gdag.AccuracyWarning, match="relative pivot"):
+        m.posterior({})
+
+
+def test_variance_warning_names_the_worst_variable():
+    m = gdag.Model()
+    mu = m.normal("mu", sd=1e4)
+    m.normal("u", mean=mu, sd=1.0, plate=m.plate("g", 4))
+    post = m.posterior({})
+    with pytest.warns(gdag.AccuracyWarning, match=r"may have relative errors up to .* worst around `(mu|u\[g=\d\])`"):
+        v = post.var("mu")
+    assert v == pytest.approx(1e8, rel=1e-6)
+
+
+def test_no_accuracy_warning_on_well_conditioned_models():
+    from reference import build_gdag, random_spec
+
+    from test_posterior import observe_some
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for seed in range(30):
+            rng = np.random.default_rng(seed)
+            spec = random_spec(rng)
+            data, *_ = observe_some(spec, rng, 0.5)
+            post = build_gdag(spec).posterior(data)
+            for fam in spec.families:
+                post.var(fam.name)
+            assert post.variance_error_bound() < 1e-9
+
+
+# --------------------------------------------------- NotIdentifiedError naming
+
+
+def labels(positions):
+    return [f"v{int(p)}" for p in positions]
+
+
+def first_failing_pivot(Q: np.ndarray, P: np.ndarray) -> int:
+    """Dense LDL^T of Q[P][:, P]: the original index of the first pivot that is not positive."""
+    A = Q[np.ix_(P, P)].copy()
+    for j in range(A.shape[0]):
+        if not A[j, j] > 0:
+            return int(P[j])
+        A[j + 1 :, j + 1 :] -= np.outer(A[j + 1 :, j], A[j + 1 :, j]) / A[j, j]
+    raise AssertionError("Q is positive definite")
+
+
+def singular_matrices():
+    rng = np.random.default_rng(0)
+    yield "zero diagonal", np.diag([1.0, 2.0, 0.0, 3.0])
+    yield "negative diagonal", np.diag([1.0, 2.0, -1.0, 3.0])
+    # an arrow whose hub (index 0) has a zero Schur complement; the ordering moves the hub last
+    n = 7
+    arrow = np.eye(n)
+    arrow[0, :] = arrow[:, 0] = 1.0
+    arrow[0, 0] = n - 1.0
+    yield "arrow", arrow
+    # a dense block (supernodal factorization) with a hub that makes it indefinite, shuffled
+    m = 300
+    X = rng.normal(size=(m, m))
+    M = X @ X.T / m + np.eye(m)
+    a = rng.normal(size=m)
+    dense = np.zeros((m + 1, m + 1))
+    dense[:m, :m] = M
+    dense[:m, m] = dense[m, :m] = a
+    dense[m, m] = a @ np.linalg.solve(M, a) * (1 - 1e-6)
+    perm = rng.permutation(m + 1)
+    yield "dense indefinite", dense[np.ix_(perm, perm)]
+
+
+@pytest.mark.parametrize("mode", ["simplicial", "supernodal"])
+@pytest.mark.parametrize("name, Q", list(singular_matrices()))
+def test_cholesky_failure_names_the_variable_through_the_permutation(name, Q, mode):
+    lower = sp.csc_matrix(np.tril(Q))
+    symbolic = cholmod.analyze(lower, mode=mode)
+    expected = f"v{first_failing_pivot(Q, symbolic.P())}"
+    with pytest.raises(gdag.NotIdentifiedError, match=re.escape(f"`{expected}` is not identified")):
+        factor.CholeskyFactor(symbolic, lower, labels)
+    if name == "arrow":
+        assert expected == "v0"  # the hub, although CHOLMOD eliminates it last
+
+
+def test_numerically_singular_model_names_its_node():
+    # exactly positive definite, but the prior precision 1e-24 of `mu` is far below the rounding
+    # of the 1e24 precision its unobserved children add to it.
+    m = gdag.Model()
+    mu = m.normal("mu", sd=1e12)
+    m.normal("u", mean=mu, sd=1e-12, plate=m.plate("g", 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gdag.AccuracyWarning)
+        post = None
+        with pytest.raises(gdag.NotIdentifiedError, match=r"`(mu|u\[g=\d\])`"):
+            post = m.posterior({})
+            post.var("u")
+    # one observation with sd 1e-12 pins it down: then the answer is right
+    post = m.posterior({"u": [1.0, np.nan, np.nan]})
+    assert post.var("mu") == pytest.approx(1e-24, rel=1e-12)
+    np.testing.assert_allclose(post.var("u"), [0.0, 2e-24, 2e-24], rtol=1e-12)
+    assert post.mean("mu") == pytest.approx(1.0, rel=1e-15)
+
+
+def test_many_unobserved_children_make_cholmod_fail_and_the_error_names_a_node():
+    m = gdag.Model()
+    mu = m.normal("mu", sd=1e9)
+    m.normal("u", mean=mu, sd=1.0, plate=m.plate("g", 16))
+    with pytest.raises(gdag.NotIdentifiedError, match=r"The posterior is not proper: `(mu|u\[g=\d+\])` is not identified"):
+        m.posterior({})
