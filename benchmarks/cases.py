@@ -337,11 +337,117 @@ def queries_gdag(n_queries: int, n_friends: int = 10_000) -> dict:
                    [float(n_queries)])
 
 
-WARM_UP = {"romcom": 10, "app": 1000, "state_space": 100, "queries": 2}
+# ------------------------------------------------------------------ fitting
+
+LME4_SCRIPT = r"""
+suppressPackageStartupMessages(library(lme4))
+d <- read.csv(commandArgs(TRUE)[1])
+for (g in strsplit(commandArgs(TRUE)[3], ",")[[1]]) d[[g]] <- factor(d[[g]])
+t0 <- proc.time()[["elapsed"]]
+fit <- lmer(as.formula(commandArgs(TRUE)[2]), d, REML = FALSE)
+cat(sprintf("RESULT %.6f %.10f\n", proc.time()[["elapsed"]] - t0, as.numeric(logLik(fit))))
+"""
+
+
+def _insteval():
+    import insteval
+
+    return insteval.load()
+
+
+def movielens_data(n_ratings: int = 1_000_000, n_users: int = 6_040, n_items: int = 3_706, seed: int = 0):
+    """A crossed rating model at the size of MovieLens-1M: y = mu + u[user] + v[item] + e."""
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, n_users, n_ratings)
+    item = np.minimum((rng.pareto(1.0, n_ratings) * 50).astype(int), n_items - 1)
+    y = 3.5 + 0.4 * rng.normal(size=n_users)[user] + 0.5 * rng.normal(size=n_items)[item] + 0.9 * rng.normal(size=n_ratings)
+    return user, item, y
+
+
+def _crossed_gdag(groups: dict, y: np.ndarray) -> dict:
+    """ML fit of y ~ 1 + (1|g) for every g in ``groups`` (name -> integer codes)."""
+    import gdag
+
+    t0 = time.perf_counter()
+    m = gdag.Model("crossed")
+    obs = m.plate("obs", y.size)
+    mean = m.param("mu")
+    for name, codes in groups.items():
+        u = m.normal(f"u_{name}", 0.0, m.param(f"sd_{name}", positive=True), plate=m.plate(name, int(codes.max()) + 1))
+        mean = mean + u[codes]
+    m.normal("y", mean=mean, sd=m.param("sigma", positive=True), plate=obs)
+    fit = m.fit({"y": y}, method="ml")
+    return _finish(t0, {"evaluations": float(fit.n_iter)}, [fit.loglik / 1e5])
+
+
+def _crossed_lme4(groups: dict, y: np.ndarray) -> dict:
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("Rscript") is None or subprocess.run(["Rscript", "-e", "library(lme4)"],
+                                                         capture_output=True).returncode != 0:
+        return {"note": "R/lme4 not installed (apt-get install r-cran-lme4)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "data.csv")
+        cols = list(groups)
+        np.savetxt(path, np.column_stack([groups[c] for c in cols] + [y]), delimiter=",",
+                   header=",".join(cols + ["y"]), comments="", fmt=["%d"] * len(cols) + ["%.17g"])
+        formula = "y ~ 1 + " + " + ".join(f"(1 | {c})" for c in cols)
+        proc = subprocess.run(["Rscript", "-e", LME4_SCRIPT, path, formula, ",".join(cols)],
+                              capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT"):
+            _, seconds, loglik = line.split()
+            return dict(seconds=float(seconds), phases={}, check=[float(loglik) / 1e5])
+    return {"note": "lme4 failed: " + proc.stderr.strip()[-120:]}
+
+
+def _crossed_statsmodels(groups: dict, y: np.ndarray) -> dict:
+    """statsmodels MixedLM in variance-components form (one all-encompassing group)."""
+    import pandas as pd
+    import statsmodels.formula.api as smf
+
+    df = pd.DataFrame({**{k: v for k, v in groups.items()}, "y": y})
+    t0 = time.perf_counter()
+    vc = {k: f"0 + C({k})" for k in groups}
+    fit = smf.mixedlm("y ~ 1", df, groups=np.ones(y.size), vc_formula=vc).fit(reml=False)
+    return _finish(t0, {}, [float(fit.llf) / 1e5])
+
+
+def insteval_gdag(_size: int) -> dict:
+    s, d, dept, y = _insteval()
+    return _crossed_gdag({"s": s, "d": d, "dept": dept}, y)
+
+
+def insteval_lme4(_size: int) -> dict:
+    s, d, dept, y = _insteval()
+    return _crossed_lme4({"s": s, "d": d, "dept": dept}, y)
+
+
+def insteval_statsmodels(_size: int) -> dict:
+    s, d, dept, y = _insteval()
+    return _crossed_statsmodels({"s": s, "d": d, "dept": dept}, y)
+
+
+def movielens_gdag(n_ratings: int) -> dict:
+    user, item, y = movielens_data(n_ratings)
+    return _crossed_gdag({"user": user, "item": item}, y)
+
+
+def movielens_lme4(n_ratings: int) -> dict:
+    user, item, y = movielens_data(n_ratings)
+    return _crossed_lme4({"user": user, "item": item}, y)
+
+
+WARM_UP = {"romcom": 10, "app": 1000, "state_space": 100, "queries": 2, "insteval": 1, "movielens": 20_000}
 
 CASES = {
     "romcom": {"gdag": romcom_gdag, "floor": romcom_floor, "dense numpy": romcom_dense, "pgmpy": romcom_pgmpy},
     "app": {"gdag": app_gdag, "floor": app_floor},
     "state_space": {"gdag": ss_gdag, "RTS smoother": ss_rts},
     "queries": {"gdag": queries_gdag},
+    "insteval": {"gdag": insteval_gdag, "lme4": insteval_lme4, "statsmodels": insteval_statsmodels},
+    "movielens": {"gdag": movielens_gdag, "lme4": movielens_lme4},
 }

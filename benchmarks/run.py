@@ -35,6 +35,11 @@ FULL = [
     ("state_space", "gdag", [10_000, 100_000, 1_000_000]),
     ("state_space", "RTS smoother", [10_000, 100_000, 1_000_000]),
     ("queries", "gdag", [1_000]),
+    ("insteval", "gdag", [73_421]),
+    ("insteval", "lme4", [73_421]),
+    ("insteval", "statsmodels", [73_421]),
+    ("movielens", "gdag", [1_000_000]),
+    ("movielens", "lme4", [1_000_000]),
 ]
 QUICK = [
     ("romcom", "gdag", [1_000, 10_000]),
@@ -46,9 +51,13 @@ QUICK = [
     ("state_space", "gdag", [10_000]),
     ("state_space", "RTS smoother", [10_000]),
     ("queries", "gdag", [20]),
+    ("insteval", "gdag", [73_421]),
 ]
-PEERS = {"pgmpy": "pgmpy", "dense numpy": None}
-SIZE_NAMES = {"romcom": "friends", "app": "1/scale", "state_space": "T", "queries": "queries"}
+PEERS = {"pgmpy": "pgmpy", "statsmodels": "statsmodels", "dense numpy": None}
+# statsmodels' MixedLM did not finish InstEval in 20 minutes here: it gets a shorter limit
+TIME_LIMITS = {"statsmodels": 300.0, "pgmpy": 300.0}
+SIZE_NAMES = {"romcom": "friends", "app": "1/scale", "state_space": "T", "queries": "queries",
+              "insteval": "ratings", "movielens": "ratings"}
 
 CHILD = """
 import json, resource, sys, time
@@ -118,7 +127,7 @@ def main(argv=None):
     for case, impl, sizes in plan:
         for size in sizes:
             print(f"running {case} / {impl} / {size} ...", file=sys.stderr, flush=True)
-            results[case, impl, size] = run_one(case, impl, size, args.timeout)
+            results[case, impl, size] = run_one(case, impl, size, min(args.timeout, TIME_LIMITS.get(impl, args.timeout)))
 
     rows = table_rows(results)
     text = format_table(rows)
@@ -145,7 +154,8 @@ def table_rows(results: dict) -> list[dict]:
             if c2 != case or s2 != size or impl2 == "gdag":
                 continue
             entry = dict(name=impl2, seconds=ref.get("seconds"), note=ref.get("note", ""))
-            if "check" in ref and "check" in res and not agree(res["check"], ref["check"]):
+            tolerance = 1e-7 if case in ("insteval", "movielens") else 1e-6  # logLik/1e5: 0.01 absolute
+            if "check" in ref and "check" in res and not agree(res["check"], ref["check"], tolerance):
                 entry["note"] = "DISAGREES with gdag"
                 row["mismatch"] = True
             row["refs"].append(entry)
