@@ -4,6 +4,8 @@
 of ``Q`` is computed once per observed pattern (:func:`gram_structure`); each
 new set of values then costs one pass over the products (:func:`gram_values`),
 Gustavson's row-by-row method with a dense work vector, in O(flops).
+:func:`principal_selection` cuts a principal submatrix out of a CSC pattern
+(``Q_UU`` from the padded ``Q'``, and the same for its factor).
 """
 
 from __future__ import annotations
@@ -142,3 +144,44 @@ def _gram_numeric(csr_indptr, csr_cols, csr_vals, weights, csc_indptr, csc_rows,
         for k in range(q_indptr[j], q_indptr[j + 1]):
             out[k] = work[q_rows[k]]
             work[q_rows[k]] = 0.0
+
+
+def principal_selection(indptr: np.ndarray, indices: np.ndarray, position: np.ndarray):
+    """Select a principal submatrix of a CSC pattern: ``(take, indices, indptr)``.
+
+    ``position[i]`` is the new index of row/column ``i``, or -1 to drop it
+    (increasing over the kept ones, so sorted columns stay sorted).  The
+    submatrix's values are ``data[take]``.
+    """
+    n_new = int(np.count_nonzero(position >= 0))
+    return _principal_selection(indptr.astype(np.int64, copy=False), indices.astype(np.int64, copy=False),
+                                position.astype(np.int64, copy=False), n_new)
+
+
+@numba.njit(cache=True)
+def _principal_selection(indptr, indices, position, n_new):
+    new_indptr = np.zeros(n_new + 1, dtype=np.int64)
+    n = indptr.shape[0] - 1
+    for j in range(n):
+        pj = position[j]
+        if pj >= 0:
+            count = 0
+            for p in range(indptr[j], indptr[j + 1]):
+                if position[indices[p]] >= 0:
+                    count += 1
+            new_indptr[pj + 1] = count
+    for j in range(n_new):
+        new_indptr[j + 1] += new_indptr[j]
+    take = np.empty(new_indptr[n_new], dtype=np.int64)
+    rows = np.empty(new_indptr[n_new], dtype=np.int64)
+    for j in range(n):
+        pj = position[j]
+        if pj >= 0:
+            k = new_indptr[pj]
+            for p in range(indptr[j], indptr[j + 1]):
+                r = position[indices[p]]
+                if r >= 0:
+                    take[k] = p
+                    rows[k] = r
+                    k += 1
+    return take, rows, new_indptr

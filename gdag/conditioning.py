@@ -17,11 +17,14 @@ precision ``Q_UU = A_U^T D^{-1} A_U`` and mean ``m_U`` solving
 :class:`Conditioning` holds what depends only on the observed pattern (index
 sets and the symbolic factorization); :meth:`Conditioning.system` fills in
 values for given parameters and data, without a Python loop per variable.
+:class:`PaddedConditioning` conditions on a pattern through the Gram structure
+and analysis of the all-unobserved one instead, so that many observed subsets
+share one analysis (docs/concepts.md, "Many queries").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,6 +43,7 @@ class LinearSystem:
     d: np.ndarray  # variances over R
     g: np.ndarray  # deterministic offsets (|S|)
     M: sp.csr_matrix  # |S| x |R| map from stochastic to deterministic values
+    Q_padded: sp.csc_matrix | None = None  # lower triangle of Q' over R (padded mode only)
 
 
 class Conditioning:
@@ -51,6 +55,8 @@ class Conditioning:
     observed : bool array of length n
         True where a value is given.  Deterministic variables are never observed.
     """
+
+    padded = False  # see PaddedConditioning
 
     def __init__(self, cm: CompiledModel, observed: np.ndarray):
         self.cm = cm
@@ -66,6 +72,7 @@ class Conditioning:
         self._pattern = self._coefficient_pattern()
         self._gram = GramAssembler(self._pattern, self.pos_U[self.R], self.pos_O[self.R])
         self._symbolic = None
+        self._size = None
 
     @property
     def n_unobserved(self) -> int:
@@ -147,6 +154,14 @@ class Conditioning:
             self._symbolic = factor.analyze(self._gram.pattern)
         return self._symbolic
 
+    def factor_size(self):
+        """The :class:`~gdag.resources.FactorSize` of this pattern (computed once, from the analysis)."""
+        if self._size is None:
+            from .resources import factor_size
+
+            self._size = factor_size(self)
+        return self._size
+
     def _coefficient_pattern(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, cols) over R of the reduced coefficients ``B'``, fixed for every theta."""
         cm = self.cm
@@ -183,12 +198,13 @@ class Conditioning:
         return (B_RR + B_RS @ M).tocsr(), c[R] + B_RS @ g, g, M
 
 
-class GramAssembler:
-    """Maps from coefficient values to ``Q_UU = A_U^T W A_U`` and ``b``, built once per pattern.
+class GramEntries:
+    """Index maps of ``A_U``'s entries and of the observed part, for one observed pattern.
 
     ``A = I - B'`` over R; ``A_U`` keeps its unit diagonal on unobserved rows
-    and the coefficients on unobserved parents.  The pattern of ``Q_UU`` is
-    analysed once (:mod:`gdag.assembly`); each theta then costs one pass.
+    and the coefficients on unobserved parents.  Entry ``k`` of ``A_U`` sits
+    at row ``entry_row[k]`` (over R) and column ``entry_col[k]`` (over U):
+    first the unit diagonals (``diag_U``), then the coefficients ``coef_U``.
 
     Parameters
     ----------
@@ -200,7 +216,6 @@ class GramAssembler:
 
     def __init__(self, pattern, u_of_R: np.ndarray, o_of_R: np.ndarray):
         rows, cols = pattern
-        n_R = u_of_R.shape[0]
         self.n_U = int(np.count_nonzero(u_of_R >= 0))
         self.diag_U = np.flatnonzero(u_of_R >= 0)  # rows of A with a unit diagonal entry in U
         self.diag_O = np.flatnonzero(o_of_R >= 0)
@@ -209,8 +224,6 @@ class GramAssembler:
         self.rows, self.cols = rows, cols
         self.entry_row = np.concatenate([self.diag_U, rows[self.coef_U]])
         self.entry_col = np.concatenate([u_of_R[self.diag_U], u_of_R[cols[self.coef_U]]])
-        self.structure = assembly.gram_structure(self.entry_row, self.entry_col, n_R, self.n_U)
-        self.pattern = self.structure.pattern()
 
     def residual(self, coef: np.ndarray, c_R: np.ndarray, x_R: np.ndarray) -> np.ndarray:
         """``r = c' - A_O x_O`` over R."""
@@ -221,12 +234,131 @@ class GramAssembler:
             r += np.bincount(self.rows[k], weights=coef[k] * x_R[self.cols[k]], minlength=r.shape[0])
         return r
 
+    def entry_values(self, coef: np.ndarray) -> np.ndarray:
+        """Values of ``A_U``'s entries (in the order of :attr:`entry_row`) for coefficients ``coef``."""
+        return np.concatenate([np.ones(self.diag_U.shape[0]), -coef[self.coef_U]])
+
+
+class GramAssembler(GramEntries):
+    """Maps from coefficient values to ``Q_UU = A_U^T W A_U`` and ``b``, built once per pattern.
+
+    The pattern of ``Q_UU`` is analysed once (:mod:`gdag.assembly`); each
+    theta then costs one pass.  Parameters as for :class:`GramEntries`.
+    """
+
+    def __init__(self, pattern, u_of_R: np.ndarray, o_of_R: np.ndarray):
+        super().__init__(pattern, u_of_R, o_of_R)
+        self.structure = assembly.gram_structure(self.entry_row, self.entry_col, u_of_R.shape[0], self.n_U)
+        self.pattern = self.structure.pattern()
+
     def assemble(self, coef: np.ndarray, weight: np.ndarray, scaled_r: np.ndarray):
         """Lower triangle of ``A_U^T diag(weight) A_U`` and ``b = A_U^T scaled_r``."""
-        values = np.concatenate([np.ones(self.diag_U.shape[0]), -coef[self.coef_U]])
+        values = self.entry_values(coef)
         Q = assembly.gram_values(self.structure, values, weight)
         b = np.bincount(self.entry_col, weights=values * scaled_r[self.entry_row], minlength=self.n_U)
         return Q, b
+
+
+class PaddedConditioning:
+    """One observed pattern conditioned through the shared analysis of the all-unobserved system.
+
+    With R the stochastic variables and ``O`` observed, the padded matrix
+
+        Q' = [[Q_UU, 0], [0, I]]     (U x U, then O x O, in R's order)
+
+    has a pattern inside that of ``Q_RR``, the precision with nothing observed.
+    So one Gram structure and one CHOLMOD analysis (those of ``shared``, the
+    all-unobserved :class:`Conditioning`) serve every observed subset: the
+    values of ``Q_RR`` are assembled with the observed columns of ``A`` zeroed,
+    which makes every product touching them vanish exactly, and the observed
+    diagonal is set to 1.  ``Q_UU`` inside ``Q'`` is bitwise the matrix
+    :class:`Conditioning` assembles, and :class:`~gdag.factor.PaddedFactor`
+    answers solves, draws, log-determinants and selected inverses for ``Q_UU``
+    from the factor of ``Q'`` (see there).
+
+    Building one costs O(n + nnz(Q_RR)) index work and no analysis; each
+    posterior then factors ``Q'`` (size |R|, not |U|).  Used by queries
+    (:func:`gdag.posterior.query_conditioning`), never by the fit.  The
+    accessors :class:`~gdag.posterior.Posterior` uses are those of
+    :class:`Conditioning`; :attr:`gram` holds the index maps of ``A_U`` only.
+    """
+
+    padded = True
+
+    def __init__(self, shared: Conditioning, observed: np.ndarray):
+        if shared.O.shape[0]:
+            raise ValueError("the shared conditioning must have nothing observed")
+        cm = self.cm = shared.cm
+        self.shared = shared
+        det = cm.deterministic
+        self.S, self.R = shared.S, shared.R
+        self.U = np.flatnonzero(~det & ~observed)
+        self.O = np.flatnonzero(~det & observed)
+        self.pos_R = shared.pos_R
+        self.pos_U = _positions(self.U, cm.n)
+        self.pos_O = _positions(self.O, cm.n)
+        self._pattern = shared.coefficient_pattern
+        self._gram = GramEntries(self._pattern, self.pos_U[self.R], self.pos_O[self.R])
+        self.u_in_R = self.pos_R[self.U]  # where U sits in the padded system
+        full = shared.gram
+        observed_R = observed[self.R]
+        self._zeroed = np.flatnonzero(observed_R[full.entry_col])  # entries of A in observed columns
+        q_indptr, q_rows = full.structure.q_indptr, full.structure.q_rows
+        self._diag_O = q_indptr[self.pos_R[self.O]]  # each column's diagonal comes first (rows sorted, i >= j)
+        self._take, self._U_rows, self._U_indptr = assembly.principal_selection(q_indptr, q_rows, self.pos_U[self.R])
+
+    @property
+    def n_unobserved(self) -> int:
+        """Number of stochastic variables not observed."""
+        return int(self.U.shape[0])
+
+    @property
+    def gram(self) -> GramEntries:
+        """The index maps of ``A_U``'s entries (``entry_row``, ``entry_col``, ``diag_U``, ``coef_U``)."""
+        return self._gram
+
+    @property
+    def coefficient_pattern(self) -> tuple[np.ndarray, np.ndarray]:
+        """As :attr:`Conditioning.coefficient_pattern` (the shared one)."""
+        return self._pattern
+
+    def label_unobserved(self, positions: np.ndarray) -> list[str]:
+        """Labels of positions in U (for messages)."""
+        return self.cm.labels(self.U[np.asarray(positions, dtype=np.int64)])
+
+    def reduced_values(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As :meth:`Conditioning.reduced_values`."""
+        return self.shared.reduced_values(theta)
+
+    def analysis(self):
+        """The shared CHOLMOD analysis of ``Q_RR``'s pattern (the one every padded factor copies)."""
+        return self.shared.analysis()
+
+    def factor_size(self):
+        """The size of what is factored: the padded system (the shared one's), for ``n_unobserved`` variables."""
+        shared = self.shared.factor_size()
+        return replace(shared, n_unobserved=self.n_unobserved, padded_to=shared.n_unobserved)
+
+    def system(self, theta: np.ndarray, x: np.ndarray) -> LinearSystem:
+        """``Q_UU`` (lower triangle), ``b`` and the evidence pieces, plus the padded ``Q'`` to factor."""
+        cm, shared = self.cm, self.shared
+        coef, c, d = cm.values(theta)
+        coef, c_R, g, M = shared._reduced_coefficients(coef, c)
+        d_R = d[self.R]
+        r = self._gram.residual(coef, c_R, x[self.R])
+        full = shared.gram
+        values = full.entry_values(coef)
+        values[self._zeroed] = 0.0
+        Q_pad = assembly.gram_values(full.structure, values, 1.0 / d_R)
+        Q_pad.data[self._diag_O] = 1.0
+        Q = sp.csc_matrix((Q_pad.data[self._take], self._U_rows, self._U_indptr), shape=(self.n_unobserved,) * 2)
+        b_pad = np.bincount(full.entry_col, weights=values * (r / d_R)[full.entry_row], minlength=self.R.shape[0])
+        return LinearSystem(Q, b_pad[self.u_in_R], r, d_R, g, M, Q_pad)
+
+    def factorize(self, system: LinearSystem) -> "factor.PaddedFactor":
+        """A factor of ``Q_UU`` through the padded ``system.Q_padded`` and the shared analysis."""
+        shared = self.shared
+        return factor.PaddedFactor(shared.analysis(), system.Q_padded, self.u_in_R, shared.label_unobserved)
 
 
 def _entries(A: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@
 symbolic analysis depends only on the sparsity pattern, so it is done once
 per pattern (:func:`analyze`) and each new set of values refactors a copy of
 it.  CHOLMOD failures are translated into :class:`NotIdentifiedError` naming
-the scalar variable whose pivot failed.
+the scalar variable whose pivot failed.  :class:`PaddedFactor` is the factor of
+``Q_UU`` cut out of a factor of the padded ``[[Q_UU, 0], [0, I]]``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import warnings
 from typing import Callable
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
+from . import assembly
 from .errors import AccuracyWarning, NotIdentifiedError
 
 try:
@@ -143,3 +146,144 @@ class CholeskyFactor:
         from .selinv import selected_inverse
 
         return selected_inverse(self.L())
+
+
+
+class PaddedFactor:
+    """A factor of ``Q_UU`` obtained by factoring the padded ``Q' = [[Q_UU, 0], [0, I]]``.
+
+    ``Q'`` lives over R (all stochastic variables) with ``U`` at positions
+    ``keep``; its values come from :class:`gdag.conditioning.PaddedConditioning`
+    and its analysis is the shared one of the all-unobserved pattern.  With
+    ``P Q' P^T = L' L'^T``, ``L'`` is exactly zero between the elimination
+    steps that fall in ``U`` and the others (every product touching an
+    observed column is an exact zero, and the observed pivots are exactly 1),
+    so the rows and columns of ``L'`` at the steps in ``U`` form the Cholesky
+    factor ``L`` of ``Q_UU`` permuted by the induced order ``p``.  Its
+    pattern is ``L'``'s restricted, still closed under fill (an induced
+    subgraph of a chordal graph is chordal).  Hence:
+
+    - ``logdet(Q_UU) = logdet(Q')`` (the observed pivots contribute log 1 = 0);
+    - solves, half-solves and draws use ``L`` alone, so they cost
+      ``O(nnz(L))``, as with a factor of ``Q_UU`` analysed on its own;
+    - the selected inverse of ``Q_UU`` is that of ``L`` (``Q'^{-1}`` is block
+      diagonal).
+
+    CHOLMOD's factor of ``Q'`` is dropped once ``L`` is extracted.  The
+    interface is :class:`CholeskyFactor`'s, in the positions of ``U``.
+    """
+
+    def __init__(self, symbolic, Q_padded: sp.csc_matrix, keep: np.ndarray,
+                 describe: Callable[[np.ndarray], list[str]]):
+        self.n = int(keep.shape[0])
+        self._symbolic, self._keep, self._describe = symbolic, keep, describe
+        self.refactor_inplace(Q_padded)
+
+    def refactor_inplace(self, Q_padded: sp.csc_matrix) -> None:
+        """Numeric factorization of new padded values (same ``keep``, same analysis)."""
+        padded = CholeskyFactor(self._symbolic, Q_padded, self._describe)  # describe: positions in R
+        self._logdet = padded.logdet()
+        P = padded.permutation
+        position = np.full(padded.n, -1, dtype=np.int64)
+        position[self._keep] = np.arange(self.n, dtype=np.int64)
+        step = np.full(padded.n, -1, dtype=np.int64)  # position among the steps in U, per step
+        in_U = position[P] >= 0
+        step[in_U] = np.arange(self.n, dtype=np.int64)
+        self._P = position[P[in_U]]
+        full = padded.L()
+        take, rows, indptr = assembly.principal_selection(full.indptr, full.indices, step)
+        L = sp.csc_matrix((full.data[take], rows, indptr), shape=(self.n, self.n))
+        if self.n and not np.array_equal(rows[indptr[:-1]], np.arange(self.n)):  # kernels read the diagonal first
+            L.sort_indices()
+        self._L = L
+        self._indptr, self._rows = L.indptr.astype(np.int64), L.indices.astype(np.int64)
+
+    @property
+    def permutation(self) -> np.ndarray:
+        """``p`` (over U) with ``Q_UU[p][:, p] = L L^T`` for :meth:`L`."""
+        return self._P
+
+    def L(self) -> sp.csc_matrix:
+        """The Cholesky factor of ``Q_UU[p][:, p]``: ``L'`` restricted to the steps in U."""
+        return self._L
+
+    def logdet(self) -> float:
+        """``log det Q_UU = log det Q'``."""
+        return self._logdet if self.n else 0.0
+
+    @staticmethod
+    def _columns(b: np.ndarray, rows) -> tuple[np.ndarray, bool]:
+        """A new C-ordered (n, k) copy of ``b[rows]`` for the in-place kernels, and whether ``b`` is a vector."""
+        b = np.asarray(b, dtype=float)
+        vector = b.ndim == 1
+        return np.array((b[:, None] if vector else b)[rows], dtype=float, order="C", copy=True), vector
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        """``Q_UU^{-1} b`` for a vector or a dense matrix of columns."""
+        if self.n == 0:
+            return np.zeros_like(b, dtype=float)
+        x, vector = self._columns(b, self._P)
+        _lower_solve(self._indptr, self._rows, self._L.data, x)
+        _upper_solve(self._indptr, self._rows, self._L.data, x)
+        out = np.empty_like(x)
+        out[self._P] = x
+        return out[:, 0] if vector else out
+
+    def half_solve(self, b: np.ndarray) -> np.ndarray:
+        """``L^{-1} (b[p])``: columns whose squared norms are ``b^T Q_UU^{-1} b``."""
+        x, vector = self._columns(b, self._P)
+        _lower_solve(self._indptr, self._rows, self._L.data, x)
+        return x[:, 0] if vector else x
+
+    def sample(self, z: np.ndarray) -> np.ndarray:
+        """Map standard normals ``z`` (n x k) to draws with covariance ``Q_UU^{-1}``."""
+        y, vector = self._columns(z, slice(None))
+        _upper_solve(self._indptr, self._rows, self._L.data, y)
+        out = np.empty_like(y)
+        out[self._P] = y
+        return out[:, 0] if vector else out
+
+    def inverse_diagonal(self) -> np.ndarray:
+        """``diag(Q_UU^{-1})`` by selected inversion over the restricted factor's pattern."""
+        from .selinv import selected_inverse_diag
+
+        if self.n == 0:
+            return np.zeros(0)
+        z = selected_inverse_diag(self._L)
+        out = np.empty_like(z)
+        out[self._P] = z
+        return out
+
+    def selected_inverse(self) -> sp.csc_matrix:
+        """``Q_UU^{-1}`` on the pattern of :meth:`L`, in the permuted order (see :attr:`permutation`)."""
+        from .selinv import selected_inverse
+
+        return selected_inverse(self._L)
+
+
+@numba.njit(cache=True)
+def _lower_solve(indptr, rows, values, x):
+    """``x <- L^{-1} x`` in place (``L`` CSC, diagonal first in each column; ``x`` n x k, C order)."""
+    n, k = x.shape
+    for j in range(n):
+        d = values[indptr[j]]
+        for c in range(k):
+            x[j, c] /= d
+        for p in range(indptr[j] + 1, indptr[j + 1]):
+            i, l = rows[p], values[p]
+            for c in range(k):
+                x[i, c] -= l * x[j, c]
+
+
+@numba.njit(cache=True)
+def _upper_solve(indptr, rows, values, x):
+    """``x <- L^{-T} x`` in place (as :func:`_lower_solve`)."""
+    n, k = x.shape
+    for j in range(n - 1, -1, -1):
+        for p in range(indptr[j] + 1, indptr[j + 1]):
+            i, l = rows[p], values[p]
+            for c in range(k):
+                x[j, c] -= l * x[i, c]
+        d = values[indptr[j]]
+        for c in range(k):
+            x[j, c] /= d

@@ -8,17 +8,18 @@ other posteriors never change it.
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from typing import Any, Mapping
 
 import numpy as np
 import scipy.sparse as sp
 
 from .compiler import CompiledModel, compiled
-from .conditioning import Conditioning, LinearSystem
+from .conditioning import Conditioning, LinearSystem, PaddedConditioning
 from .dsl import Model, Node, Param, check_param_value
 from .errors import AccuracyWarning, DataError, ModelError, NotIdentifiedError, ParamError
 from .accuracy import VARIANCE_HOPELESS, VARIANCE_TOLERANCE, check_system, require_finite, scaled_condition
-from .resources import available_memory, check_memory, factor_size, gigabytes
+from .resources import FactorSize, available_memory, check_memory, gigabytes
 from .terms import as_float_array, is_boolean
 
 LOG_2PI = float(np.log(2 * np.pi))
@@ -31,26 +32,105 @@ def condition(model: Model, data: Mapping[str, Any], params: Mapping[str, Any]) 
     cm = compiled(model)
     theta = parameter_vector(model, cm, params)
     x, observed = data_vector(model, cm, data)
-    conditioning = conditioning_for(model, cm, observed)
+    conditioning = query_conditioning(model, cm, observed)
     model._cache["last_conditioning", model._version] = conditioning
     check_memory(factor_size_for(model, conditioning), model.name)
     return Posterior(cm, conditioning, theta, x)
 
 
-def factor_size_for(model: Model, conditioning: Conditioning):
-    """The (cached) :class:`~gdag.resources.FactorSize` of an observed pattern."""
-    key = ("factor_size", model._version, id(conditioning))
-    if key not in model._cache:
-        model._cache[key] = factor_size(conditioning)
-    return model._cache[key]
+def factor_size_for(model: Model, conditioning) -> FactorSize:
+    """The :class:`~gdag.resources.FactorSize` of what a conditioning factors (cached on it)."""
+    return conditioning.factor_size()
+
+
+# Conditionings kept per model version, besides the shared one: the most recently used
+# observed patterns (each per-mask one holds a Gram structure and a symbolic analysis).
+CONDITIONING_CACHE = 4
+# The rule of query_conditioning, from the measurements in docs/concepts.md ("Many queries"):
+# a factor whose flops are below THIN_FACTOR times its nonzeros is near a tree (mean column
+# length about 2), and analysing it is cheap; for the others, a new observed pattern reuses
+# the shared analysis when at least SHARED_FRACTION of the stochastic variables are unobserved.
+THIN_FACTOR = 4.0
+SHARED_FRACTION = 0.1
 
 
 def conditioning_for(model: Model, cm: CompiledModel, observed: np.ndarray) -> Conditioning:
-    """The (cached) index sets and symbolic analysis for an observed pattern."""
-    key = ("conditioning", model._version, np.packbits(observed).tobytes())
+    """The index sets and symbolic analysis of one observed pattern: the per-mask mode.
+
+    Used by the fit, which refactors one pattern many times, and by queries
+    (:func:`query_conditioning`).  Cached with the query conditionings (the
+    :data:`CONDITIONING_CACHE` most recent patterns of a model version); with
+    nothing observed it is the shared conditioning itself.
+    """
+    if not observed.any():
+        return shared_conditioning(model, cm)
+    return _cached(model, ("mask", np.packbits(observed).tobytes()), lambda: Conditioning(cm, observed))
+
+
+def shared_conditioning(model: Model, cm: CompiledModel) -> Conditioning:
+    """The all-unobserved conditioning of this model version, whose analysis every padded query shares."""
+    key = ("shared_conditioning", model._version)
     if key not in model._cache:
-        model._cache[key] = Conditioning(cm, observed)
+        model._cache[key] = Conditioning(cm, np.zeros(cm.n, dtype=bool))
     return model._cache[key]
+
+
+def query_conditioning(model: Model, cm: CompiledModel, observed: np.ndarray):
+    """The conditioning a posterior query uses: per-mask, or padded through the shared analysis.
+
+    - A pattern among the few most recent reuses its conditioning, whatever its mode.
+    - Nothing observed: the shared (all-unobserved) conditioning itself.
+    - Padded (:class:`~gdag.conditioning.PaddedConditioning`: no new Gram
+      structure, no new CHOLMOD analysis, a factor over all of R) when an
+      earlier per-mask pattern of this model version had a factor with fill,
+      ``flops >= THIN_FACTOR * nnz(L)``, and at least :data:`SHARED_FRACTION`
+      of the stochastic variables are unobserved.
+    - Per-mask (:class:`~gdag.conditioning.Conditioning`) otherwise: always
+      for the first observed pattern of a model version (a single query needs
+      no more, and its factor is the smallest: |U| columns, not |R|), for
+      near-tree models (whose analyses are cheap: padding costs more than it
+      saves) and when most variables are observed.
+
+    The two modes give the same posterior up to rounding (a different
+    elimination order).  Measurements: docs/concepts.md, "Many queries".
+    """
+    if not observed.any():
+        return shared_conditioning(model, cm)
+    mask = np.packbits(observed).tobytes()
+    lru = _lru(model)
+    for mode in ("mask", "padded"):
+        if (mode, mask) in lru:
+            lru.move_to_end((mode, mask))
+            return lru[mode, mask]
+    fill_key = ("queries_with_fill", model._version)
+    n_R = int(np.count_nonzero(~cm.deterministic))
+    n_U = n_R - int(np.count_nonzero(observed & ~cm.deterministic))
+    if model._cache.get(fill_key) and n_U >= SHARED_FRACTION * n_R:
+        shared = shared_conditioning(model, cm)
+        return _cached(model, ("padded", mask), lambda: PaddedConditioning(shared, observed))
+    conditioning = conditioning_for(model, cm, observed)
+    size = conditioning.factor_size()
+    if size.nnz_L and size.flops >= THIN_FACTOR * size.nnz_L:
+        model._cache[fill_key] = True
+    return conditioning
+
+
+def _lru(model: Model) -> "OrderedDict":
+    key = ("conditionings", model._version)
+    if key not in model._cache:
+        model._cache[key] = OrderedDict()
+    return model._cache[key]
+
+
+def _cached(model: Model, key, build):
+    lru = _lru(model)
+    if key in lru:
+        lru.move_to_end(key)
+        return lru[key]
+    value = lru[key] = build()
+    while len(lru) > CONDITIONING_CACHE:
+        lru.popitem(last=False)
+    return value
 
 
 def parameter_vector(model: Model, cm: CompiledModel, params: Mapping[str, Any]) -> np.ndarray:

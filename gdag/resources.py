@@ -55,6 +55,7 @@ class FactorSize:
     nnz_L: int  # structural nonzeros of the Cholesky factor
     flops: float  # sum of squared column counts
     n_variables: int
+    padded_to: int = 0  # > 0: factored as the padded system over this many stochastic variables
 
     @property
     def memory(self) -> float:
@@ -62,15 +63,18 @@ class FactorSize:
         return BYTES_PER_FACTOR_ENTRY * self.nnz_L + BYTES_PER_VARIABLE * self.n_variables
 
     def describe(self) -> str:
+        system = "Q_UU"
+        if self.padded_to:
+            system = f"the padded Q' (all {self.padded_to} stochastic variables, shared analysis)"
         return (
-            f"{self.n_unobserved} unobserved; Q_UU has {self.nnz_Q} nonzeros (lower triangle), "
+            f"{self.n_unobserved} unobserved; {system} has {self.nnz_Q} nonzeros (lower triangle), "
             f"its Cholesky factor {self.nnz_L} ({self.flops:.2g} flops); "
             f"estimated memory {gigabytes(self.memory):.3g} GB of {gigabytes(available_memory()):.3g} GB available"
         )
 
 
 def factor_size(cond) -> FactorSize:
-    """The :class:`FactorSize` of a :class:`~gdag.conditioning.Conditioning` (cached on the model by callers)."""
+    """The :class:`FactorSize` of a :class:`~gdag.conditioning.Conditioning` (cached on it by its ``factor_size``)."""
     pattern = cond.gram.pattern
     if cond.n_unobserved == 0:
         return FactorSize(0, 0, 0, 0.0, cond.cm.n)
