@@ -23,8 +23,8 @@ def _check(values: np.ndarray) -> list[float]:
     return [float(v[:3].sum()), float(v.mean()), float(np.sqrt(v @ v / v.size))]
 
 
-def gdag_phases(model, data) -> tuple[dict, object, np.ndarray, np.ndarray]:
-    """Condition ``model`` on ``data`` one phase at a time; returns phases, factor, mean, var.
+def gdag_phases(model, data) -> tuple:
+    """Condition ``model`` on ``data`` one phase at a time; returns phases, factor, mean, var, conditioning.
 
     The phases are the steps ``Model.posterior`` takes: compile the
     declarations, build the assembly pattern for this observed pattern,
@@ -49,7 +49,7 @@ def gdag_phases(model, data) -> tuple[dict, object, np.ndarray, np.ndarray]:
     system = cond.system(theta, x)
     phases["assemble"] = time.perf_counter() - t
     t = time.perf_counter()
-    symbolic = factor.analyze(cond._gram.pattern)
+    symbolic = factor.analyze(cond.gram.pattern)
     phases["analyze"] = time.perf_counter() - t
     t = time.perf_counter()
     fac = factor.CholeskyFactor(symbolic, system.Q, cond.label_unobserved)
@@ -60,7 +60,7 @@ def gdag_phases(model, data) -> tuple[dict, object, np.ndarray, np.ndarray]:
     t = time.perf_counter()
     var = fac.inverse_diagonal()
     phases["variances"] = time.perf_counter() - t
-    return phases, fac, mean, var
+    return phases, fac, mean, var, cond
 
 
 def _finish(t0: float, phases: dict, check: list[float], **extra) -> dict:
@@ -94,7 +94,7 @@ def romcom_gdag(n_friends: int) -> dict:
     R_i = m.normal("R_i", mean=R, sd=ROMCOM_FRIEND_SD, plate=friend)
     m.normal("X", mean=R_i[who], sd=s, plate=rating)
     declare = time.perf_counter() - t0
-    phases, _, mean, var = gdag_phases(m, {"X": x})
+    phases, _, mean, var, _ = gdag_phases(m, {"X": x})
     phases = {"declare": declare, **phases}
     # R is the first unobserved variable, then every R_i
     return _finish(t0, phases, _check(mean[1:]), sd_check=_check(np.sqrt(var[1:])))
@@ -217,16 +217,10 @@ def app_gdag(scale: int) -> dict:
     D_k = m.normal("D_k", mean=D, sd=0.4, plate=device)
     m.normal("Y", mean=A_j[app] + D_k[dev], sd=0.8, plate=install)
     declare = time.perf_counter() - t0
-    phases, fac, mean, var = gdag_phases(m, {"Y": y})
+    phases, fac, mean, var, cond = gdag_phases(m, {"Y": y})
     L = fac.L()
-    fill = dict(nnz_Q=int(fac_pattern_nnz(m)), nnz_L=int(L.nnz))
+    fill = dict(nnz_Q=int(cond.gram.pattern.nnz), nnz_L=int(L.nnz))
     return _finish(t0, {"declare": declare, **phases}, _check(mean), sd_check=_check(np.sqrt(var)), **fill)
-
-
-def fac_pattern_nnz(model) -> int:
-    """Nonzeros of the lower triangle of Q_UU for the model's last conditioning."""
-    conds = [v for k, v in model._cache.items() if k[0] == "conditioning"]
-    return conds[-1]._gram.pattern.nnz
 
 
 def app_floor(scale: int) -> dict:
@@ -280,7 +274,7 @@ def ss_gdag(T: int) -> dict:
     x = m.normal("x", mean=lambda x: SS_PHI * x.lag(1), sd=sd, plate=time_)
     m.normal("y", mean=x, sd=np.sqrt(SS_R), plate=time_)
     declare = time.perf_counter() - t0
-    post_phases, _, mean, var = gdag_phases(m, {"y": y})
+    post_phases, _, mean, var, _ = gdag_phases(m, {"y": y})
     # U holds every x_t first, then the missing y_t
     return _finish(t0, {"declare": declare, **post_phases}, _check(mean[:T]), sd_check=_check(np.sqrt(var[:T])))
 

@@ -1,0 +1,107 @@
+"""Fill-reducing orderings: a cheap static one from the model's structure, or CHOLMOD's.
+
+Multilevel models have a simple shape: many low-degree variables (one per
+app, student or time step) hang off a few high-degree ones (publishers,
+devices, the global mean).  Eliminating variables in increasing order of
+their degree in ``Q`` (a minimum-degree ordering without updates) then
+causes little fill, and it costs one sort.  CHOLMOD's AMD/METIS orderings are
+general but much slower to compute on such patterns; on the app-store model
+(500k unknowns, popular devices coupled to 100k apps) AMD took 8.7 s and gave
+3x the fill of the static ordering, which took 0.1 s.
+
+:func:`choose_ordering` measures instead of guessing: it counts the fill of
+the static ordering exactly from the symbolic structure
+(:func:`gdag.resources.factor_nonzeros`).  Little fill (at most
+:data:`ACCEPT_FILL` times the nonzeros of ``Q``) is accepted at once;
+otherwise CHOLMOD's own ordering is computed too, and the one with fewer
+factorization flops wins.  The ordering changes speed, never results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from .assembly import _bucket
+
+# Accept the static ordering without trying CHOLMOD's when nnz(L) <= ACCEPT_FILL * nnz(Q).
+ACCEPT_FILL = 2.0
+
+
+@dataclass(frozen=True)
+class Permutation:
+    """A symmetric permutation of a lower-triangular CSC pattern, applied to new values by one gather.
+
+    ``Q_lower[perm][:, perm]`` (kept lower triangular) has pattern
+    ``(indices, indptr)`` and values ``Q_lower.data[source]``.
+    """
+
+    perm: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    source: np.ndarray
+
+    def apply(self, lower: sp.csc_matrix) -> sp.csc_matrix:
+        """The permuted lower triangle of a matrix with the analysed pattern."""
+        n = self.perm.shape[0]
+        return sp.csc_matrix((lower.data[self.source], self.indices, self.indptr), shape=(n, n))
+
+
+def static_degree_order(lower: sp.csc_matrix) -> np.ndarray:
+    """Variables sorted by their number of neighbours in ``Q`` (ties keep declaration order)."""
+    n = lower.shape[0]
+    coo = lower.tocoo()
+    off = coo.row != coo.col
+    degree = np.bincount(coo.row[off], minlength=n) + np.bincount(coo.col[off], minlength=n)
+    return np.argsort(degree, kind="stable").astype(np.int64)
+
+
+def permutation(lower: sp.csc_matrix, perm: np.ndarray) -> Permutation:
+    """Precompute how the entries of ``lower`` move under ``perm``."""
+    n = lower.shape[0]
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[perm] = np.arange(n, dtype=np.int64)
+    coo = sp.coo_matrix(lower)
+    r, c = inverse[coo.row], inverse[coo.col]
+    rows, cols = np.maximum(r, c), np.minimum(r, c)  # stay in the lower triangle
+    # coo_matrix of a CSC matrix lists its entries in data order, so entry k is data[k]
+    # CSC order of the permuted entries, by column and then row: two stable counting sorts
+    _, by_row = _bucket(rows, n)
+    indptr, by_col = _bucket(cols[by_row], n)
+    order = by_row[by_col]
+    return Permutation(perm, rows[order], indptr, order)
+
+
+def choose_ordering(lower: sp.csc_matrix, cholmod_analysis):
+    """The static degree ordering when it is good, else the better of it and CHOLMOD's.
+
+    Parameters
+    ----------
+    lower : scipy.sparse.csc_matrix
+        Lower triangle of the pattern to factor.
+    cholmod_analysis : callable
+        ``cholmod_analysis(matrix)`` returns a CHOLMOD symbolic factor with
+        its own ordering (tried only when the static ordering fills in).
+
+    Returns
+    -------
+    (Permutation or None, symbolic or None)
+        A permutation to apply before a natural-order analysis, or CHOLMOD's
+        own analysis to use as it is.
+    """
+    from .resources import factor_nonzeros
+
+    n = lower.shape[0]
+    if n == 0:
+        return None, None
+    static = static_degree_order(lower)
+    nnz_static, flops_static = factor_nonzeros(lower, static)
+    if nnz_static <= ACCEPT_FILL * lower.nnz:
+        return permutation(lower, static), None
+    symbolic = cholmod_analysis(lower)
+    _, flops_cholmod = factor_nonzeros(lower, symbolic.P())
+    if flops_static < flops_cholmod:
+        return permutation(lower, static), None
+    return None, symbolic
