@@ -32,11 +32,52 @@ except ImportError as err:  # pragma: no cover - depends on the installation
 ILL_CONDITIONED = 1e-14
 
 
-def analyze(Q: sp.csc_matrix):
-    """Symbolic analysis (fill-reducing ordering and pattern of ``L``) of ``Q``'s pattern."""
+def _cholmod_analyze(Q: sp.csc_matrix, mode: str = "auto", ordering_method: str = "default"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", cholmod.CholmodTypeConversionWarning)
-        return cholmod.analyze(Q, mode="auto", ordering_method="default")
+        return cholmod.analyze(Q, mode=mode, ordering_method=ordering_method)
+
+
+class Analysis:
+    """A symbolic analysis: a fill-reducing ordering and CHOLMOD's symbolic factor.
+
+    The ordering is gdag's static degree ordering, applied to the values before
+    CHOLMOD sees them (``reorder``), or CHOLMOD's own (``reorder`` is None);
+    :func:`gdag.ordering.choose_ordering` measures which factors faster.
+    """
+
+    def __init__(self, symbolic, reorder=None):
+        self.symbolic = symbolic
+        self.reorder = reorder
+
+    def P(self) -> np.ndarray:
+        """``p`` with ``Q[p][:, p] = L L^T``: gdag's ordering composed with CHOLMOD's."""
+        inner = self.symbolic.P()
+        return inner if self.reorder is None else self.reorder.perm[inner]
+
+    def prepare(self, Q: sp.csc_matrix) -> sp.csc_matrix:
+        """``Q`` (with the analysed pattern) as CHOLMOD is to factor it."""
+        if self.reorder is None:
+            return Q
+        if Q.nnz != self.reorder.source.shape[0]:
+            raise ValueError("internal error: a matrix with another pattern than the analysed one")
+        return self.reorder.apply(Q)
+
+
+def analyze(Q: sp.csc_matrix) -> Analysis:
+    """Symbolic analysis (fill-reducing ordering and pattern of ``L``) of ``Q``'s pattern.
+
+    ``Q`` is the lower triangle.  Patterns on which gdag's static degree
+    ordering fills little are reordered by it and factored in CHOLMOD's
+    simplicial mode (measured faster there, since a natural-order analysis
+    forms no postordered supernodes); otherwise CHOLMOD orders and chooses.
+    """
+    from .ordering import choose_ordering
+
+    reorder, symbolic = choose_ordering(Q, _cholmod_analyze)
+    if reorder is not None:
+        return Analysis(_cholmod_analyze(reorder.apply(Q), mode="simplicial", ordering_method="natural"), reorder)
+    return Analysis(symbolic if symbolic is not None else _cholmod_analyze(Q))
 
 
 class CholeskyFactor:
@@ -44,31 +85,32 @@ class CholeskyFactor:
 
     Parameters
     ----------
-    symbolic : cholmod.Factor
-        An analysis of ``Q``'s pattern (from :func:`analyze`); it is copied, so
-        one analysis serves many factors.
+    analysis : Analysis
+        An analysis of ``Q``'s pattern (from :func:`analyze`); its symbolic
+        factor is copied, so one analysis serves many factors.
     Q : scipy.sparse.csc_matrix
         The matrix, with the analysed pattern.
     describe : callable
         Maps positions of ``Q`` to labels for error messages.
     """
 
-    def __init__(self, symbolic, Q: sp.csc_matrix, describe: Callable[[np.ndarray], list[str]]):
+    def __init__(self, analysis: Analysis, Q: sp.csc_matrix, describe: Callable[[np.ndarray], list[str]]):
         self.n = Q.shape[0]
         self._describe = describe
-        self._factor = symbolic.copy()
+        self._analysis = analysis
+        self._factor = analysis.symbolic.copy()
         self.refactor_inplace(Q)
 
     def refactor_inplace(self, Q: sp.csc_matrix) -> None:
         """Numeric factorization of new values on the same pattern."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", cholmod.CholmodTypeConversionWarning)
+            self._P = self._analysis.P()
             try:
-                self._factor.cholesky_inplace(Q)
+                self._factor.cholesky_inplace(self._analysis.prepare(Q))
             except cholmod.CholmodNotPositiveDefiniteError as err:
                 column = getattr(err, "column", None)
                 self._raise_not_identified(None if column is None else int(column))
-        self._P = self._factor.P()
         self._L = None
         pivots = self._factor.D()
         bad = np.flatnonzero(~(pivots > 0))
@@ -88,7 +130,7 @@ class CholeskyFactor:
     def _raise_not_identified(self, column: int | None):
         if column is None or column >= self.n:
             raise NotIdentifiedError("The posterior precision is not positive definite.")
-        label = self._describe(np.array([self._factor.P()[column]]))[0]
+        label = self._describe(np.array([self._P[column]]))[0]
         raise NotIdentifiedError(
             f"The posterior is not proper: `{label}` is not identified (its pivot in the Cholesky "
             "factorization is not positive). Give it a prior with finite sd or observe data that informs it. "
@@ -117,11 +159,17 @@ class CholeskyFactor:
         """``Q^{-1} b`` for a vector or a dense matrix of columns."""
         if self.n == 0:
             return np.zeros_like(b, dtype=float)
-        return self._factor.solve_A(b)
+        reorder = self._analysis.reorder
+        if reorder is None:
+            return self._factor.solve_A(b)
+        x = self._factor.solve_A(np.asarray(b, dtype=float)[reorder.perm])
+        out = np.empty_like(x)
+        out[reorder.perm] = x
+        return out
 
     def half_solve(self, b: np.ndarray) -> np.ndarray:
         """``L^{-1} (b[p])``: columns whose squared norms are ``b^T Q^{-1} b``."""
-        return self._factor.solve_L(self._factor.apply_P(b), use_LDLt_decomposition=False)
+        return self._factor.solve_L(np.asarray(b, dtype=float)[self._P], use_LDLt_decomposition=False)
 
     def sample(self, z: np.ndarray) -> np.ndarray:
         """Map standard normals ``z`` (n x k) to draws with covariance ``Q^{-1}``."""

@@ -156,7 +156,7 @@ def test_padded_factor_against_dense_in_both_cholmod_modes(mode):
     A = sp.csc_matrix((vals, (rows, cols)), shape=(n, n))
     w = rng.uniform(0.5, 2.0, size=n)
     full = (A.T @ sp.diags(w) @ A).tocsc()
-    symbolic = cholmod.analyze(sp.tril(full).tocsc(), mode=mode)
+    symbolic = factor.Analysis(cholmod.analyze(sp.tril(full).tocsc(), mode=mode))
     observed = rng.random(n) < 0.6
     keep = np.flatnonzero(~observed)
     A_pad = A.toarray() * ~observed  # observed columns zeroed
@@ -378,7 +378,7 @@ def test_accuracy_warning_names_the_worst_variable_in_padded_mode():
 def test_padded_factor_failure_names_the_padded_position_through_the_permutation():
     # U = {0, 2, 3} of R = {0..4}; the U block is singular at R position 3's pivot only
     pattern = sp.csc_matrix(np.tril(np.ones((5, 5))))
-    symbolic = cholmod.analyze(pattern, mode="simplicial")
+    symbolic = factor.Analysis(cholmod.analyze(pattern, mode="simplicial"))
     lower = pattern.copy()
     lower.data[:] = 0.0  # explicit zeros off the diagonal
     lower.setdiag([2.0, 1.0, 3.0, 0.0, 1.0])
