@@ -415,26 +415,18 @@ class Posterior:
         s, gram = self._system, self._cond.gram
         m = self._factor.solve(s.b)
         values = self._entries_of_A_U()
-
-        def gradient_of(e):
-            return np.bincount(gram.entry_col, weights=values * (e / s.d)[gram.entry_row], minlength=m.shape[0])
-
         with np.errstate(over="ignore", invalid="ignore"):
             e = self._fitted_residual(m)
             f = float(e @ (e / s.d))
-            gradient = gradient_of(e)
             for _ in range(max_steps):
+                gradient = np.bincount(gram.entry_col, weights=values * (e / s.d)[gram.entry_row], minlength=m.shape[0])
                 step = self._factor.solve(gradient)
                 candidate = m + step
                 e_new = self._fitted_residual(candidate)
                 f_new = float(e_new @ (e_new / s.d))
-                gradient_new = gradient_of(e_new)
-                # Along nearly flat directions f cannot resolve the improvement; the gradient still does.
-                flat_but_better = f_new <= f * (1 + 8 * np.finfo(float).eps) and (
-                    np.linalg.norm(gradient_new) < np.linalg.norm(gradient))
-                if not (f_new < f or flat_but_better):
+                if not f_new < f:
                     break
-                m, e, f, gradient = candidate, e_new, f_new, gradient_new
+                m, e, f = candidate, e_new, f_new
                 if np.max(np.abs(step)) <= 4 * np.finfo(float).eps * np.max(np.abs(m)):
                     break
         return m

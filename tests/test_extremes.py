@@ -392,3 +392,30 @@ def test_many_unobserved_children_make_cholmod_fail_and_the_error_names_a_node()
     m.normal("u", mean=mu, sd=1.0, plate=m.plate("g", 16))
     with pytest.raises(gdag.NotIdentifiedError, match=r"The posterior is not proper: `(mu|u\[g=\d+\])` is not identified"):
         m.posterior({})
+
+
+def test_nearly_flat_direction_is_refined_to_exact_means():
+    """Crossed effects whose sum the data pin down (sd 1e-5) but whose split only the priors inform."""
+    n_app, n_dev = 3, 3
+    m = gdag.Model("confounded")
+    P = m.normal("P", mean=0.0, sd=1.0)
+    D = m.normal("D", mean=0.0, sd=1.0)
+    A = m.normal("A", mean=P, sd=0.3, plate=m.plate("app", n_app))
+    Dk = m.normal("Dk", mean=D, sd=0.4, plate=m.plate("device", n_dev))
+    app, dev = np.repeat(np.arange(n_app), n_dev), np.tile(np.arange(n_dev), n_app)
+    m.normal("y", mean=A[app] + Dk[dev], sd=1e-4, plate=m.plate("install", n_app * n_dev))
+    y = np.random.default_rng(3).normal(size=n_app * n_dev)
+    n = 2 + n_app + n_dev + y.size
+    B = np.zeros((n, n))
+    B[2 : 2 + n_app, 0] = 1.0
+    B[2 + n_app : 2 + n_app + n_dev, 1] = 1.0
+    rows = 2 + n_app + n_dev + np.arange(y.size)
+    B[rows, 2 + app] = 1.0
+    B[rows, 2 + n_app + dev] = 1.0
+    d = np.r_[1.0, 1.0, np.full(n_app, 0.09), np.full(n_dev, 0.16), np.full(y.size, 1e-4**2)]
+    x = np.r_[np.full(2 + n_app + n_dev, np.nan), y]
+    U, mean, var, _ = exact_posterior(B, np.zeros(n), d, x)
+    post = m.posterior({"y": y})
+    got = np.r_[post.mean("P"), post.mean("D"), post.mean("A"), post.mean("Dk")]
+    sd = np.sqrt(var)
+    assert np.max(np.abs(got - mean) / sd) < 1e-8  # kappa(Q) is about 1e9 here
