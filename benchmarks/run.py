@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 FULL = [
-    ("romcom", "gdag", [1_000, 10_000, 100_000, 1_000_000]),
+    ("romcom", "gdag", [1_000, 3_000, 10_000, 100_000, 1_000_000]),
     ("romcom", "floor", [1_000, 10_000, 100_000, 1_000_000]),
     ("romcom", "dense numpy", [1_000, 3_000]),
     ("romcom", "pgmpy", [1_000]),
