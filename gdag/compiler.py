@@ -40,7 +40,8 @@ class CompiledModel:
     B_rows: np.ndarray
     B_cols: np.ndarray
     B_base: np.ndarray  # coefficient before scaling
-    B_scale: np.ndarray  # index into theta of a scale parameter, -1 for none
+    scaled_entries: np.ndarray  # positions in B_rows/B_cols whose coefficient a parameter scales
+    scaled_param: np.ndarray  # index into theta of that parameter, per scaled entry
     F: sp.csr_matrix  # n x p: parameter entries entering c linearly
     c0: np.ndarray
     sd_base: np.ndarray
@@ -123,13 +124,26 @@ class CompiledModel:
         positions add up); see :meth:`B_matrix`.
         """
         coef = self.B_base.copy()
-        scaled = self.B_scale >= 0
-        coef[scaled] *= theta[self.B_scale[scaled]]
+        if self.scaled_entries.size:
+            coef[self.scaled_entries] *= theta[self.scaled_param]
         c = self.c0 + self.F @ theta if self.n_theta else self.c0.copy()
         sd = self.sd_base.copy()
         has = self.sd_param >= 0
         sd[has] *= theta[self.sd_param[has]]
         return coef, c, sd * sd
+
+    @property
+    def B_scale(self) -> np.ndarray:
+        """Per coefficient of ``B``: the index into theta of its scale parameter, -1 for none.
+
+        Built on first use (fits and graphs need it; posteriors use the compact
+        ``scaled_entries``/``scaled_param``), since it is as long as ``B``.
+        """
+        if "__B_scale" not in self._index:
+            full = np.full(self.B_rows.shape[0], -1, dtype=np.int64)
+            full[self.scaled_entries] = self.scaled_param
+            self._index["__B_scale"] = full
+        return self._index["__B_scale"]
 
     def B_matrix(self, coef: np.ndarray) -> sp.csr_matrix:
         """``B`` as a sparse matrix from coefficient values (see :meth:`values`)."""
@@ -173,7 +187,8 @@ def compile_model(model: Model) -> CompiledModel:
     param_off = {p.name: int(o) for p, o in zip(params, poffsets)}
     n, p_total = int(sizes.sum()), int(psizes.sum())
 
-    b_rows, b_cols, b_vals, b_scale = [], [], [], []
+    b_rows, b_cols, b_vals, scaled_entries, scaled_param = [], [], [], [], []
+    n_coef = 0
     f_rows, f_cols, f_vals = [], [], []
     c0 = np.zeros(n)
     sd_base = np.zeros(n)
@@ -191,8 +206,10 @@ def compile_model(model: Model) -> CompiledModel:
             b_rows.append(rows)
             b_cols.append(t.cols + node_off[t.source.name])
             b_vals.append(t.vals)
-            scale = -1 if t.scale is None else param_off[t.scale.name]
-            b_scale.append(np.full(rows.shape[0], scale, dtype=np.int64))
+            if t.scale is not None:
+                scaled_entries.append(np.arange(n_coef, n_coef + rows.shape[0], dtype=np.int64))
+                scaled_param.append(np.full(rows.shape[0], param_off[t.scale.name], dtype=np.int64))
+            n_coef += rows.shape[0]
         sd_base[start : start + nd.size] = nd.sd.base
         if nd.sd.param is not None:
             sd_param[start : start + nd.size] = nd.sd.param_index + param_off[nd.sd.param.name]
@@ -200,9 +217,7 @@ def compile_model(model: Model) -> CompiledModel:
     def cat(parts, dtype):
         return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
-    B_rows, B_cols, B_vals, B_scale = (
-        cat(b_rows, np.int64), cat(b_cols, np.int64), cat(b_vals, float), cat(b_scale, np.int64)
-    )
+    B_rows, B_cols, B_vals = cat(b_rows, np.int64), cat(b_cols, np.int64), cat(b_vals, float)
     F = sp.csr_matrix((cat(f_vals, float), (cat(f_rows, np.int64), cat(f_cols, np.int64))), shape=(n, p_total))
     F.sum_duplicates()
     result = CompiledModel(
@@ -214,7 +229,8 @@ def compile_model(model: Model) -> CompiledModel:
         B_rows=B_rows,
         B_cols=B_cols,
         B_base=B_vals,
-        B_scale=B_scale,
+        scaled_entries=cat(scaled_entries, np.int64),
+        scaled_param=cat(scaled_param, np.int64),
         F=F,
         c0=c0,
         sd_base=sd_base,
