@@ -193,6 +193,8 @@ def write_report(table: str, results: dict, quick: bool) -> None:
         f"Written by `benchmarks/run.py{' --quick' if quick else ''}` on {machine()}.",
         "Each time is one run in a fresh subprocess. Ratios below 1 mean gdag is faster. "
         "For references that measure less (means only) the ratio overstates gdag's cost.",
+        "The results against each target, with the profiles behind the gaps, are in "
+        "[benchmarks/README.md](../benchmarks/README.md).",
         "",
         table,
         "",
