@@ -70,7 +70,7 @@ class Conditioning:
         self.pos_U = _positions(self.U, cm.n)
         self.pos_O = _positions(self.O, cm.n)
         self._pattern = self._coefficient_pattern()
-        self._gram = GramAssembler(self._pattern, self.pos_U[self.R], self.pos_O[self.R])
+        self._gram = GramAssembler(self._pattern, _over_R(self, self.pos_U), _over_R(self, self.pos_O))
         self._symbolic = None
         self._size = None
 
@@ -87,8 +87,8 @@ class Conditioning:
         """Assemble ``Q_UU`` (lower triangle), ``b`` and the pieces of the evidence."""
         coef, c, d = self.cm.values(theta)
         coef, c_R, g, M = self._reduced_coefficients(coef, c)
-        d_R = d[self.R]
-        r = self._gram.residual(coef, c_R, x[self.R])
+        d_R = _over_R(self, d)
+        r = self._gram.residual(coef, c_R, _over_R(self, x))
         Q, b = self._gram.assemble(coef, 1.0 / d_R, r / d_R)
         return LinearSystem(Q, b, r, d_R, g, M)
 
@@ -219,11 +219,12 @@ class GramEntries:
         self.n_U = int(np.count_nonzero(u_of_R >= 0))
         self.diag_U = np.flatnonzero(u_of_R >= 0)  # rows of A with a unit diagonal entry in U
         self.diag_O = np.flatnonzero(o_of_R >= 0)
-        self.coef_U = np.flatnonzero(u_of_R[cols] >= 0)  # coefficients on unobserved parents
+        u_cols = u_of_R[cols]
+        self.coef_U = np.flatnonzero(u_cols >= 0)  # coefficients on unobserved parents
         self.coef_O = np.flatnonzero(o_of_R[cols] >= 0)
         self.rows, self.cols = rows, cols
         self.entry_row = np.concatenate([self.diag_U, rows[self.coef_U]])
-        self.entry_col = np.concatenate([u_of_R[self.diag_U], u_of_R[cols[self.coef_U]]])
+        self.entry_col = np.concatenate([u_of_R[self.diag_U], u_cols[self.coef_U]])
 
     def residual(self, coef: np.ndarray, c_R: np.ndarray, x_R: np.ndarray) -> np.ndarray:
         """``r = c' - A_O x_O`` over R."""
@@ -344,8 +345,8 @@ class PaddedConditioning:
         cm, shared = self.cm, self.shared
         coef, c, d = cm.values(theta)
         coef, c_R, g, M = shared._reduced_coefficients(coef, c)
-        d_R = d[self.R]
-        r = self._gram.residual(coef, c_R, x[self.R])
+        d_R = _over_R(self, d)
+        r = self._gram.residual(coef, c_R, _over_R(self, x))
         full = shared.gram
         values = full.entry_values(coef)
         values[self._zeroed] = 0.0
@@ -359,6 +360,11 @@ class PaddedConditioning:
         """A factor of ``Q_UU`` through the padded ``system.Q_padded`` and the shared analysis."""
         shared = self.shared
         return factor.PaddedFactor(shared.analysis(), system.Q_padded, self.u_in_R, shared.label_unobserved)
+
+
+def _over_R(cond, values: np.ndarray) -> np.ndarray:
+    """``values[cond.R]``; with no deterministic variables R is everything, so no copy is made."""
+    return values if cond.S.size == 0 else values[cond.R]
 
 
 def _entries(A: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
