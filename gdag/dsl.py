@@ -200,6 +200,10 @@ class Model:
         self._version = 0  # bumped by each declaration; invalidates cached compilations
         self._cache: dict[Any, Any] = {}
 
+    def __repr__(self) -> str:
+        return (f"<gdag.Model `{self.name}`: {len(self.plates)} plates, {len(self.nodes)} nodes, "
+                f"{len(self.params)} parameters>")
+
     # ------------------------------------------------------------ declarations
 
     def plate(self, name: str, size: int, *, within: Plate | None = None, index=None) -> Plate:
@@ -324,8 +328,18 @@ class Model:
 
     def fit(self, data, method: str = "reml", **options):
         """Estimate unknown parameters by ``"reml"``, ``"ml"`` or ``"em"``; see :func:`gdag.fit.fit`."""
+        import inspect
+
+        from .errors import FitError
         from .fit import fit
 
+        known = set(inspect.signature(fit).parameters) - {"model", "data", "method"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise FitError(
+                f"m.fit() has no option {', '.join(f'`{u}`' for u in unknown)}; its options are "
+                + ", ".join(f"`{k}`" for k in sorted(known)) + "."
+            )
         return fit(self, data, method=method, **options)
 
     def graph(self, expanded: bool = False):
@@ -423,9 +437,11 @@ class Model:
                 if p.model is not self:
                     raise ModelSpecError(f"Node `{node.name}`: its mean uses `{p.name}` from another model.")
         if expr.length not in (1, node.size):
+            hint = (f"Did you forget `plate=`? A node without a plate is a single scalar."
+                    if node.plate is None else f"Gather parents with an index array of length {node.size}.")
             raise ModelSpecError(
                 f"Node `{node.name}` has {node.size} entr{'y' if node.size == 1 else 'ies'} but its mean has length "
-                f"{expr.length}. Gather parents with an index array of length {node.size}."
+                f"{expr.length}. {hint}"
             )
         return terms.broadcast_to(expr, node.size)
 

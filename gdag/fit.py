@@ -410,9 +410,10 @@ def _run_em(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: _Log
     if not (obj.pure_variance and obj.exact_gradient):
         others = [obj.roles.labels[k] for k in obj.free if not obj.roles.pure_variance[k]]
         raise FitError(
-            "EM estimates variance components only; "
+            "EM estimates variance components only, and "
             + ", ".join(f"`{x}`" for x in others[:6])
-            + " appear in a mean or scale a node term. Use method='ml' or method='reml'."
+            + (" is not one" if len(others) == 1 else " are not")
+            + " (a fixed effect in a mean, or a coefficient scaling a node term). Use method='ml' or method='reml'."
         )
     cm = obj.cm
     base2 = cm.sd_base[obj.cond.R] ** 2

@@ -131,8 +131,7 @@ def infer_roles(cm: CompiledModel, cond: Conditioning, profile: bool = True) -> 
         raise NotIdentifiedError(
             f"Parameter entr{'y' if one else 'ies'} {names} appear{'s' if one else ''} in no mean and no sd of a "
             f"stochastic node, so the data say nothing about {'it' if one else 'them'}. "
-            f"Remove {'it' if one else 'them'}, use {'it' if one else 'them'} in the model, or give "
-            f"{'it' if one else 'them'} a value with m.posterior(params=...)."
+            f"Remove {'it' if one else 'them'} from the model or use {'it' if one else 'them'} in a mean or sd."
         )
     # Profile a common scale when every stochastic variable's sd carries an entry used
     # only as an sd: then d = sigma^2 d(t), sigma the entry of most observed variables.

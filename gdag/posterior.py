@@ -133,13 +133,23 @@ def _cached(model: Model, key, build):
     return value
 
 
+def _key_name(model: Model, key, error, where: str):
+    """The name behind a ``data``/``params`` key: a name, or a node or parameter of ``model``."""
+    if isinstance(key, (Node, Param)):
+        if key.model is not model:
+            raise error(f"`{where}` uses `{key.name}` from another model than `{model.name}`.")
+        return key.name
+    return key
+
+
 def parameter_vector(model: Model, cm: CompiledModel, params: Mapping[str, Any]) -> np.ndarray:
     """Validate ``params`` (name -> value) and return ``theta``."""
     if not isinstance(params, Mapping):
         raise ParamError(f"`params` must be a mapping from parameter names to values; got {type(params).__name__}.")
     checked = {}
-    for name, value in params.items():
-        param = model.params.get(name)
+    for key, value in params.items():
+        name = _key_name(model, key, ParamError, "params")
+        param = model.params.get(name) if isinstance(name, str) else None
         if param is None:
             hint = " It is a node; observe it through `data`." if name in model.nodes else ""
             raise ParamError(f"`params` names `{name}`, which is not a parameter of model `{model.name}`.{hint}")
@@ -153,7 +163,8 @@ def data_vector(model: Model, cm: CompiledModel, data: Mapping[str, Any]) -> tup
         raise DataError(f"`data` must be a mapping from node names to values; got {type(data).__name__}.")
     x = np.full(cm.n, np.nan)
     det = cm.deterministic
-    for name, value in data.items():
+    for key, value in data.items():
+        name = _key_name(model, key, DataError, "data")
         node = model.nodes.get(name) if isinstance(name, str) else None
         if node is None:
             hint = " It is a parameter; pass its value in `params`." if name in model.params else ""

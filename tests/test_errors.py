@@ -205,3 +205,37 @@ def test_plate_and_model_ownership():
         m2.normal("y", plate=p)
     with pytest.raises(gdag.ModelSpecError, match="uses `a` from another model"):
         m2.normal("y", mean=a)
+
+
+def test_nodes_and_parameters_as_keys():
+    m = gdag.Model("keys")
+    mu = m.param("mu")
+    y = m.normal("y", mean=mu, sd=1.0, plate=m.plate("o", 3))
+    by_object = m.posterior({y: [1.0, np.nan, 2.0]}, params={mu: 0.5})
+    by_name = m.posterior({"y": [1.0, np.nan, 2.0]}, params={"mu": 0.5})
+    np.testing.assert_array_equal(by_object.mean(y), by_name.mean("y"))
+    other = gdag.Model("other")
+    z = other.normal("z")
+    with pytest.raises(gdag.DataError, match=re.escape("`data` uses `z` from another model than `keys`.")):
+        m.posterior({z: 1.0}, params={mu: 0.5})
+
+
+def test_missing_plate_is_suggested():
+    m = gdag.Model()
+    u = m.normal("u", plate=m.plate("g", 4))
+    with pytest.raises(gdag.ModelSpecError, match=re.escape("Did you forget `plate=`?")):
+        m.normal("y", mean=u[np.arange(4)], sd=1.0)
+
+
+def test_unknown_fit_option_is_a_fit_error():
+    m = gdag.Model()
+    mu = m.param("mu")
+    m.normal("y", mean=mu, sd=1.0, plate=m.plate("o", 3))
+    with pytest.raises(gdag.FitError, match=re.escape("m.fit() has no option `tolerance`")):
+        m.fit({"y": [1.0, 2.0, 3.0]}, method="ml", tolerance=1e-3)
+
+
+def test_model_repr():
+    m = gdag.Model("r")
+    m.normal("a")
+    assert repr(m) == "<gdag.Model `r`: 0 plates, 1 nodes, 0 parameters>"
