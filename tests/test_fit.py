@@ -347,15 +347,23 @@ def random_case(seed):
     return rng, spec, m, data
 
 
+def conditioned_case(seed):
+    """A random case compiled and conditioned on its data, or None when it observes nothing."""
+    rng, spec, m, data = random_case(seed)
+    if not data:
+        return None
+    cm = compiled(m)
+    x, observed = data_vector(m, cm, data)
+    return rng, spec, m, cm, x, observed, conditioning_for(m, cm, observed)
+
+
 def test_objective_equals_dense_formula_on_random_models():
     checked = 0
     for seed in range(1000):
-        rng, spec, m, data = random_case(seed)
-        if not data:
+        case = conditioned_case(seed)
+        if case is None:
             continue
-        cm = compiled(m)
-        x, observed = data_vector(m, cm, data)
-        cond = conditioning_for(m, cm, observed)
+        rng, spec, m, cm, x, observed, cond = case
         try:
             roles = infer_roles(cm, cond, profile=bool(seed % 2))
         except gdag.NotIdentifiedError:
@@ -384,12 +392,10 @@ def test_objective_equals_dense_formula_on_random_models():
 def test_gradient_matches_finite_differences_on_random_models():
     checked = 0
     for seed in range(1000, 2200):
-        rng, spec, m, data = random_case(seed)
-        if not data:
+        case = conditioned_case(seed)
+        if case is None:
             continue
-        cm = compiled(m)
-        x, observed = data_vector(m, cm, data)
-        cond = conditioning_for(m, cm, observed)
+        rng, spec, m, cm, x, observed, cond = case
         try:
             roles = infer_roles(cm, cond, profile=bool(seed % 2))
             obj = Objective(cm, cond, x, roles, reml=bool(seed % 3 == 0), factorization=("sparse", "blocked")[seed % 2])
