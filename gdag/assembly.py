@@ -19,14 +19,18 @@ import scipy.sparse as sp
 
 @dataclass(frozen=True)
 class GramStructure:
-    """Index arrays for ``A`` (CSR and CSC views) and the lower-triangular pattern of ``Q``."""
+    """Index arrays for ``A`` (CSR and CSC views) and the lower-triangular pattern of ``Q``.
+
+    Both views refer to ``A``'s entries by their number in the caller's entry
+    lists, so values are passed in that order and never gathered into a copy.
+    """
 
     csr_indptr: np.ndarray
     csr_cols: np.ndarray
     csr_entry: np.ndarray  # entry number of each CSR position
     csc_indptr: np.ndarray
     csc_rows: np.ndarray
-    csc_to_csr: np.ndarray  # CSR position of each CSC position
+    csc_entry: np.ndarray  # entry number of each CSC position
     q_indptr: np.ndarray
     q_rows: np.ndarray
     n_cols: int
@@ -43,22 +47,47 @@ def gram_structure(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int)
     rows = rows.astype(np.int64, copy=False)
     cols = cols.astype(np.int64, copy=False)
     csr_indptr, csr_entry = _bucket(rows, n_rows)
+    csc_indptr, csc_rows, csc_entry = _transpose(csr_indptr, csr_entry, cols, n_cols)
     csr_cols = cols[csr_entry]
-    csc_indptr, csc_to_csr = _bucket(csr_cols, n_cols)
-    csr_row_of = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(csr_indptr))
-    csc_rows = csr_row_of[csc_to_csr]
     q_indptr, q_rows = _gram_pattern(csr_indptr, csr_cols, csc_indptr, csc_rows, n_cols)
-    return GramStructure(csr_indptr, csr_cols, csr_entry, csc_indptr, csc_rows, csc_to_csr, q_indptr, q_rows, n_cols)
+    return GramStructure(csr_indptr, csr_cols, csr_entry, csc_indptr, csc_rows, csc_entry, q_indptr, q_rows, n_cols)
 
 
-def gram_values(structure: GramStructure, values: np.ndarray, weights: np.ndarray) -> sp.csc_matrix:
-    """Lower triangle of ``A^T diag(weights) A`` for entry ``values`` (in the original entry order)."""
+def gram_values(structure: GramStructure, values: np.ndarray, weights: np.ndarray,
+                rhs: np.ndarray | None = None):
+    """Lower triangle of ``A^T diag(weights) A`` for entry ``values`` (in the original entry order).
+
+    With ``rhs`` (one value per row of ``A``), also returns ``A^T rhs``,
+    accumulated in the same pass: ``(Q, b)``.
+    """
     s = structure
-    csr_vals = values[s.csr_entry]
-    out = np.zeros(s.q_rows.shape[0])
-    _gram_numeric(s.csr_indptr, s.csr_cols, csr_vals, weights, s.csc_indptr, s.csc_rows, s.csc_to_csr,
-                  s.q_indptr, s.q_rows, np.zeros(s.n_cols), out)
-    return sp.csc_matrix((out, s.q_rows, s.q_indptr), shape=(s.n_cols, s.n_cols))
+    out = np.zeros((1, s.q_rows.shape[0]))
+    b = np.zeros(s.n_cols if rhs is not None else 0)
+    _gram_numeric(s.csr_indptr, s.csr_cols, s.csr_entry, s.csc_indptr, s.csc_rows, s.csc_entry, values, weights,
+                  _NO_CLASSES, s.q_indptr, s.q_rows, np.zeros((1, s.n_cols)), out,
+                  _NO_RHS if rhs is None else rhs, b)
+    Q = sp.csc_matrix((out[0], s.q_rows, s.q_indptr), shape=(s.n_cols, s.n_cols))
+    return Q if rhs is None else (Q, b)
+
+
+def class_gram_values(structure: GramStructure, values: np.ndarray, weights: np.ndarray,
+                      classes: np.ndarray, n_classes: int) -> np.ndarray:
+    """``G_c = A^T diag(weights * [class == c]) A`` on ``Q``'s pattern for every class, in one pass.
+
+    ``classes`` gives each row of ``A`` a class in ``0 .. n_classes-1``;
+    row ``c`` of the result holds the values of ``G_c``.  The fit uses it when
+    ``Q`` is a weighted sum of such terms (one per variance parameter).
+    """
+    s = structure
+    out = np.zeros((n_classes, s.q_rows.shape[0]))
+    _gram_numeric(s.csr_indptr, s.csr_cols, s.csr_entry, s.csc_indptr, s.csc_rows, s.csc_entry, values, weights,
+                  classes.astype(np.int64, copy=False), s.q_indptr, s.q_rows, np.zeros((n_classes, s.n_cols)), out,
+                  _NO_RHS, np.zeros(0))
+    return out
+
+
+_NO_CLASSES = np.zeros(0, dtype=np.int64)
+_NO_RHS = np.zeros(0)
 
 
 def _bucket(keys: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +108,27 @@ def _counting_sort(keys, n_keys):
         order[fill[keys[e]]] = e
         fill[keys[e]] += 1
     return indptr, order
+
+
+@numba.njit(cache=True)
+def _transpose(csr_indptr, csr_entry, cols, n_cols):
+    """CSC view from the CSR one: rows sorted within each column, and entry numbers."""
+    indptr = np.zeros(n_cols + 1, dtype=np.int64)
+    for e in csr_entry:
+        indptr[cols[e] + 1] += 1
+    for j in range(n_cols):
+        indptr[j + 1] += indptr[j]
+    fill = indptr[:-1].copy()
+    rows = np.empty(csr_entry.shape[0], dtype=np.int64)
+    entry = np.empty(csr_entry.shape[0], dtype=np.int64)
+    for r in range(csr_indptr.shape[0] - 1):
+        for q in range(csr_indptr[r], csr_indptr[r + 1]):
+            e = csr_entry[q]
+            k = fill[cols[e]]
+            rows[k] = r
+            entry[k] = e
+            fill[cols[e]] = k + 1
+    return indptr, rows, entry
 
 
 @numba.njit(cache=True)
@@ -129,21 +179,32 @@ def _sort_small(a, start, stop):
 
 
 @numba.njit(cache=True)
-def _gram_numeric(csr_indptr, csr_cols, csr_vals, weights, csc_indptr, csc_rows, csc_to_csr,
-                  q_indptr, q_rows, work, out):
-    """Fill ``out`` (values on the pattern) with ``sum_r A_rj w_r A_ri``."""
+def _gram_numeric(csr_indptr, csr_cols, csr_entry, csc_indptr, csc_rows, csc_entry, values, weights, classes,
+                  q_indptr, q_rows, work, out, rhs, b):
+    """Fill ``out[c]`` (values on the pattern) with ``sum_r [class_r = c] A_rj w_r A_ri``; ``b = A^T rhs``.
+
+    Column ``j`` sums its rows in increasing order, so a matrix with extra
+    zero entries gives bitwise the same values (the padded queries rely on it).
+    """
     n_cols = q_indptr.shape[0] - 1
+    n_classes = out.shape[0]
     for j in range(n_cols):
         for p in range(csc_indptr[j], csc_indptr[j + 1]):
             r = csc_rows[p]
-            a_rj = csr_vals[csc_to_csr[p]] * weights[r]
+            c = classes[r] if classes.shape[0] else 0
+            v = values[csc_entry[p]]
+            if rhs.shape[0]:
+                b[j] += v * rhs[r]
+            a_rj = v * weights[r]
             for q in range(csr_indptr[r], csr_indptr[r + 1]):
                 i = csr_cols[q]
                 if i >= j:
-                    work[i] += a_rj * csr_vals[q]
+                    work[c, i] += a_rj * values[csr_entry[q]]
         for k in range(q_indptr[j], q_indptr[j + 1]):
-            out[k] = work[q_rows[k]]
-            work[q_rows[k]] = 0.0
+            i = q_rows[k]
+            for c in range(n_classes):
+                out[c, k] = work[c, i]
+                work[c, i] = 0.0
 
 
 def principal_selection(indptr: np.ndarray, indices: np.ndarray, position: np.ndarray):

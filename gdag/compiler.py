@@ -66,8 +66,13 @@ class CompiledModel:
 
     @property
     def deterministic(self) -> np.ndarray:
-        """Boolean mask of variables with sd 0 (eliminated exactly)."""
-        return (self.sd_base == 0) & (self.sd_param < 0)
+        """Boolean mask of variables with sd 0 (eliminated exactly); computed once, read-only."""
+        return self._cached("__deterministic", lambda: _read_only((self.sd_base == 0) & (self.sd_param < 0)))
+
+    def _cached(self, key: str, make):
+        if key not in self._index:
+            self._index[key] = make()
+        return self._index[key]
 
     def family(self, name: str) -> int:
         """Position of family ``name``."""
@@ -122,15 +127,20 @@ class CompiledModel:
 
         ``coef`` are the values of ``B`` at ``(B_rows, B_cols)`` (repeated
         positions add up); see :meth:`B_matrix`.
+        Arrays that no parameter touches are the compiled ones, read-only.
         """
-        coef = self.B_base.copy()
+        coef = self.B_base
         if self.scaled_entries.size:
+            coef = coef.copy()
             coef[self.scaled_entries] *= theta[self.scaled_param]
-        c = self.c0 + self.F @ theta if self.n_theta else self.c0.copy()
-        sd = self.sd_base.copy()
-        has = self.sd_param >= 0
-        sd[has] *= theta[self.sd_param[has]]
-        return coef, c, sd * sd
+        c = self.c0
+        if self.F.nnz:
+            c = self.F @ theta
+            c += self.c0
+        sd_entries = self._cached("__sd_entries", lambda: np.flatnonzero(self.sd_param >= 0))
+        d = np.square(self.sd_base)
+        d[sd_entries] *= theta[self.sd_param[sd_entries]] ** 2
+        return coef, c, d
 
     @property
     def B_scale(self) -> np.ndarray:
@@ -139,11 +149,12 @@ class CompiledModel:
         Built on first use (fits and graphs need it; posteriors use the compact
         ``scaled_entries``/``scaled_param``), since it is as long as ``B``.
         """
-        if "__B_scale" not in self._index:
-            full = np.full(self.B_rows.shape[0], -1, dtype=np.int64)
-            full[self.scaled_entries] = self.scaled_param
-            self._index["__B_scale"] = full
-        return self._index["__B_scale"]
+        def full():
+            scale = np.full(self.B_rows.shape[0], -1, dtype=np.int64)
+            scale[self.scaled_entries] = self.scaled_param
+            return scale
+
+        return self._cached("__B_scale", full)
 
     def B_matrix(self, coef: np.ndarray) -> sp.csr_matrix:
         """``B`` as a sparse matrix from coefficient values (see :meth:`values`)."""
@@ -218,8 +229,11 @@ def compile_model(model: Model) -> CompiledModel:
         return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
     B_rows, B_cols, B_vals = cat(b_rows, np.int64), cat(b_cols, np.int64), cat(b_vals, float)
-    F = sp.csr_matrix((cat(f_vals, float), (cat(f_rows, np.int64), cat(f_cols, np.int64))), shape=(n, p_total))
-    F.sum_duplicates()
+    if f_rows:
+        F = sp.csr_matrix((cat(f_vals, float), (cat(f_rows, np.int64), cat(f_cols, np.int64))), shape=(n, p_total))
+        F.sum_duplicates()
+    else:  # no parameter enters a mean: skip scipy's COO conversion over n rows
+        F = sp.csr_matrix((np.zeros(0), np.zeros(0, np.int32), np.zeros(n + 1, np.int32)), shape=(n, p_total))
     result = CompiledModel(
         name=model.name,
         family_names=tuple(nd.name for nd in nodes),
@@ -228,12 +242,12 @@ def compile_model(model: Model) -> CompiledModel:
         family_plate=tuple(None if nd.plate is None else nd.plate.name for nd in nodes),
         B_rows=B_rows,
         B_cols=B_cols,
-        B_base=B_vals,
+        B_base=_read_only(B_vals),
         scaled_entries=cat(scaled_entries, np.int64),
         scaled_param=cat(scaled_param, np.int64),
         F=F,
-        c0=c0,
-        sd_base=sd_base,
+        c0=_read_only(c0),
+        sd_base=_read_only(sd_base),
         sd_param=sd_param,
         param_names=tuple(p.name for p in params),
         param_offset=poffsets,
@@ -244,3 +258,9 @@ def compile_model(model: Model) -> CompiledModel:
     )
     result._index.update({name: i for i, name in enumerate(result.family_names)})
     return result
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """Mark a compiled array read-only: :meth:`CompiledModel.values` hands it out without a copy."""
+    a.flags.writeable = False
+    return a

@@ -25,6 +25,7 @@ share one analysis (docs/concepts.md, "Many queries").
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -65,14 +66,19 @@ class Conditioning:
         self.R = np.flatnonzero(~det)
         self.U = np.flatnonzero(~det & ~observed)
         self.O = np.flatnonzero(~det & observed)
-        # position of each global variable inside R, U and O (-1 when absent)
-        self.pos_R = _positions(self.R, cm.n)
-        self.pos_U = _positions(self.U, cm.n)
-        self.pos_O = _positions(self.O, cm.n)
         self._pattern = self._coefficient_pattern()
-        self._gram = GramAssembler(self._pattern, _over_R(self, self.pos_U), _over_R(self, self.pos_O))
+        self._gram = GramAssembler(self._pattern, _over_R(self, self.pos_U), _over_R(self, observed))
         self._symbolic = None
         self._size = None
+
+    # position of each global variable inside R and U (-1 when absent), built on first use
+    @cached_property
+    def pos_R(self) -> np.ndarray:
+        return _positions(self.R, self.cm.n)
+
+    @cached_property
+    def pos_U(self) -> np.ndarray:
+        return _positions(self.U, self.cm.n)
 
     @property
     def n_unobserved(self) -> int:
@@ -210,26 +216,33 @@ class GramEntries:
     ----------
     pattern : (rows, cols)
         Positions over R of the coefficients of ``B'`` (duplicates allowed).
-    u_of_R, o_of_R : int arrays over R
-        Position of each R variable in U (resp. O), -1 when it is not there.
+    u_of_R : int array over R
+        Position of each R variable in U, -1 when it is observed.
+    observed_R : bool array over R
     """
 
-    def __init__(self, pattern, u_of_R: np.ndarray, o_of_R: np.ndarray):
+    def __init__(self, pattern, u_of_R: np.ndarray, observed_R: np.ndarray):
         rows, cols = pattern
-        self.n_U = int(np.count_nonzero(u_of_R >= 0))
-        self.diag_U = np.flatnonzero(u_of_R >= 0)  # rows of A with a unit diagonal entry in U
-        self.diag_O = np.flatnonzero(o_of_R >= 0)
-        u_cols = u_of_R[cols]
-        self.coef_U = np.flatnonzero(u_cols >= 0)  # coefficients on unobserved parents
-        self.coef_O = np.flatnonzero(o_of_R[cols] >= 0)
+        self.observed_R = observed_R
+        self.diag_U = np.flatnonzero(~observed_R)  # rows of A with a unit diagonal entry in U
+        self.n_U = int(self.diag_U.shape[0])
+        observed_parent = observed_R[cols]
+        self.coef_O = np.flatnonzero(observed_parent)  # coefficients on observed parents
+        # coefficients on unobserved parents; a slice when that is all of them (no gathers then)
+        self.coef_U = slice(None) if not self.coef_O.size else np.flatnonzero(~observed_parent)
         self.rows, self.cols = rows, cols
         self.entry_row = np.concatenate([self.diag_U, rows[self.coef_U]])
-        self.entry_col = np.concatenate([u_of_R[self.diag_U], u_cols[self.coef_U]])
+        self.entry_col = np.concatenate([u_of_R[self.diag_U], u_of_R[cols[self.coef_U]]])
+
+    @property
+    def n_coef_U(self) -> int:
+        """Number of coefficient entries of ``A_U`` (after its unit diagonals)."""
+        return int(self.entry_row.shape[0]) - self.n_U
 
     def residual(self, coef: np.ndarray, c_R: np.ndarray, x_R: np.ndarray) -> np.ndarray:
         """``r = c' - A_O x_O`` over R."""
-        r = c_R.copy()
-        r[self.diag_O] -= x_R[self.diag_O]
+        r = np.array(c_R, dtype=float)
+        np.subtract(r, x_R, out=r, where=self.observed_R)
         if self.coef_O.size:
             k = self.coef_O
             r += np.bincount(self.rows[k], weights=coef[k] * x_R[self.cols[k]], minlength=r.shape[0])
@@ -237,7 +250,10 @@ class GramEntries:
 
     def entry_values(self, coef: np.ndarray) -> np.ndarray:
         """Values of ``A_U``'s entries (in the order of :attr:`entry_row`) for coefficients ``coef``."""
-        return np.concatenate([np.ones(self.diag_U.shape[0]), -coef[self.coef_U]])
+        values = np.empty(self.entry_row.shape[0])
+        values[: self.n_U] = 1.0
+        np.negative(coef[self.coef_U], out=values[self.n_U :])
+        return values
 
 
 class GramAssembler(GramEntries):
@@ -247,17 +263,14 @@ class GramAssembler(GramEntries):
     theta then costs one pass.  Parameters as for :class:`GramEntries`.
     """
 
-    def __init__(self, pattern, u_of_R: np.ndarray, o_of_R: np.ndarray):
-        super().__init__(pattern, u_of_R, o_of_R)
+    def __init__(self, pattern, u_of_R: np.ndarray, observed_R: np.ndarray):
+        super().__init__(pattern, u_of_R, observed_R)
         self.structure = assembly.gram_structure(self.entry_row, self.entry_col, u_of_R.shape[0], self.n_U)
         self.pattern = self.structure.pattern()
 
     def assemble(self, coef: np.ndarray, weight: np.ndarray, scaled_r: np.ndarray):
         """Lower triangle of ``A_U^T diag(weight) A_U`` and ``b = A_U^T scaled_r``."""
-        values = self.entry_values(coef)
-        Q = assembly.gram_values(self.structure, values, weight)
-        b = np.bincount(self.entry_col, weights=values * scaled_r[self.entry_row], minlength=self.n_U)
-        return Q, b
+        return assembly.gram_values(self.structure, self.entry_values(coef), weight, scaled_r)
 
 
 class PaddedConditioning:
@@ -297,12 +310,11 @@ class PaddedConditioning:
         self.O = np.flatnonzero(~det & observed)
         self.pos_R = shared.pos_R
         self.pos_U = _positions(self.U, cm.n)
-        self.pos_O = _positions(self.O, cm.n)
         self._pattern = shared.coefficient_pattern
-        self._gram = GramEntries(self._pattern, self.pos_U[self.R], self.pos_O[self.R])
+        observed_R = observed[self.R]
+        self._gram = GramEntries(self._pattern, self.pos_U[self.R], observed_R)
         self.u_in_R = self.pos_R[self.U]  # where U sits in the padded system
         full = shared.gram
-        observed_R = observed[self.R]
         self._zeroed = np.flatnonzero(observed_R[full.entry_col])  # entries of A in observed columns
         q_indptr, q_rows = full.structure.q_indptr, full.structure.q_rows
         self._diag_O = q_indptr[self.pos_R[self.O]]  # each column's diagonal comes first (rows sorted, i >= j)
@@ -350,10 +362,9 @@ class PaddedConditioning:
         full = shared.gram
         values = full.entry_values(coef)
         values[self._zeroed] = 0.0
-        Q_pad = assembly.gram_values(full.structure, values, 1.0 / d_R)
+        Q_pad, b_pad = assembly.gram_values(full.structure, values, 1.0 / d_R, r / d_R)
         Q_pad.data[self._diag_O] = 1.0
         Q = sp.csc_matrix((Q_pad.data[self._take], self._U_rows, self._U_indptr), shape=(self.n_unobserved,) * 2)
-        b_pad = np.bincount(full.entry_col, weights=values * (r / d_R)[full.entry_row], minlength=self.R.shape[0])
         return LinearSystem(Q, b_pad[self.u_in_R], r, d_R, g, M, Q_pad)
 
     def factorize(self, system: LinearSystem) -> "factor.PaddedFactor":

@@ -60,6 +60,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
+from . import assembly
 from .assembly import _bucket
 from .blocked import BlockedFactor, choose_split, one_blas_thread
 from .compiler import CompiledModel
@@ -176,29 +177,6 @@ def _row_pairs(indptr, order):
                 second[t] = order[b]
                 t += 1
     return row, first, second
-
-
-@numba.njit(cache=True)
-def _class_grams(csr_indptr, csr_cols, csr_vals, weights, cls, n_classes, csc_indptr, csc_rows, csc_to_csr,
-                 q_indptr, q_rows):
-    """``G_c = A^T diag(weights 1[cls = c]) A`` on the lower pattern of ``A^T A``, every class in one pass."""
-    n_cols = q_indptr.shape[0] - 1
-    work = np.zeros((n_classes, n_cols))
-    out = np.zeros((n_classes, q_rows.shape[0]))
-    for j in range(n_cols):
-        for p in range(csc_indptr[j], csc_indptr[j + 1]):
-            r = csc_rows[p]
-            c = cls[r]
-            a_rj = csr_vals[csc_to_csr[p]] * weights[r]
-            for q in range(csr_indptr[r], csr_indptr[r + 1]):
-                i = csr_cols[q]
-                if i >= j:
-                    work[c, i] += a_rj * csr_vals[q]
-        for k in range(q_indptr[j], q_indptr[j + 1]):
-            for c in range(n_classes):
-                out[c, k] = work[c, q_rows[k]]
-                work[c, q_rows[k]] = 0.0
-    return out
 
 
 class SparseFactor:
@@ -409,8 +387,7 @@ class Objective:
             st = self.gram.structure
             base = 1.0 / self.cm.sd_base[self.cond.R] ** 2
             entries, cls = np.unique(self.sd_R, return_inverse=True)
-            grams = _class_grams(st.csr_indptr, st.csr_cols, entry_vals[st.csr_entry], base, cls.astype(np.int64),
-                                 entries.size, st.csc_indptr, st.csc_rows, st.csc_to_csr, st.q_indptr, st.q_rows)
+            grams = assembly.class_gram_values(st, entry_vals, base, cls, entries.size)
             self._classes = (entries, grams)
         return self._classes
 
@@ -419,7 +396,7 @@ class Objective:
         gram = self.gram
         if self.constant_design and self.n_U:
             if self._entry_vals is None:
-                self._entry_vals = np.concatenate([np.ones(gram.diag_U.shape[0]), -coef[gram.coef_U]])
+                self._entry_vals = gram.entry_values(coef)
             entry_vals = self._entry_vals
             if self._n_classes is None:
                 self._n_classes = np.unique(self.sd_R).size
@@ -432,7 +409,7 @@ class Objective:
                 Q = sp.csc_matrix((data, s.q_rows, s.q_indptr), shape=(s.n_cols, s.n_cols))
                 b0 = self.A_U(entry_vals).T @ (W * r0)
                 return Q, b0, entry_vals
-        entry_vals = np.concatenate([np.ones(gram.diag_U.shape[0]), -coef[gram.coef_U]])
+        entry_vals = gram.entry_values(coef)
         Q, b0 = gram.assemble(coef, W, r0 * W)
         return Q, b0, entry_vals
 

@@ -409,7 +409,7 @@ class Posterior:
         if self._A_U_values is None:
             gram = self._cond.gram
             coef, _, _ = self._cond.reduced_values(self._theta)
-            self._A_U_values = np.concatenate([np.ones(gram.diag_U.shape[0]), -coef[gram.coef_U]])
+            self._A_U_values = gram.entry_values(coef)
         return self._A_U_values
 
     def _refined_mean(self, max_steps: int = 3) -> np.ndarray:
