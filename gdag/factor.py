@@ -46,9 +46,10 @@ class Analysis:
     :func:`gdag.ordering.choose_ordering` measures which factors faster.
     """
 
-    def __init__(self, symbolic, reorder=None):
+    def __init__(self, symbolic, reorder=None, counts: tuple[int, float] | None = None):
         self.symbolic = symbolic
         self.reorder = reorder
+        self.counts = counts  # (nnz(L), flops) in this ordering, when the ordering choice counted them
 
     def P(self) -> np.ndarray:
         """``p`` with ``Q[p][:, p] = L L^T``: gdag's ordering composed with CHOLMOD's."""
@@ -74,10 +75,10 @@ def analyze(Q: sp.csc_matrix) -> Analysis:
     """
     from .ordering import choose_ordering
 
-    reorder, symbolic = choose_ordering(Q, _cholmod_analyze)
+    reorder, symbolic, counts = choose_ordering(Q, _cholmod_analyze)
     if reorder is not None:
-        return Analysis(_cholmod_analyze(reorder.apply(Q), mode="simplicial", ordering_method="natural"), reorder)
-    return Analysis(symbolic if symbolic is not None else _cholmod_analyze(Q))
+        symbolic = _cholmod_analyze(reorder.apply(Q), mode="simplicial", ordering_method="natural")
+    return Analysis(symbolic if symbolic is not None else _cholmod_analyze(Q), reorder, counts)
 
 
 class CholeskyFactor:

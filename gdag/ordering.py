@@ -11,7 +11,7 @@ general but much slower to compute on such patterns; on the app-store model
 
 :func:`choose_ordering` measures instead of guessing: it counts the fill of
 the static ordering exactly from the symbolic structure
-(:func:`gdag.resources.factor_nonzeros`).  Little fill (at most
+(:func:`fill`).  Little fill (at most
 :data:`ACCEPT_FILL` times the nonzeros of ``Q``) is accepted at once;
 otherwise CHOLMOD's own ordering is computed too, and the one with fewer
 factorization flops wins.  The ordering changes speed, never results.
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from ._kernels import column_counts
 from .assembly import _bucket
 
 # Accept the static ordering without trying CHOLMOD's when nnz(L) <= ACCEPT_FILL * nnz(Q).
@@ -52,15 +53,31 @@ class Permutation:
 def static_degree_order(lower: sp.csc_matrix) -> np.ndarray:
     """Variables sorted by their number of neighbours in ``Q`` (ties keep declaration order)."""
     n = lower.shape[0]
-    coo = lower.tocoo()
-    off = coo.row != coo.col
-    degree = np.bincount(coo.row[off], minlength=n) + np.bincount(coo.col[off], minlength=n)
+    indptr, indices = lower.indptr, lower.indices
+    # each entry counts for its row and its column; diagonal entries (first in a sorted column) for neither
+    degree = np.bincount(indices, minlength=n) + np.diff(indptr)
+    nonempty = np.flatnonzero(indptr[:-1] < indptr[1:])
+    on_diagonal = nonempty[indices[indptr[nonempty]] == nonempty]
+    degree[on_diagonal] -= 2
     return np.argsort(degree, kind="stable").astype(np.int64)
 
 
 def permutation(lower: sp.csc_matrix, perm: np.ndarray) -> Permutation:
     """Precompute how the entries of ``lower`` move under ``perm``."""
+    return _permuted(lower, perm)[0]
+
+
+def fill(lower: sp.csc_matrix, perm: np.ndarray) -> tuple[Permutation, int, float]:
+    """The permutation of ``lower`` by ``perm``, with ``nnz(L)`` and the flops of factoring in that order."""
+    moved, (row_indptr, row_cols) = _permuted(lower, perm)
+    counts = column_counts(row_indptr, row_cols, lower.shape[0])
+    return moved, int(counts.sum()), float(np.sum(counts.astype(float) ** 2))
+
+
+def _permuted(lower: sp.csc_matrix, perm: np.ndarray):
+    """The :class:`Permutation`, and the permuted entries grouped by row (``indptr``, columns)."""
     n = lower.shape[0]
+    perm = np.asarray(perm, dtype=np.int64)
     inverse = np.empty(n, dtype=np.int64)
     inverse[perm] = np.arange(n, dtype=np.int64)
     coo = sp.coo_matrix(lower)
@@ -68,10 +85,11 @@ def permutation(lower: sp.csc_matrix, perm: np.ndarray) -> Permutation:
     rows, cols = np.maximum(r, c), np.minimum(r, c)  # stay in the lower triangle
     # coo_matrix of a CSC matrix lists its entries in data order, so entry k is data[k]
     # CSC order of the permuted entries, by column and then row: two stable counting sorts
-    _, by_row = _bucket(rows, n)
-    indptr, by_col = _bucket(cols[by_row], n)
+    row_indptr, by_row = _bucket(rows, n)
+    row_cols = cols[by_row]
+    indptr, by_col = _bucket(row_cols, n)
     order = by_row[by_col]
-    return Permutation(perm, rows[order], indptr, order)
+    return Permutation(perm, rows[order], indptr, order), (row_indptr, row_cols)
 
 
 def choose_ordering(lower: sp.csc_matrix, cholmod_analysis):
@@ -87,21 +105,19 @@ def choose_ordering(lower: sp.csc_matrix, cholmod_analysis):
 
     Returns
     -------
-    (Permutation or None, symbolic or None)
+    (Permutation or None, symbolic or None, (nnz_L, flops))
         A permutation to apply before a natural-order analysis, or CHOLMOD's
-        own analysis to use as it is.
+        own analysis to use as it is; and the exact size of the factor in
+        the chosen ordering (for memory estimates).
     """
-    from .resources import factor_nonzeros
-
     n = lower.shape[0]
     if n == 0:
-        return None, None
-    static = static_degree_order(lower)
-    nnz_static, flops_static = factor_nonzeros(lower, static)
+        return None, None, (0, 0.0)
+    static, nnz_static, flops_static = fill(lower, static_degree_order(lower))
     if nnz_static <= ACCEPT_FILL * lower.nnz:
-        return permutation(lower, static), None
+        return static, None, (nnz_static, flops_static)
     symbolic = cholmod_analysis(lower)
-    _, flops_cholmod = factor_nonzeros(lower, symbolic.P())
+    _, nnz_cholmod, flops_cholmod = fill(lower, symbolic.P())
     if flops_static < flops_cholmod:
-        return permutation(lower, static), None
-    return None, symbolic
+        return static, None, (nnz_static, flops_static)
+    return None, symbolic, (nnz_cholmod, flops_cholmod)

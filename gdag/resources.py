@@ -78,7 +78,8 @@ def factor_size(cond) -> FactorSize:
     pattern = cond.gram.pattern
     if cond.n_unobserved == 0:
         return FactorSize(0, 0, 0, 0.0, cond.cm.n)
-    nnz_L, flops = factor_nonzeros(pattern, cond.analysis().P())
+    analysis = cond.analysis()
+    nnz_L, flops = analysis.counts if analysis.counts is not None else factor_nonzeros(pattern, analysis.P())
     return FactorSize(cond.n_unobserved, int(pattern.nnz), nnz_L, flops, cond.cm.n)
 
 
@@ -106,26 +107,9 @@ def factor_nonzeros(lower, perm) -> tuple[int, float]:
     CHOLMOD's supernodal factor stores a little more (relaxed supernodes pad
     with explicit zeros), which :data:`BYTES_PER_FACTOR_ENTRY` allows for.
     """
-    import numpy as np
-    import scipy.sparse as sp
+    from .ordering import fill
 
-    n = lower.shape[0]
-    if n == 0:
+    if lower.shape[0] == 0:
         return 0, 0.0
-    perm = np.asarray(perm, dtype=np.int64)
-    inverse = np.empty(n, dtype=np.int64)
-    inverse[perm] = np.arange(n, dtype=np.int64)
-    coo = sp.coo_matrix(lower)
-    r, c = inverse[coo.row], inverse[coo.col]
-    # row i of the permuted lower triangle: columns k < i with an entry (i, k)
-    hi, lo = np.maximum(r, c), np.minimum(r, c)
-    keep = hi != lo
-    rows = sp.csr_matrix((np.ones(int(keep.sum()), dtype=np.int8), (hi[keep], lo[keep])), shape=(n, n))
-    counts = _column_counts(rows.indptr.astype(np.int64), rows.indices.astype(np.int64), n)
-    return int(counts.sum()), float(np.sum(counts.astype(float) ** 2))
-
-
-def _column_counts(indptr, indices, n):
-    from ._kernels import column_counts
-
-    return column_counts(indptr, indices, n)
+    _, nnz_L, flops = fill(lower, perm)
+    return nnz_L, flops
