@@ -44,12 +44,15 @@ class GramStructure:
 
 def gram_structure(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> GramStructure:
     """Analyse the entries of ``A`` (``n_rows x n_cols``) once."""
-    rows = rows.astype(np.int64, copy=False)
-    cols = cols.astype(np.int64, copy=False)
+    itype = index_dtype(n_rows, n_cols, rows.shape[0])
+    rows = rows.astype(itype, copy=False)
+    cols = cols.astype(itype, copy=False)
     csr_indptr, csr_entry = _bucket(rows, n_rows)
     csc_indptr, csc_rows, csc_entry = _transpose(csr_indptr, csr_entry, cols, n_cols)
     csr_cols = cols[csr_entry]
     q_indptr, q_rows = _gram_pattern(csr_indptr, csr_cols, csc_indptr, csc_rows, n_cols)
+    if q_indptr[-1] <= INT32_MAX and itype == np.int32:
+        q_indptr = q_indptr.astype(np.int32)
     return GramStructure(csr_indptr, csr_cols, csr_entry, csc_indptr, csc_rows, csc_entry, q_indptr, q_rows, n_cols)
 
 
@@ -90,20 +93,30 @@ _NO_CLASSES = np.zeros(0, dtype=np.int64)
 _NO_RHS = np.zeros(0)
 
 
+INT32_MAX = np.iinfo(np.int32).max
+
+
+def index_dtype(*sizes: int):
+    """int32 for index arrays when every index and count fits (half the memory traffic), else int64."""
+    return np.int32 if max(sizes, default=0) < INT32_MAX else np.int64
+
+
 def _bucket(keys: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stable counting sort: ``indptr`` and the order of entries grouped by key."""
+    """Stable counting sort: ``indptr`` and the order of entries grouped by key (in the keys' integer type)."""
+    if keys.dtype == np.int32 and keys.shape[0] >= INT32_MAX:
+        keys = keys.astype(np.int64)
     return _counting_sort(keys, n_keys)
 
 
 @numba.njit(cache=True)
 def _counting_sort(keys, n_keys):
-    indptr = np.zeros(n_keys + 1, dtype=np.int64)
+    indptr = np.zeros(n_keys + 1, dtype=keys.dtype)
     for k in keys:
         indptr[k + 1] += 1
     for j in range(n_keys):
         indptr[j + 1] += indptr[j]
     fill = indptr[:-1].copy()
-    order = np.empty(keys.shape[0], dtype=np.int64)
+    order = np.empty(keys.shape[0], dtype=keys.dtype)
     for e in range(keys.shape[0]):
         order[fill[keys[e]]] = e
         fill[keys[e]] += 1
@@ -113,14 +126,14 @@ def _counting_sort(keys, n_keys):
 @numba.njit(cache=True)
 def _transpose(csr_indptr, csr_entry, cols, n_cols):
     """CSC view from the CSR one: rows sorted within each column, and entry numbers."""
-    indptr = np.zeros(n_cols + 1, dtype=np.int64)
+    indptr = np.zeros(n_cols + 1, dtype=csr_entry.dtype)
     for e in csr_entry:
         indptr[cols[e] + 1] += 1
     for j in range(n_cols):
         indptr[j + 1] += indptr[j]
     fill = indptr[:-1].copy()
-    rows = np.empty(csr_entry.shape[0], dtype=np.int64)
-    entry = np.empty(csr_entry.shape[0], dtype=np.int64)
+    rows = np.empty(csr_entry.shape[0], dtype=csr_entry.dtype)
+    entry = np.empty(csr_entry.shape[0], dtype=csr_entry.dtype)
     for r in range(csr_indptr.shape[0] - 1):
         for q in range(csr_indptr[r], csr_indptr[r + 1]):
             e = csr_entry[q]
@@ -135,7 +148,7 @@ def _transpose(csr_indptr, csr_entry, cols, n_cols):
 def _gram_pattern(csr_indptr, csr_cols, csc_indptr, csc_rows, n_cols):
     """Rows ``i >= j`` of each column ``j`` of ``A^T A``, sorted."""
     marker = np.full(n_cols, -1, dtype=np.int64)
-    counts = np.zeros(n_cols, dtype=np.int64)
+    counts = np.zeros(n_cols, dtype=np.int64)  # nnz(Q) may pass int32 where nnz(A) does not
     for j in range(n_cols):
         for p in range(csc_indptr[j], csc_indptr[j + 1]):
             r = csc_rows[p]
@@ -147,7 +160,7 @@ def _gram_pattern(csr_indptr, csr_cols, csc_indptr, csc_rows, n_cols):
     indptr = np.zeros(n_cols + 1, dtype=np.int64)
     for j in range(n_cols):
         indptr[j + 1] = indptr[j] + counts[j]
-    rows = np.empty(indptr[n_cols], dtype=np.int64)
+    rows = np.empty(indptr[n_cols], dtype=csr_cols.dtype)
     marker[:] = -1
     for j in range(n_cols):
         k = indptr[j]

@@ -231,8 +231,9 @@ class GramEntries:
         # coefficients on unobserved parents; a slice when that is all of them (no gathers then)
         self.coef_U = slice(None) if not self.coef_O.size else np.flatnonzero(~observed_parent)
         self.rows, self.cols = rows, cols
-        self.entry_row = np.concatenate([self.diag_U, rows[self.coef_U]])
-        self.entry_col = np.concatenate([u_of_R[self.diag_U], u_of_R[cols[self.coef_U]]])
+        itype = assembly.index_dtype(observed_R.shape[0], rows.shape[0] + self.n_U)
+        self.entry_row = np.concatenate([self.diag_U, rows[self.coef_U]], dtype=itype)
+        self.entry_col = np.concatenate([u_of_R[self.diag_U], u_of_R[cols[self.coef_U]]], dtype=itype)
 
     @property
     def n_coef_U(self) -> int:
@@ -386,6 +387,7 @@ def _entries(A: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray
 
 
 def _positions(index: np.ndarray, n: int) -> np.ndarray:
-    pos = np.full(n, -1, dtype=np.int64)
-    pos[index] = np.arange(index.shape[0], dtype=np.int64)
+    itype = assembly.index_dtype(n)
+    pos = np.full(n, -1, dtype=itype)
+    pos[index] = np.arange(index.shape[0], dtype=itype)
     return pos
