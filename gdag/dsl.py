@@ -157,7 +157,7 @@ def check_param_value(param: Param, value) -> np.ndarray:
         raise ParamError(f"The value of parameter `{param.name}` must be real; got a complex value.")
     if terms.is_boolean(value):
         raise ParamError(f"The value of parameter `{param.name}` must be numeric; got True/False values.")
-    arr = terms.as_float_array(value, ParamError, f"The value of parameter `{param.name}` must be numeric; got {value!r:.60}.")
+    arr = terms.as_float_array(value, ParamError, lambda: f"The value of parameter `{param.name}` must be numeric; got {value!r:.60}.")
     arr = arr.reshape(-1) if arr.ndim <= 1 else arr
     if arr.ndim != 1 or arr.shape[0] != param.size:
         raise ParamError(
@@ -456,7 +456,7 @@ class Model:
         if terms.is_boolean(sd):
             raise ModelSpecError(f"{where}: sd must be a number, an array or a positive parameter; got True/False values.")
         arr = terms.as_float_array(
-            sd, ModelSpecError, f"{where}: sd must be a number, an array or a positive parameter; got {sd!r:.60}."
+            sd, ModelSpecError, lambda: f"{where}: sd must be a number, an array or a positive parameter; got {sd!r:.60}."
         )
         if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] not in (1, node.size)):
             raise ModelSpecError(f"{where}: sd has shape {arr.shape}; it needs length {node.size} or a single value.")

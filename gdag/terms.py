@@ -358,15 +358,19 @@ def _constant_array(value, what: str) -> np.ndarray:
     return arr
 
 
-def as_float_array(value, error: type, message: str) -> np.ndarray:
+def as_float_array(value, error: type, message) -> np.ndarray:
     """``np.asarray(value, dtype=float)``, raising ``error(message)`` where that fails or would
-    silently drop an imaginary part (complex entries nested in an object array)."""
+    silently drop an imaginary part (complex entries nested in an object array).
+
+    ``message`` is a string, or a callable that makes one (so that large values are
+    formatted only when there is an error to report).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("error", np.exceptions.ComplexWarning)
         try:
             return np.asarray(value, dtype=float)
         except (TypeError, ValueError, OverflowError, np.exceptions.ComplexWarning) as err:
-            raise error(message) from err
+            raise error(message() if callable(message) else message) from err
 
 
 def _asarray(value, what: str) -> np.ndarray:
