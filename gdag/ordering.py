@@ -80,10 +80,10 @@ def _permuted(lower: sp.csc_matrix, perm: np.ndarray):
     perm = np.asarray(perm, dtype=np.int64)
     inverse = np.empty(n, dtype=np.int64)
     inverse[perm] = np.arange(n, dtype=np.int64)
-    coo = sp.coo_matrix(lower)
-    r, c = inverse[coo.row], inverse[coo.col]
+    # entry k of the CSC arrays (data[k]) sits at row indices[k] of its column
+    r = inverse[lower.indices]
+    c = np.repeat(inverse, np.diff(lower.indptr))
     rows, cols = np.maximum(r, c), np.minimum(r, c)  # stay in the lower triangle
-    # coo_matrix of a CSC matrix lists its entries in data order, so entry k is data[k]
     # CSC order of the permuted entries, by column and then row: two stable counting sorts
     row_indptr, by_row = _bucket(rows, n)
     row_cols = cols[by_row]
