@@ -1,0 +1,90 @@
+"""The Gram kernels against dense products, in both index widths.
+
+``gdag.assembly`` builds ``Q = A^T diag(w) A`` (lower triangle) and
+``b = A^T rhs`` from entry lists; the fit splits ``Q`` by classes of rows.
+Index arrays are int32 when every index fits and int64 otherwise; the int64
+path is forced here by lowering the threshold.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gdag import assembly
+from reference import build_gdag, dense_condition, random_spec
+from test_posterior import assert_close, observe_some
+
+
+def random_entries(rng, n_rows, n_cols, n_entries):
+    """Entry lists of a random ``A`` with repeated positions (which add up) and the dense ``A``."""
+    rows = rng.integers(0, n_rows, n_entries)
+    cols = rng.integers(0, n_cols, n_entries)
+    values = rng.normal(size=n_entries)
+    A = np.zeros((n_rows, n_cols))
+    np.add.at(A, (rows, cols), values)
+    return rows, cols, values, A
+
+
+@pytest.fixture(params=["int32", "int64"])
+def index_width(request, monkeypatch):
+    if request.param == "int64":
+        monkeypatch.setattr(assembly, "INT32_MAX", 0)  # every size counts as too large for int32
+    return np.int32 if request.param == "int32" else np.int64
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_rows=st.integers(1, 30), n_cols=st.integers(1, 12),
+       n_entries=st.integers(0, 80))
+def test_gram_values_match_the_dense_product(seed, n_rows, n_cols, n_entries):
+    for wide in (False, True):
+        rng = np.random.default_rng(seed)
+        rows, cols, values, A = random_entries(rng, n_rows, n_cols, n_entries)
+        w, rhs = rng.uniform(0.5, 2.0, n_rows), rng.normal(size=n_rows)
+        saved = assembly.INT32_MAX
+        assembly.INT32_MAX = 0 if wide else saved
+        try:
+            structure = assembly.gram_structure(rows, cols, n_rows, n_cols)
+            Q, b = assembly.gram_values(structure, values, w, rhs)
+        finally:
+            assembly.INT32_MAX = saved
+        assert structure.csr_entry.dtype == (np.int64 if wide else np.int32)
+        np.testing.assert_allclose(Q.toarray(), np.tril(A.T @ (w[:, None] * A)), atol=1e-12)
+        np.testing.assert_allclose(b, A.T @ rhs, atol=1e-12)
+        assert Q.has_sorted_indices
+
+
+def test_class_grams_split_the_gram_matrix_by_row_class(index_width):
+    rng = np.random.default_rng(3)
+    n_rows, n_cols = 40, 15
+    rows, cols, values, A = random_entries(rng, n_rows, n_cols, 120)
+    w = rng.uniform(0.5, 2.0, n_rows)
+    classes = rng.integers(0, 3, n_rows)
+    structure = assembly.gram_structure(rows, cols, n_rows, n_cols)
+    assert structure.csr_entry.dtype == index_width
+    grams = assembly.class_gram_values(structure, values, w, classes, 3)
+    Q = assembly.gram_values(structure, values, w)
+    for c in range(3):
+        wc = np.where(classes == c, w, 0.0)
+        dense = np.zeros((n_cols, n_cols))
+        dense[structure.q_rows, np.repeat(np.arange(n_cols), np.diff(structure.q_indptr))] = grams[c]
+        np.testing.assert_allclose(dense, np.tril(A.T @ (wc[:, None] * A)), atol=1e-12)
+    np.testing.assert_allclose(grams.sum(axis=0), Q.data, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_posteriors_are_the_same_with_64_bit_indices(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    spec = random_spec(rng)
+    data, x, mu, Sigma, offsets = observe_some(spec, rng, 0.5)
+    mean, cov, loglik = dense_condition(mu, Sigma, ~np.isnan(x), x)
+    monkeypatch.setattr(assembly, "INT32_MAX", 0)
+    post = build_gdag(spec).posterior(data)
+    if post._cond.n_unobserved:
+        assert post._cond.gram.structure.csr_entry.dtype == np.int64
+    scale, vscale = 1.0 + np.max(np.abs(mean)), 1.0 + np.max(np.diag(Sigma))
+    for fam in spec.families:
+        s = slice(offsets[fam.name], offsets[fam.name] + fam.size)
+        assert_close(np.atleast_1d(post.mean(fam.name)), mean[s], scale)
+        assert_close(np.atleast_1d(post.var(fam.name)), np.diag(cov)[s], vscale)
+    assert post.log_evidence == pytest.approx(loglik, rel=1e-9, abs=1e-9)
