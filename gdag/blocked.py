@@ -35,6 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import lapack
 
+from .assembly import _counting_sort
 from .errors import NotIdentifiedError
 
 # Largest dense tail (its K takes 8 |T|^2 bytes, twice when the inverse is needed).
@@ -296,28 +297,14 @@ def _split_indices(indptr, indices, kind, local, n_H):
 def _schur_pattern_size(indptr, rows, n_T, tt_i, tt_j):
     """Entries in the lower triangle of the pattern of ``Q_TT + C C^T``."""
     # tail -> heads (CSR of C^T)
-    counts = np.zeros(n_T + 1, np.int64)
-    for a in range(rows.shape[0]):
-        counts[rows[a] + 1] += 1
-    for t in range(n_T):
-        counts[t + 1] += counts[t]
-    heads = np.empty(rows.shape[0], np.int64)
-    fill = counts[:-1].copy()
+    head_of = np.empty(rows.shape[0], np.int64)
     for h in range(indptr.shape[0] - 1):
-        for a in range(indptr[h], indptr[h + 1]):
-            heads[fill[rows[a]]] = h
-            fill[rows[a]] += 1
+        head_of[indptr[h]:indptr[h + 1]] = h
+    counts, by_tail = _counting_sort(rows, n_T)
+    heads = head_of[by_tail]
     # Q_TT's own entries, by column
-    qcount = np.zeros(n_T + 1, np.int64)
-    for k in range(tt_j.shape[0]):
-        qcount[tt_j[k] + 1] += 1
-    for t in range(n_T):
-        qcount[t + 1] += qcount[t]
-    qrows = np.empty(tt_i.shape[0], np.int64)
-    qfill = qcount[:-1].copy()
-    for k in range(tt_j.shape[0]):
-        qrows[qfill[tt_j[k]]] = tt_i[k]
-        qfill[tt_j[k]] += 1
+    qcount, by_col = _counting_sort(tt_j, n_T)
+    qrows = tt_i[by_col]
     marker = np.full(n_T, -1, np.int64)
     total = 0
     for j in range(n_T):
