@@ -228,13 +228,12 @@ def principal_selection(indptr: np.ndarray, indices: np.ndarray, position: np.nd
     submatrix's values are ``data[take]``.
     """
     n_new = int(np.count_nonzero(position >= 0))
-    return _principal_selection(indptr.astype(np.int64, copy=False), indices.astype(np.int64, copy=False),
-                                position.astype(np.int64, copy=False), n_new)
+    return _principal_selection(indptr, indices, position, n_new)
 
 
 @numba.njit(cache=True)
 def _principal_selection(indptr, indices, position, n_new):
-    new_indptr = np.zeros(n_new + 1, dtype=np.int64)
+    new_indptr = np.zeros(n_new + 1, dtype=indptr.dtype)  # positions in the input's index types
     n = indptr.shape[0] - 1
     for j in range(n):
         pj = position[j]
@@ -246,8 +245,8 @@ def _principal_selection(indptr, indices, position, n_new):
             new_indptr[pj + 1] = count
     for j in range(n_new):
         new_indptr[j + 1] += new_indptr[j]
-    take = np.empty(new_indptr[n_new], dtype=np.int64)
-    rows = np.empty(new_indptr[n_new], dtype=np.int64)
+    take = np.empty(new_indptr[n_new], dtype=indptr.dtype)
+    rows = np.empty(new_indptr[n_new], dtype=indices.dtype)
     for j in range(n):
         pj = position[j]
         if pj >= 0:

@@ -52,7 +52,8 @@ class CompiledModel:
     param_positive: np.ndarray
     param_scalar: np.ndarray
     param_default: tuple  # declared values (or None)
-    _index: dict = field(default_factory=dict, repr=False, compare=False)
+    _index: dict = field(default_factory=dict, repr=False, compare=False)  # family name -> position
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)  # arrays built on first use
 
     @property
     def n(self) -> int:
@@ -67,12 +68,12 @@ class CompiledModel:
     @property
     def deterministic(self) -> np.ndarray:
         """Boolean mask of variables with sd 0 (eliminated exactly); computed once, read-only."""
-        return self._cached("__deterministic", lambda: _read_only((self.sd_base == 0) & (self.sd_param < 0)))
+        return self._cached("deterministic", lambda: _read_only((self.sd_base == 0) & (self.sd_param < 0)))
 
     def _cached(self, key: str, make):
-        if key not in self._index:
-            self._index[key] = make()
-        return self._index[key]
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
 
     def family(self, name: str) -> int:
         """Position of family ``name``."""
@@ -127,7 +128,8 @@ class CompiledModel:
 
         ``coef`` are the values of ``B`` at ``(B_rows, B_cols)`` (repeated
         positions add up); see :meth:`B_matrix`.
-        Arrays that no parameter touches are the compiled ones, read-only.
+        ``coef`` and ``c`` are the compiled arrays themselves (read-only) when
+        no parameter touches them; ``d`` is always a new array.
         """
         coef = self.B_base
         if self.scaled_entries.size:
@@ -137,9 +139,9 @@ class CompiledModel:
         if self.F.nnz:
             c = self.F @ theta
             c += self.c0
-        sd_entries = self._cached("__sd_entries", lambda: np.flatnonzero(self.sd_param >= 0))
+        sd_entries = self._cached("sd_entries", lambda: np.flatnonzero(self.sd_param >= 0))
         d = np.square(self.sd_base)
-        d[sd_entries] *= theta[self.sd_param[sd_entries]] ** 2
+        d[sd_entries] = np.square(self.sd_base[sd_entries] * theta[self.sd_param[sd_entries]])
         return coef, c, d
 
     @property
@@ -154,7 +156,7 @@ class CompiledModel:
             scale[self.scaled_entries] = self.scaled_param
             return scale
 
-        return self._cached("__B_scale", full)
+        return self._cached("B_scale", full)
 
     def B_matrix(self, coef: np.ndarray) -> sp.csr_matrix:
         """``B`` as a sparse matrix from coefficient values (see :meth:`values`)."""

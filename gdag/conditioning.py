@@ -219,6 +219,7 @@ class GramEntries:
     u_of_R : int array over R
         Position of each R variable in U, -1 when it is observed.
     observed_R : bool array over R
+        True where the variable is observed (kept by reference, not copied).
     """
 
     def __init__(self, pattern, u_of_R: np.ndarray, observed_R: np.ndarray):

@@ -51,7 +51,12 @@ class Permutation:
 
 
 def static_degree_order(lower: sp.csc_matrix) -> np.ndarray:
-    """Variables sorted by their number of neighbours in ``Q`` (ties keep declaration order)."""
+    """Variables sorted by their number of neighbours in ``Q`` (ties keep declaration order).
+
+    Stored diagonal entries are recognised as the first entry of a column
+    (sorted rows, as gdag's patterns have); elsewhere one would only be
+    counted as a neighbour, giving a worse ordering, never a wrong answer.
+    """
     n = lower.shape[0]
     indptr, indices = lower.indptr, lower.indices
     # each entry counts for its row and its column; diagonal entries (first in a sorted column) for neither
