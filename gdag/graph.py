@@ -97,7 +97,9 @@ def expanded_graph(model: Model, limit: int = EXPANDED_LIMIT) -> nx.DiGraph:
     for k, name in enumerate(par_names):
         f = int(par_of[k])
         g.add_node(name, family=cm.param_names[f], index=k - int(cm.param_offset[f]), kind="param")
-    for r, c, v in zip(cm.B_rows.tolist(), cm.B_cols.tolist(), cm.B_base.tolist()):
+    # a parent that enters a mean twice (a + 2 * a) is one edge whose coefficient is the sum, as in B
+    B = sp.coo_matrix((cm.B_base, (cm.B_rows, cm.B_cols)), shape=(cm.n, cm.n)).tocsr().tocoo()
+    for r, c, v in zip(B.row.tolist(), B.col.tolist(), B.data.tolist()):
         g.add_edge(var_names[c], var_names[r], coef=v)
     scaled = cm.B_scale >= 0
     for r, s in zip(cm.B_rows[scaled].tolist(), cm.B_scale[scaled].tolist()):

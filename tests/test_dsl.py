@@ -128,3 +128,17 @@ def test_node_names_cannot_collide_with_compiled_caches():
         assert post.mean("a") == pytest.approx(0.9, rel=1e-12)
         with pytest.raises(gdag.ModelError):
             post.mean("B_scale" if name != "B_scale" else "sd_entries")
+
+
+def test_expanded_graph_sums_a_parent_that_enters_a_mean_twice():
+    m = gdag.Model("twice")
+    a = m.normal("a", sd=1.0, plate=m.plate("g", 3))
+    idx = np.array([0, 2, 2])
+    m.normal("y", mean=2.0 * a[idx] + 3.0 * a[np.array([0, 1, 2])], sd=1.0, plate=m.plate("obs", 3))
+    g = m.graph(expanded=True)
+    assert g.edges["a[0]", "y[0]"]["coef"] == 5.0  # both terms use a[0]
+    assert g.edges["a[2]", "y[1]"]["coef"] == 2.0 and g.edges["a[1]", "y[1]"]["coef"] == 3.0
+    assert g.edges["a[2]", "y[2]"]["coef"] == 5.0
+    # the same sums as the precision: y[0] = 5 a[0] + e, so Cov(a[0], y[0]) = 5
+    post = m.posterior({"y": np.array([np.nan, np.nan, np.nan])})
+    assert post.cov("a", "y")[0, 0] == pytest.approx(5.0)
