@@ -180,7 +180,10 @@ def _gram_pattern(csr_indptr, csr_cols, csc_indptr, csc_rows, n_cols):
 def _sort_small(a, start, stop):
     """Sort ``a[start:stop]`` in place: insertion sort for the short columns of most models."""
     if stop - start > 32:
-        a[start:stop].sort()
+        for k in range(start + 1, stop):  # long columns often arrive sorted (a hub's children in order)
+            if a[k - 1] > a[k]:
+                a[start:stop].sort()
+                return
         return
     for i in range(start + 1, stop):
         v = a[i]

@@ -63,9 +63,14 @@ class Conditioning:
         self.cm = cm
         det = cm.deterministic
         self.S = np.flatnonzero(det)
-        self.R = np.flatnonzero(~det)
-        self.U = np.flatnonzero(~det & ~observed)
-        self.O = np.flatnonzero(~det & observed)
+        if self.S.size:
+            self.R = np.flatnonzero(~det)
+            self.U = np.flatnonzero(~det & ~observed)
+            self.O = np.flatnonzero(~det & observed)
+        else:  # the usual case: every variable is stochastic
+            self.R = np.arange(cm.n)
+            self.U = np.flatnonzero(~observed)
+            self.O = np.flatnonzero(observed)
         self._pattern = self._coefficient_pattern()
         self._gram = GramAssembler(self._pattern, _over_R(self, self.pos_U), _over_R(self, observed))
         self._symbolic = None
