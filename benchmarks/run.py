@@ -72,15 +72,17 @@ print("RESULT " + json.dumps(result))
 """
 
 
-# Runs shorter than this many seconds are repeated (each in a fresh subprocess) and the median
-# one is reported: on a shared 2-core machine single short runs vary by tens of percent.
+# Short runs are repeated (each in a fresh subprocess) while their total stays under this many
+# seconds, and the median one is reported: on a shared 2-core machine single short runs vary by
+# tens of percent, and by up to 2x between minutes.
 REPEAT_BELOW = 10.0
 
 
 def run_median(case: str, impl: str, size: int, timeout: float, repeats: int) -> dict:
-    """The median of up to ``repeats`` fresh runs (by seconds); a run of REPEAT_BELOW seconds or more is not repeated."""
+    """The median of up to ``repeats`` fresh runs (by seconds), repeated while they total under REPEAT_BELOW s."""
     runs = [run_one(case, impl, size, timeout)]
-    while len(runs) < repeats and runs[0].get("seconds") is not None and runs[0]["seconds"] < REPEAT_BELOW:
+    while (len(runs) < repeats and all(r.get("seconds") is not None for r in runs)
+           and sum(r["seconds"] for r in runs) < REPEAT_BELOW):
         runs.append(run_one(case, impl, size, timeout))
     timed = sorted((r for r in runs if r.get("seconds") is not None), key=lambda r: r["seconds"])
     if not timed:
@@ -111,6 +113,18 @@ def run_one(case: str, impl: str, size: int, timeout: float) -> dict:
     return {"note": f"failed: {tail[0][:120]}"}
 
 
+def save_results(path: Path, results: dict) -> None:
+    """Every measurement as JSON (the data behind the table; ``--only`` starts from it)."""
+    rows = [dict(case=c, impl=i, size=s, result=r) for (c, i, s), r in results.items()]
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def load_results(path: Path) -> dict:
+    if not path.exists():
+        raise SystemExit(f"--only needs the results of an earlier full run in {path}")
+    return {(r["case"], r["impl"], r["size"]): r["result"] for r in json.loads(path.read_text())}
+
+
 def agree(a: list, b: list, rtol: float = 1e-6) -> bool:
     return all(abs(x - y) <= rtol * (1 + abs(y)) for x, y in zip(a, b))
 
@@ -139,15 +153,20 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed to one run")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--repeat", type=int, default=None,
-                        help=f"fresh runs per short measurement (under {REPEAT_BELOW:.0f} s), the median reported "
-                             "(default 3; 1 with --quick)")
+                        help=f"fresh runs per short measurement (while they total under {REPEAT_BELOW:.0f} s), "
+                             "the median reported (default 5; 1 with --quick)")
+    parser.add_argument("--only", nargs="+", metavar="CASE",
+                        help="re-run these cases only; the other rows come from the last full run's results")
     args = parser.parse_args(argv)
     if args.repeat is None:
-        args.repeat = 1 if args.quick else 3
+        args.repeat = 1 if args.quick else 5
     plan = QUICK if args.quick else FULL
+    saved = HERE / ("results_quick.json" if args.quick else "results.json")
 
-    results: dict = {}
+    results: dict = load_results(saved) if args.only else {}
     for case, impl, sizes in plan:
+        if args.only and case not in args.only:
+            continue
         for size in sizes:
             print(f"running {case} / {impl} / {size} ...", file=sys.stderr, flush=True)
             limit = min(args.timeout, TIME_LIMITS.get(impl, args.timeout))
@@ -158,6 +177,7 @@ def main(argv=None):
     print(text)
     mismatches = [r for r in rows if r.get("mismatch")]
     if not args.no_write:
+        save_results(saved, results)
         write_report(text, results, args.quick, args.repeat)
     if mismatches:
         raise SystemExit(f"{len(mismatches)} reference(s) disagree with gdag: see the table")
@@ -223,8 +243,8 @@ def write_report(table: str, results: dict, quick: bool, args_repeat: int) -> No
         "# Benchmarks",
         "",
         f"Written by `benchmarks/run.py{' --quick' if quick else ''}` on {machine()}.",
-        f"Each time is the median of up to {args_repeat} runs, each in a fresh subprocess (runs of "
-        f"{REPEAT_BELOW:.0f} s or more once). Ratios below 1 mean gdag is faster. "
+        f"Each time is the median of up to {args_repeat} runs, each in a fresh subprocess, repeated while "
+        f"they total under {REPEAT_BELOW:.0f} s (the range in parentheses). Ratios below 1 mean gdag is faster. "
         "For references that measure less (means only) the ratio overstates gdag's cost.",
         "The results against each target, with the profiles behind the gaps, are in "
         "[benchmarks/README.md](../benchmarks/README.md).",

@@ -89,6 +89,31 @@ def class_gram_values(structure: GramStructure, values: np.ndarray, weights: np.
     return out
 
 
+def a_times(structure: GramStructure, values: np.ndarray, x: np.ndarray, n_rows: int) -> np.ndarray:
+    """``A @ x`` for entry ``values`` (length ``n_rows``), one pass over the CSR view."""
+    s = structure
+    out = np.zeros(n_rows)
+    _csr_times(s.csr_indptr, s.csr_cols, s.csr_entry, values, x, out)
+    return out
+
+
+def at_times(structure: GramStructure, values: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``A^T @ y`` for entry ``values``, one pass over the CSC view."""
+    s = structure
+    out = np.zeros(s.n_cols)
+    _csr_times(s.csc_indptr, s.csc_rows, s.csc_entry, values, y, out)  # the CSC of A is the CSR of A^T
+    return out
+
+
+@numba.njit(cache=True)
+def _csr_times(indptr, indices, entry, values, x, out):
+    for r in range(indptr.shape[0] - 1):
+        total = 0.0
+        for q in range(indptr[r], indptr[r + 1]):
+            total += values[entry[q]] * x[indices[q]]
+        out[r] = total
+
+
 _NO_CLASSES = np.zeros(0, dtype=np.int64)
 _NO_RHS = np.zeros(0)
 

@@ -255,6 +255,14 @@ class GramEntries:
             r += np.bincount(self.rows[k], weights=coef[k] * x_R[self.cols[k]], minlength=r.shape[0])
         return r
 
+    def times(self, values: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """``A_U @ m`` (over R) for entry ``values``."""
+        return np.bincount(self.entry_row, weights=values * m[self.entry_col], minlength=self.observed_R.shape[0])
+
+    def transpose_times(self, values: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """``A_U^T @ y`` (over U) for entry ``values``."""
+        return np.bincount(self.entry_col, weights=values * y[self.entry_row], minlength=self.n_U)
+
     def entry_values(self, coef: np.ndarray) -> np.ndarray:
         """Values of ``A_U``'s entries (in the order of :attr:`entry_row`) for coefficients ``coef``."""
         values = np.empty(self.entry_row.shape[0])
@@ -274,6 +282,12 @@ class GramAssembler(GramEntries):
         super().__init__(pattern, u_of_R, observed_R)
         self.structure = assembly.gram_structure(self.entry_row, self.entry_col, u_of_R.shape[0], self.n_U)
         self.pattern = self.structure.pattern()
+
+    def times(self, values: np.ndarray, m: np.ndarray) -> np.ndarray:
+        return assembly.a_times(self.structure, values, m, self.observed_R.shape[0])
+
+    def transpose_times(self, values: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return assembly.at_times(self.structure, values, y)
 
     def assemble(self, coef: np.ndarray, weight: np.ndarray, scaled_r: np.ndarray):
         """Lower triangle of ``A_U^T diag(weight) A_U`` and ``b = A_U^T scaled_r``."""

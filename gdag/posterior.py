@@ -18,7 +18,8 @@ from .compiler import CompiledModel, compiled
 from .conditioning import Conditioning, LinearSystem, PaddedConditioning
 from .dsl import Model, Node, Param, check_param_value
 from .errors import AccuracyWarning, DataError, ModelError, NotIdentifiedError, ParamError
-from .accuracy import VARIANCE_HOPELESS, VARIANCE_TOLERANCE, check_system, require_finite, scaled_condition
+from .accuracy import (VARIANCE_HOPELESS, VARIANCE_TOLERANCE, check_system, condition_upper_bound, require_finite,
+                       scaled_condition)
 from .resources import FactorSize, available_memory, check_memory, gigabytes
 from .terms import as_float_array, is_boolean
 
@@ -400,9 +401,8 @@ class Posterior:
         s = self._system
         if self._factor is None:
             return s.r
-        gram, values = self._cond.gram, self._entries_of_A_U()
         m = self._mean_U if mean_U is None else mean_U
-        return s.r - np.bincount(gram.entry_row, weights=values * m[gram.entry_col], minlength=s.r.shape[0])
+        return s.r - self._cond.gram.times(self._entries_of_A_U(), m)
 
     def _entries_of_A_U(self) -> np.ndarray:
         """Values of ``A_U``'s entries, in the order of ``gram.entry_row`` / ``gram.entry_col``."""
@@ -430,7 +430,7 @@ class Posterior:
             e = self._fitted_residual(m)
             f = float(e @ (e / s.d))
             for _ in range(max_steps):
-                gradient = np.bincount(gram.entry_col, weights=values * (e / s.d)[gram.entry_row], minlength=m.shape[0])
+                gradient = gram.transpose_times(values, e / s.d)
                 step = self._factor.solve(gradient)
                 candidate = m + step
                 e_new = self._fitted_residual(candidate)
@@ -455,9 +455,10 @@ class Posterior:
         var = np.zeros(self._cm.n)
         if self._factor is None:
             return var
-        self._check_variance_accuracy()
         with np.errstate(over="ignore", invalid="ignore"):
             var[cond.U] = self._factor.inverse_diagonal()
+        self._check_variance_accuracy(variances_U=var[cond.U])
+        with np.errstate(over="ignore", invalid="ignore"):
             if cond.S.size:
                 var[cond.S] = self._deterministic_variance()
         require_finite(var, "posterior variance", self._cm)
@@ -485,9 +486,18 @@ class Posterior:
             self._kappa = scaled_condition(self._system.Q, self._factor.solve)
         return self._kappa
 
-    def _check_variance_accuracy(self, what: str = "variances") -> None:
+    def _check_variance_accuracy(self, what: str = "variances", variances_U: np.ndarray | None = None) -> None:
         """Warn when variances (or the log-determinant in the evidence) may have lost digits;
-        refuse when none would be left."""
+        refuse when none would be left.
+
+        With the variances of U at hand, a rigorous upper bound on the condition
+        number is tried first (:func:`~gdag.accuracy.condition_upper_bound`, no
+        solves); the estimator runs only when that bound does not clear the tolerance.
+        """
+        if variances_U is not None and self._kappa is None:
+            cheap = 4 * np.finfo(float).eps * condition_upper_bound(self._system.Q, variances_U)
+            if cheap <= VARIANCE_TOLERANCE:
+                return
         bound = self.variance_error_bound()
         if not (bound > VARIANCE_TOLERANCE):
             return

@@ -419,3 +419,17 @@ def test_nearly_flat_direction_is_refined_to_exact_means():
     got = np.r_[post.mean("P"), post.mean("D"), post.mean("A"), post.mean("Dk")]
     sd = np.sqrt(var)
     assert np.max(np.abs(got - mean) / sd) < 1e-8  # kappa(Q) is about 1e9 here
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 25), spread=st.floats(0.0, 8.0))
+def test_condition_upper_bound_is_at_least_the_exact_scaled_condition_number(seed, n, spread):
+    rng = np.random.default_rng(seed)
+    X = sp.random(2 * n, n, density=0.3, random_state=seed) + sp.eye(2 * n, n)
+    scale = 10.0 ** rng.uniform(-spread, spread, 2 * n)  # sds over many orders of magnitude
+    Q = (X.T @ sp.diags(scale) @ X).toarray()
+    root = np.sqrt(np.diag(Q))
+    S = Q / np.outer(root, root)
+    exact = np.abs(S).sum(axis=0).max() * np.abs(np.linalg.inv(S)).sum(axis=0).max()
+    bound = gdag.accuracy.condition_upper_bound(sp.csc_matrix(np.tril(Q)), np.diag(np.linalg.inv(Q)))
+    assert bound >= exact * (1 - 1e-9)
