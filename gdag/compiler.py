@@ -26,6 +26,7 @@ import scipy.sparse as sp
 
 from .dsl import Model, Node, Param
 from .errors import ParamError
+from .timing import phase
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,9 @@ def compiled(model: Model) -> CompiledModel:
     if key not in model._cache:
         from .graph import check_acyclic
 
-        result = compile_model(model)
-        check_acyclic(model, result)
+        with phase("compile"):
+            result = compile_model(model)
+            check_acyclic(model, result)
         model._cache[key] = result
     return model._cache[key]
 

@@ -32,6 +32,7 @@ import scipy.sparse as sp
 
 from . import assembly, factor
 from .compiler import CompiledModel
+from .timing import timed
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Conditioning:
 
     padded = False  # see PaddedConditioning
 
+    @timed("pattern")
     def __init__(self, cm: CompiledModel, observed: np.ndarray):
         self.cm = cm
         det = cm.deterministic
@@ -94,6 +96,7 @@ class Conditioning:
         """Labels of positions in U (for messages)."""
         return self.cm.labels(self.U[np.asarray(positions, dtype=np.int64)])
 
+    @timed("assemble")
     def system(self, theta: np.ndarray, x: np.ndarray) -> LinearSystem:
         """Assemble ``Q_UU`` (lower triangle), ``b`` and the pieces of the evidence."""
         coef, c, d = self.cm.values(theta)
@@ -320,6 +323,7 @@ class PaddedConditioning:
 
     padded = True
 
+    @timed("pattern")
     def __init__(self, shared: Conditioning, observed: np.ndarray):
         if shared.O.shape[0]:
             raise ValueError("the shared conditioning must have nothing observed")
@@ -373,6 +377,7 @@ class PaddedConditioning:
         shared = self.shared.factor_size()
         return replace(shared, n_unobserved=self.n_unobserved, padded_to=shared.n_unobserved)
 
+    @timed("assemble")
     def system(self, theta: np.ndarray, x: np.ndarray) -> LinearSystem:
         """``Q_UU`` (lower triangle), ``b`` and the evidence pieces, plus the padded ``Q'`` to factor."""
         cm, shared = self.cm, self.shared

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from . import assembly
 from .errors import AccuracyWarning, NotIdentifiedError
+from .timing import timed
 
 try:
     from sksparse import cholmod
@@ -65,6 +66,7 @@ class Analysis:
         return self.reorder.apply(Q)
 
 
+@timed("analyze")
 def analyze(Q: sp.csc_matrix) -> Analysis:
     """Symbolic analysis (fill-reducing ordering and pattern of ``L``) of ``Q``'s pattern.
 
@@ -102,6 +104,7 @@ class CholeskyFactor:
         self._factor = analysis.symbolic.copy()
         self.refactor_inplace(Q)
 
+    @timed("factor")
     def refactor_inplace(self, Q: sp.csc_matrix) -> None:
         """Numeric factorization of new values on the same pattern."""
         with warnings.catch_warnings():
@@ -188,6 +191,7 @@ class CholeskyFactor:
         out[self._P] = y
         return out
 
+    @timed("variances")
     def inverse_diagonal(self) -> np.ndarray:
         """``diag(Q^{-1})`` by selected inversion over the factor's pattern."""
         from .selinv import selected_inverse_diag
@@ -237,6 +241,7 @@ class PaddedFactor:
         self._symbolic, self._keep, self._describe = symbolic, keep, describe
         self.refactor_inplace(Q_padded)
 
+    @timed("factor")
     def refactor_inplace(self, Q_padded: sp.csc_matrix) -> None:
         """Numeric factorization of new padded values (same ``keep``, same analysis)."""
         padded = CholeskyFactor(self._symbolic, Q_padded, self._describe)  # describe: positions in R
@@ -301,6 +306,7 @@ class PaddedFactor:
         out[self._P] = y
         return out[:, 0] if vector else out
 
+    @timed("variances")
     def inverse_diagonal(self) -> np.ndarray:
         """``diag(Q_UU^{-1})`` by selected inversion over the restricted factor's pattern."""
         from .selinv import selected_inverse_diag

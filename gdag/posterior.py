@@ -22,6 +22,7 @@ from .accuracy import (VARIANCE_HOPELESS, VARIANCE_TOLERANCE, check_system, cond
                        scaled_condition)
 from .resources import FactorSize, available_memory, check_memory, gigabytes
 from .terms import as_float_array, is_boolean
+from .timing import timed
 
 LOG_2PI = float(np.log(2 * np.pi))
 # Dense covariance blocks beyond this many solved entries are refused.
@@ -158,6 +159,7 @@ def parameter_vector(model: Model, cm: CompiledModel, params: Mapping[str, Any])
     return cm.theta(checked)
 
 
+@timed("pattern")
 def data_vector(model: Model, cm: CompiledModel, data: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Validate ``data`` (name -> values, NaN = unobserved) into ``x`` and the observed mask."""
     if not isinstance(data, Mapping):
@@ -412,6 +414,7 @@ class Posterior:
             self._A_U_values = gram.entry_values(coef)
         return self._A_U_values
 
+    @timed("solve")
     def _refined_mean(self, max_steps: int = 3) -> np.ndarray:
         """Solve ``Q_UU m = b``, then refine ``m`` against the unformed least-squares problem.
 
@@ -486,6 +489,7 @@ class Posterior:
             self._kappa = scaled_condition(self._system.Q, self._factor.solve)
         return self._kappa
 
+    @timed("accuracy check")
     def _check_variance_accuracy(self, what: str = "variances", variances_U: np.ndarray | None = None) -> None:
         """Warn when variances (or the log-determinant in the evidence) may have lost digits;
         refuse when none would be left.
