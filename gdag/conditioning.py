@@ -266,6 +266,12 @@ class GramEntries:
         """``A_U^T @ y`` (over U) for entry ``values``."""
         return np.bincount(self.entry_col, weights=values * y[self.entry_row], minlength=self.n_U)
 
+    def weighted_residual(self, values: np.ndarray, m: np.ndarray, r: np.ndarray, d: np.ndarray):
+        """``e = r - A_U m``, ``w = e / d`` and ``f = e^T w`` (a sum of non-negative terms)."""
+        e = r - self.times(values, m)
+        w = e / d
+        return e, w, float(e @ w)
+
     def entry_values(self, coef: np.ndarray) -> np.ndarray:
         """Values of ``A_U``'s entries (in the order of :attr:`entry_row`) for coefficients ``coef``."""
         values = np.empty(self.entry_row.shape[0])
@@ -291,6 +297,9 @@ class GramAssembler(GramEntries):
 
     def transpose_times(self, values: np.ndarray, y: np.ndarray) -> np.ndarray:
         return assembly.at_times(self.structure, values, y)
+
+    def weighted_residual(self, values: np.ndarray, m: np.ndarray, r: np.ndarray, d: np.ndarray):
+        return assembly.weighted_residual(self.structure, values, m, r, d)
 
     def assemble(self, coef: np.ndarray, weight: np.ndarray, scaled_r: np.ndarray):
         """Lower triangle of ``A_U^T diag(weight) A_U`` and ``b = A_U^T scaled_r``."""

@@ -430,17 +430,14 @@ class Posterior:
         m = self._factor.solve(s.b)
         values = self._entries_of_A_U()
         with np.errstate(over="ignore", invalid="ignore"):
-            e = self._fitted_residual(m)
-            f = float(e @ (e / s.d))
+            _, w, f = gram.weighted_residual(values, m, s.r, s.d)  # w = D^{-1} e
             for _ in range(max_steps):
-                gradient = gram.transpose_times(values, e / s.d)
-                step = self._factor.solve(gradient)
+                step = self._factor.solve(gram.transpose_times(values, w))
                 candidate = m + step
-                e_new = self._fitted_residual(candidate)
-                f_new = float(e_new @ (e_new / s.d))
+                _, w_new, f_new = gram.weighted_residual(values, candidate, s.r, s.d)
                 if not f_new < f:
                     break
-                m, e, f = candidate, e_new, f_new
+                m, w, f = candidate, w_new, f_new
                 if np.max(np.abs(step)) <= 4 * np.finfo(float).eps * np.max(np.abs(m)):
                     break
         return m

@@ -431,5 +431,7 @@ def test_condition_upper_bound_is_at_least_the_exact_scaled_condition_number(see
     root = np.sqrt(np.diag(Q))
     S = Q / np.outer(root, root)
     exact = np.abs(S).sum(axis=0).max() * np.abs(np.linalg.inv(S)).sum(axis=0).max()
-    bound = gdag.accuracy.condition_upper_bound(sp.csc_matrix(np.tril(Q)), np.diag(np.linalg.inv(Q)))
+    lower = sp.csc_matrix(np.tril(Q))
+    assert gdag.accuracy.scaled_norm(lower, root) == pytest.approx(np.abs(S).sum(axis=0).max(), rel=1e-12)
+    bound = gdag.accuracy.condition_upper_bound(lower, np.diag(np.linalg.inv(Q)))
     assert bound >= exact * (1 - 1e-9)
