@@ -244,11 +244,6 @@ class GramEntries:
         self.entry_row = np.concatenate([self.diag_U, rows[self.coef_U]], dtype=itype)
         self.entry_col = np.concatenate([u_of_R[self.diag_U], u_of_R[cols[self.coef_U]]], dtype=itype)
 
-    @property
-    def n_coef_U(self) -> int:
-        """Number of coefficient entries of ``A_U`` (after its unit diagonals)."""
-        return int(self.entry_row.shape[0]) - self.n_U
-
     def residual(self, coef: np.ndarray, c_R: np.ndarray, x_R: np.ndarray) -> np.ndarray:
         """``r = c' - A_O x_O`` over R."""
         r = np.array(c_R, dtype=float)
