@@ -78,6 +78,11 @@ class Conditioning:
         self._symbolic = None
         self._size = None
 
+    @cached_property
+    def _no_deterministic_map(self) -> sp.csr_matrix:
+        """The empty ``M`` (0 x |R|) of a model with nothing to eliminate, built once (read-only use)."""
+        return sp.csr_matrix((0, self.R.shape[0]))
+
     # position of each global variable inside R and U (-1 when absent), built on first use
     @cached_property
     def pos_R(self) -> np.ndarray:
@@ -189,7 +194,7 @@ class Conditioning:
     def _reduced_coefficients(self, coef: np.ndarray, c: np.ndarray):
         """Values of ``B'`` on the fixed pattern, ``c'``, ``g`` and ``M``."""
         if self.S.size == 0:
-            return coef, c, np.zeros(0), sp.csr_matrix((0, self.R.shape[0]))
+            return coef, c, np.zeros(0), self._no_deterministic_map
         B_R, c_R, g, M = self._eliminate(self.cm.B_matrix(coef), c)
         rows, cols = self._pattern
         return _entries(B_R, rows, cols), c_R, g, M
