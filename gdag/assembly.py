@@ -3,9 +3,14 @@
 ``A`` is given as entry lists (row, column, value) in any order.  The pattern
 of ``Q`` is computed once per observed pattern (:func:`gram_structure`); each
 new set of values then costs one pass over the products (:func:`gram_values`),
-Gustavson's row-by-row method with a dense work vector, in O(flops).
-:func:`principal_selection` cuts a principal submatrix out of a CSC pattern
-(``Q_UU`` from the padded ``Q'``, and the same for its factor).
+Gustavson's row-by-row method with a dense work vector, in O(flops); the
+same pass gives ``b = A^T rhs``, and :func:`class_gram_values` splits ``Q``
+by classes of rows for the fit.  :func:`a_times`, :func:`at_times` and
+:func:`weighted_residual` apply ``A`` and ``A^T`` through the same index maps
+(the mean refinement).  Index arrays are int32 while every index fits
+(:func:`index_dtype`), else int64.  :func:`principal_selection` cuts a
+principal submatrix out of a CSC pattern (``Q_UU`` from the padded ``Q'``,
+and the same for its factor).
 """
 
 from __future__ import annotations
