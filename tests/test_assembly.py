@@ -52,6 +52,13 @@ def test_gram_values_match_the_dense_product(seed, n_rows, n_cols, n_entries):
         np.testing.assert_allclose(Q.toarray(), np.tril(A.T @ (w[:, None] * A)), atol=1e-12)
         np.testing.assert_allclose(b, A.T @ rhs, atol=1e-12)
         assert Q.has_sorted_indices
+        x, d = rng.normal(size=n_cols), rng.uniform(0.5, 2.0, n_rows)
+        np.testing.assert_allclose(assembly.a_times(structure, values, x, n_rows), A @ x, atol=1e-12)
+        np.testing.assert_allclose(assembly.at_times(structure, values, rhs), A.T @ rhs, atol=1e-12)
+        e, w, f = assembly.weighted_residual(structure, values, x, rhs, d)
+        np.testing.assert_allclose(e, rhs - A @ x, atol=1e-12)
+        np.testing.assert_allclose(w, (rhs - A @ x) / d, atol=1e-12)
+        assert f == pytest.approx(float((rhs - A @ x) @ ((rhs - A @ x) / d)), rel=1e-12, abs=1e-12)
 
 
 def test_class_grams_split_the_gram_matrix_by_row_class(index_width):
