@@ -5,7 +5,7 @@ compiles the model to one sparse joint precision matrix whose Cholesky
 factor (CHOLMOD) gives exact posteriors, the log evidence and fits.
 """
 
-from . import timing
+from . import timing  # noqa: F401  (gdag.timing.record)
 from .dsl import Model, Node, Param, Plate
 from .errors import (
     AccuracyWarning,

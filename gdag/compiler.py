@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from .dsl import Model, Node, Param
+from .dsl import Model, Param
 from .errors import ParamError
 from .timing import phase
 
@@ -105,8 +105,6 @@ class CompiledModel:
 
     def theta(self, values: dict) -> np.ndarray:
         """The parameter vector from ``values`` (name -> value), defaults filled in."""
-        from .dsl import check_param_value
-
         theta = np.empty(self.n_theta)
         missing = []
         for i, name in enumerate(self.param_names):

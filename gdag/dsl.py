@@ -11,7 +11,7 @@ import keyword
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -437,7 +437,7 @@ class Model:
                 if p.model is not self:
                     raise ModelSpecError(f"Node `{node.name}`: its mean uses `{p.name}` from another model.")
         if expr.length not in (1, node.size):
-            hint = (f"Did you forget `plate=`? A node without a plate is a single scalar."
+            hint = ("Did you forget `plate=`? A node without a plate is a single scalar."
                     if node.plate is None else f"Gather parents with an index array of length {node.size}.")
             raise ModelSpecError(
                 f"Node `{node.name}` has {node.size} entr{'y' if node.size == 1 else 'ies'} but its mean has length "

@@ -50,3 +50,16 @@ class ConvergenceWarning(GdagWarning):
 
 class AccuracyWarning(GdagWarning):
     """The factorization is so ill-conditioned that answers may be inaccurate."""
+
+
+def warn(message: str, category: type) -> None:
+    """Issue a gdag warning attributed to the user's line: the first caller outside the gdag package."""
+    import os
+    import sys
+    import warnings
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    level, frame = 2, sys._getframe(1)  # stacklevel 1 would be this function
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

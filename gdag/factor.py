@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import assembly
-from .errors import AccuracyWarning, NotIdentifiedError
+from .errors import AccuracyWarning, NotIdentifiedError, warn
 from .timing import timed
 
 try:
@@ -124,11 +124,10 @@ class CholeskyFactor:
         diag = Q.diagonal()[self._P]
         worst = float(np.min(pivots / diag)) if self.n else 1.0
         if worst < ILL_CONDITIONED:
-            warnings.warn(
+            warn(
                 f"The posterior precision is nearly singular (relative pivot {worst:.1e}); "
                 "means and variances may have lost most of their digits.",
                 AccuracyWarning,
-                stacklevel=3,
             )
 
     def _raise_not_identified(self, column: int | None):

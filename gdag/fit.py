@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -30,7 +29,7 @@ import scipy.optimize as so
 
 from .compiler import CompiledModel, compiled
 from .dsl import Model, check_param_value
-from .errors import ConvergenceWarning, FitError, NotIdentifiedError, ParamError
+from .errors import ConvergenceWarning, FitError, NotIdentifiedError, ParamError, warn
 from .objective import Evaluation, Objective, infer_roles
 from .posterior import Posterior, conditioning_for, data_vector
 
@@ -244,12 +243,11 @@ def fit(model: Model, data: Mapping[str, Any], method: str = "reml", *, init: Ma
             converged, n_iter, message = _run_optimizer(obj, v0, tol, max_iter or 1000, log)
     best, v_best, fitlog = log.best, log.v_best, log.entries
     if not converged:
-        warnings.warn(
+        warn(
             f"The fit of model `{model.name}` did not converge ({message}) after {n_iter} iterations and "
             f"{obj.n_evaluations} evaluations; kept the best point (objective {best.objective:.10g}, "
             f"parameters {_short(best.theta, obj.roles.labels)}). Try other `init` values or a larger `max_iter`.",
             ConvergenceWarning,
-            stacklevel=3,
         )
     t_opt = time.perf_counter()
     theta = best.theta

@@ -274,7 +274,7 @@ class Objective:
         if factorization not in ("auto", "sparse", "blocked"):
             raise FitError(f"`factorization` must be 'auto', 'sparse' or 'blocked'; got {factorization!r}.")
         self.factorization = factorization
-        self.gram = gram = cond.gram
+        self.gram = cond.gram
         self.n_R = int(cond.R.shape[0])
         self.n_U = cond.n_unobserved
         self.u_in_R = cond.pos_R[cond.U]

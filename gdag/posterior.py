@@ -7,7 +7,6 @@ other posteriors never change it.
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from typing import Any, Mapping
 
@@ -17,7 +16,7 @@ import scipy.sparse as sp
 from .compiler import CompiledModel, compiled
 from .conditioning import Conditioning, LinearSystem, PaddedConditioning
 from .dsl import Model, Node, Param, check_param_value
-from .errors import AccuracyWarning, DataError, ModelError, NotIdentifiedError, ParamError
+from .errors import AccuracyWarning, DataError, ModelError, NotIdentifiedError, ParamError, warn
 from .accuracy import (VARIANCE_HOPELESS, VARIANCE_TOLERANCE, check_system, condition_upper_bound, require_finite,
                        scaled_condition)
 from .resources import FactorSize, available_memory, check_memory, gigabytes
@@ -321,7 +320,7 @@ class Posterior:
             raise ModelError(f"sample(n) needs a positive integer n; got {n!r}.")
         try:
             rng = np.random.default_rng(seed)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError):
             raise ModelError(
                 f"sample(seed=...) takes None, a non-negative integer or a numpy Generator; got {seed!r:.60}."
             ) from None
@@ -511,12 +510,11 @@ class Posterior:
                 "sds of the model: shrink the range of sds (rescale units), or make near-deterministic "
                 "nodes exactly deterministic (sd=0)."
             )
-        warnings.warn(
+        warn(
             f"Posterior {what} of `{self._cm.name}` may be inaccurate: variances may have relative errors up to {bound:.0e} "
             f"(scaled precision condition number {self._scaled_condition()[0]:.1e}, worst around `{label}`); "
             "sds spanning many orders of magnitude cost digits.",
             AccuracyWarning,
-            stacklevel=3,
         )
 
     def _deterministic_variance(self, chunk: int = 256) -> np.ndarray:

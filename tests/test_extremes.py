@@ -435,3 +435,15 @@ def test_condition_upper_bound_is_at_least_the_exact_scaled_condition_number(see
     assert gdag.accuracy.scaled_norm(lower, root) == pytest.approx(np.abs(S).sum(axis=0).max(), rel=1e-12)
     bound = gdag.accuracy.condition_upper_bound(lower, np.diag(np.linalg.inv(Q)))
     assert bound >= exact * (1 - 1e-9)
+
+
+def test_accuracy_warnings_point_at_the_users_line():
+    m, *_ = near_deterministic(1e-5)
+    post = m.posterior({"z": 0.7})
+    for ask in (lambda: post.sd("x"), lambda: post.log_evidence):
+        post._var, post._kappa = None, None  # ask afresh
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ask()
+        accuracy = [w for w in caught if issubclass(w.category, gdag.AccuracyWarning)]
+        assert accuracy and all(w.filename == __file__ for w in accuracy)
