@@ -72,6 +72,9 @@ print("RESULT " + json.dumps(result))
 """
 
 
+# Entries of a result's phases that are counts, not seconds.
+COUNTS = {"evaluations"}
+
 # Short runs are repeated (each in a fresh subprocess) while their total stays under this many
 # seconds, and the median one is reported: on a shared 2-core machine single short runs vary by
 # tens of percent, and by up to 2x between minutes.
@@ -157,15 +160,17 @@ def main(argv=None):
                              "the median reported (default 5; 1 with --quick)")
     parser.add_argument("--only", nargs="+", metavar="CASE",
                         help="re-run these cases only; the other rows come from the last full run's results")
+    parser.add_argument("--rewrite", action="store_true",
+                        help="run nothing: write the table and plot again from the saved results")
     args = parser.parse_args(argv)
     if args.repeat is None:
         args.repeat = 1 if args.quick else 5
     plan = QUICK if args.quick else FULL
     saved = HERE / ("results_quick.json" if args.quick else "results.json")
 
-    results: dict = load_results(saved) if args.only else {}
+    results: dict = load_results(saved) if args.only or args.rewrite else {}
     for case, impl, sizes in plan:
-        if args.only and case not in args.only:
+        if args.rewrite or (args.only and case not in args.only):
             continue
         for size in sizes:
             print(f"running {case} / {impl} / {size} ...", file=sys.stderr, flush=True)
@@ -211,7 +216,7 @@ def format_table(rows: list[dict]) -> str:
     head = f"| case | size | gdag s | gdag peak MB | reference | reference s | gdag / reference | phases (s) |"
     lines = [head, "|" + "---|" * 8]
     for r in rows:
-        phases = ", ".join(f"{k} {v:.3f}" for k, v in r["phases"].items())
+        phases = ", ".join(f"{k} {v:.0f}" if k in COUNTS else f"{k} {v:.3f}" for k, v in r["phases"].items())
         if "nnz_L" in r:
             phases += f"; nnz(Q) {r['nnz_Q']:,}, nnz(L) {r['nnz_L']:,}"
         gdag_s = _seconds(r["gdag"], r["runs"]) if r["gdag"] is not None else r["note"]
