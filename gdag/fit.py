@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
-import scipy.optimize as so
 
 from .compiler import CompiledModel, compiled
 from .dsl import Model, check_param_value
@@ -331,6 +330,8 @@ def _run_optimizer(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, lo
     fun(v0)
     scale = max(1.0, abs(log.best.objective))
     options = {"maxiter": max_iter, "maxfun": 4 * max_iter, "ftol": tol * 1e-3, "gtol": 1e-7 * scale, "maxcor": 20}
+    import scipy.optimize as so  # here, not at import: it is most of `import gdag`'s time otherwise
+
     res = so.minimize(fun, v0, jac=obj.exact_gradient, method="L-BFGS-B", bounds=bounds, options=options)
     return bool(res.success), int(res.nit), str(res.message)
 
