@@ -29,6 +29,10 @@ except ImportError as err:  # pragma: no cover - depends on the installation
         "(`apt-get install libsuitesparse-dev`) and then `pip install scikit-sparse==0.4.16`."
     ) from err
 
+# Right-hand sides up to this many are solved one column at a time on gdag's simplicial
+# factors (see CholeskyFactor.solve); more go to CHOLMOD as one block.
+FEW_COLUMNS = 8
+
 # Relative pivot size below which answers lose most of their digits.
 ILL_CONDITIONED = 1e-14
 
@@ -166,9 +170,9 @@ class CholeskyFactor:
         reorder = self._analysis.reorder
         if reorder is None:  # CHOLMOD's own ordering (supernodal where it pays): blocks in one call
             return self._factor.solve_A(b)
-        if b.ndim == 2:
-            # gdag's ordering, simplicial factor: column by column. At 1e6 unknowns a 3-column
-            # block cost 5 single solves in CHOLMOD itself, plus row gathers and layout copies.
+        if b.ndim == 2 and b.shape[1] <= FEW_COLUMNS:
+            # gdag's ordering, simplicial factor, a few columns: one by one. At 1e6 unknowns a
+            # 3-column block cost 5 single solves in CHOLMOD itself, plus row gathers and copies.
             b = np.asfortranarray(b)
             out = np.empty((self.n, b.shape[1]), order="F")
             for k in range(b.shape[1]):
