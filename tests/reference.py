@@ -166,6 +166,7 @@ def dense_condition(mu, Sigma, observed: np.ndarray, x: np.ndarray):
     O = np.flatnonzero(observed)
     mean, cov = mu.copy(), Sigma.copy()
     if O.size == 0:
+        np.fill_diagonal(cov, np.maximum(np.diag(cov), 0.0))
         return mean, cov, 0.0
     S_oo = Sigma[np.ix_(O, O)]
     S_ao = Sigma[:, O]
@@ -173,6 +174,12 @@ def dense_condition(mu, Sigma, observed: np.ndarray, x: np.ndarray):
     K = np.linalg.solve(S_oo, S_ao.T).T
     mean = mu + K @ resid
     cov = Sigma - K @ S_ao.T
+    # observed entries are known exactly; round-off must not leave them (or
+    # deterministic entries) a tiny negative variance that sqrt turns into NaN
+    mean[O] = x[O]
+    cov[O, :] = 0.0
+    cov[:, O] = 0.0
+    np.fill_diagonal(cov, np.maximum(np.diag(cov), 0.0))
     sign, logdet = np.linalg.slogdet(S_oo)
     assert sign > 0
     loglik = -0.5 * (O.size * np.log(2 * np.pi) + logdet + resid @ np.linalg.solve(S_oo, resid))
