@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 
 import gdag
-from gdag.compiler import compiled
-from gdag.objective import Objective, infer_roles
-from gdag.posterior import conditioning_for, data_vector
+from gdag.data import data_vector
+from gdag.fitting.objective import Objective, infer_roles
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "insteval.csv.gz"
 
@@ -77,11 +76,11 @@ def phases(s, d, dept, y, fit):
     m = declare(s, d, dept, y)
     out["declare"] = time.perf_counter() - t
     t = time.perf_counter()
-    cm = compiled(m)
+    cm = m._queries.compiled(m.spec())
     out["compile"] = time.perf_counter() - t
     t = time.perf_counter()
-    x, observed = data_vector(m, cm, {"y": y})
-    cond = conditioning_for(m, cm, observed)
+    x, observed = data_vector(m.spec(), cm, {"y": y})
+    cond = m._queries.conditioning_for(cm, observed)
     obj = Objective(cm, cond, x, infer_roles(cm, cond), reml=False)
     out["conditioning"] = time.perf_counter() - t
     v = np.array([fit.params[k] / fit.params["sigma"] for k in ("sd_s", "sd_d", "sd_dept")])

@@ -6,7 +6,6 @@ factor (CHOLMOD) gives exact posteriors, the log evidence and fits.
 """
 
 from . import timing  # noqa: F401  (gdag.timing.record)
-from .dsl import Model, Node, Param, Plate
 from .errors import (
     AccuracyWarning,
     ConvergenceWarning,
@@ -20,9 +19,11 @@ from .errors import (
     NotIdentifiedError,
     ParamError,
 )
-from .fit import Fit
+from .expr import Expr, dot
+from .fitting.fit import Fit
+from .model import Model
 from .posterior import Posterior
-from .terms import Expr, dot
+from .spec import Node, Param, Plate
 
 __version__ = "0.1.0"
 

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .compiler import CompiledModel
-from .conditioning import Conditioning, LinearSystem
+from .pattern import Conditioning, LinearSystem
 from .errors import ModelError, ModelSpecError, ParamError
 
 # Relative variance error bound above which var() warns, and above which it refuses.

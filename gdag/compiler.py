@@ -19,14 +19,14 @@ Assembly loops over families, never over scalar variables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
 
-from .dsl import Model, Param
 from .errors import ParamError
-from .timing import phase
+from .spec import ModelSpec, label
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,6 @@ class CompiledModel:
     param_positive: np.ndarray
     param_scalar: np.ndarray
     param_default: tuple  # declared values (or None)
-    _index: dict = field(default_factory=dict, repr=False, compare=False)  # family name -> position
-    _derived: dict = field(default_factory=dict, repr=False, compare=False)  # arrays built on first use
 
     @property
     def n(self) -> int:
@@ -66,15 +64,22 @@ class CompiledModel:
         """Number of parameter entries."""
         return int(self.F.shape[1])
 
-    @property
+    # Derived values are cached_property: computed on first use, never changed after
+    # (the dataclass stays frozen; functools stores them in the instance dict).
+    @cached_property
     def deterministic(self) -> np.ndarray:
         """Boolean mask of variables with sd 0 (eliminated exactly); computed once, read-only."""
-        return self._cached("deterministic", lambda: _read_only((self.sd_base == 0) & (self.sd_param < 0)))
+        return _read_only((self.sd_base == 0) & (self.sd_param < 0))
 
-    def _cached(self, key: str, make):
-        if key not in self._derived:
-            self._derived[key] = make()
-        return self._derived[key]
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        """Family name -> position."""
+        return {name: i for i, name in enumerate(self.family_names)}
+
+    @cached_property
+    def _sd_entries(self) -> np.ndarray:
+        """Variables whose sd carries a parameter entry."""
+        return np.flatnonzero(self.sd_param >= 0)
 
     def family(self, name: str) -> int:
         """Position of family ``name``."""
@@ -100,7 +105,7 @@ class CompiledModel:
         for k, f in zip(positions.tolist(), fam.tolist()):
             name, plate = self.family_names[f], self.family_plate[f]
             local = k - int(self.family_offset[f])
-            out.append(name if plate is None else f"{name}[{plate}={local}]")
+            out.append(label(name, plate, local))
         return out
 
     def theta(self, values: dict) -> np.ndarray:
@@ -138,24 +143,21 @@ class CompiledModel:
         if self.F.nnz:
             c = self.F @ theta
             c += self.c0
-        sd_entries = self._cached("sd_entries", lambda: np.flatnonzero(self.sd_param >= 0))
+        sd_entries = self._sd_entries
         d = np.square(self.sd_base)
         d[sd_entries] = np.square(self.sd_base[sd_entries] * theta[self.sd_param[sd_entries]])
         return coef, c, d
 
-    @property
+    @cached_property
     def B_scale(self) -> np.ndarray:
         """Per coefficient of ``B``: the index into theta of its scale parameter, -1 for none.
 
         Built on first use (fits and graphs need it; posteriors use the compact
         ``scaled_entries``/``scaled_param``), since it is as long as ``B``.
         """
-        def full():
-            scale = np.full(self.B_rows.shape[0], -1, dtype=np.int64)
-            scale[self.scaled_entries] = self.scaled_param
-            return scale
-
-        return self._cached("B_scale", full)
+        scale = np.full(self.B_rows.shape[0], -1, dtype=np.int64)
+        scale[self.scaled_entries] = self.scaled_param
+        return _read_only(scale)
 
     def B_matrix(self, coef: np.ndarray) -> sp.csr_matrix:
         """``B`` as a sparse matrix from coefficient values (see :meth:`values`)."""
@@ -175,20 +177,7 @@ class CompiledModel:
         return "\n".join(lines)
 
 
-def compiled(model: Model) -> CompiledModel:
-    """The compiled form of ``model``'s current declarations (cached per version)."""
-    key = ("compiled", model._version)
-    if key not in model._cache:
-        from .graph import check_acyclic
-
-        with phase("compile"):
-            result = compile_model(model)
-            check_acyclic(model, result)
-        model._cache[key] = result
-    return model._cache[key]
-
-
-def compile_model(model: Model) -> CompiledModel:
+def compile_model(model: ModelSpec) -> CompiledModel:
     """Assemble ``B``, ``F``, ``c0`` and the sd arrays from the declarations."""
     nodes = list(model.nodes.values())
     params = list(model.params.values())
@@ -211,7 +200,7 @@ def compile_model(model: Model) -> CompiledModel:
         c0[start : start + nd.size] = nd.mean.offset
         for t in nd.mean.terms:
             rows = t.rows + start
-            if isinstance(t.source, Param):
+            if t.source.is_param:
                 f_rows.append(rows)
                 f_cols.append(t.cols + param_off[t.source.name])
                 f_vals.append(t.vals)
@@ -258,7 +247,6 @@ def compile_model(model: Model) -> CompiledModel:
         param_scalar=np.array([p.is_scalar for p in params], dtype=bool),
         param_default=tuple(p.value for p in params),
     )
-    result._index.update({name: i for i, name in enumerate(result.family_names)})
     return result
 
 

@@ -7,6 +7,12 @@ say what to do instead.
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
 
 class ModelError(ValueError):
     """Base class of every gdag error."""
@@ -52,14 +58,28 @@ class AccuracyWarning(GdagWarning):
     """The factorization is so ill-conditioned that answers may be inaccurate."""
 
 
+def user_frame(start: int = 1):
+    """The first frame outside the gdag package above the caller, and its distance (the one frame walker).
+
+    Returns ``(frame, depth)``: ``depth`` counts frames from the caller of this
+    function (1) up to that frame, as ``warnings.warn``'s ``stacklevel`` does.
+    ``frame`` is None when every frame is gdag's own.
+    """
+    depth, frame = start, sys._getframe(start + 1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, depth = frame.f_back, depth + 1
+    return frame, depth
+
+
+def declaration_site() -> str:
+    """``file:line`` of the user code that declared something (quoted in messages)."""
+    frame, _ = user_frame()
+    if frame is None:
+        return "<unknown>"
+    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
 def warn(message: str, category: type) -> None:
     """Issue a gdag warning attributed to the user's line: the first caller outside the gdag package."""
-    import os
-    import sys
-    import warnings
-
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    level, frame = 2, sys._getframe(1)  # stacklevel 1 would be this function
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
+    _, depth = user_frame()
+    warnings.warn(message, category, stacklevel=depth + 1)

@@ -14,8 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from .dsl import Model, Node, Param
 from .errors import CycleError, ModelSpecError
+from .spec import ModelSpec, Node, label
 
 EXPANDED_LIMIT = 5000
 
@@ -30,7 +30,7 @@ def node_kind(node: Node) -> str:
     return "partly deterministic" if zero.any() else "random"
 
 
-def family_edges(model: Model):
+def family_edges(model: ModelSpec):
     """Yield ``(source, target, role)`` for every family-level dependency.
 
     Roles: ``"mean"`` (a node in a mean), ``"fixed"`` (a parameter in a mean),
@@ -39,7 +39,7 @@ def family_edges(model: Model):
     for node in model.nodes.values():
         seen = set()
         for t in node.mean.terms:
-            role = "fixed" if isinstance(t.source, Param) else "mean"
+            role = "fixed" if t.source.is_param else "mean"
             for edge in ((t.source.name, role),) + (((t.scale.name, "scale"),) if t.scale is not None else ()):
                 if edge not in seen:
                     seen.add(edge)
@@ -48,7 +48,7 @@ def family_edges(model: Model):
             yield node.sd.param.name, node.name, "sd"
 
 
-def family_graph(model: Model) -> nx.DiGraph:
+def family_graph(model: ModelSpec) -> nx.DiGraph:
     """One vertex per node or parameter family.
 
     Vertex attributes: ``kind`` (``random``, ``deterministic``, ``partly
@@ -69,15 +69,13 @@ def family_graph(model: Model) -> nx.DiGraph:
     return g
 
 
-def expanded_graph(model: Model, limit: int = EXPANDED_LIMIT) -> nx.DiGraph:
-    """One vertex per scalar variable (``R_i[3]``) and per parameter entry.
+def expanded_graph(model: ModelSpec, cm, limit: int = EXPANDED_LIMIT) -> nx.DiGraph:
+    """One vertex per scalar variable (``R_i[3]``) and per parameter entry of compiled model ``cm``.
 
-    Vertex attributes: ``family``, ``index``, ``kind``.  Refuses models with
-    more than ``limit`` vertices: use the family graph for those.
+    Vertex attributes: ``family``, ``index``, ``kind`` and ``label``, the
+    label gdag uses in messages and tables (``R_i[friend=3]``).  Refuses
+    models with more than ``limit`` vertices: use the family graph for those.
     """
-    from .compiler import compiled
-
-    cm = compiled(model)
     total = cm.n + cm.n_theta
     if total > limit:
         raise ModelSpecError(
@@ -91,12 +89,15 @@ def expanded_graph(model: Model, limit: int = EXPANDED_LIMIT) -> nx.DiGraph:
     fam_of = np.repeat(np.arange(len(cm.family_names)), cm.family_size)
     for k, name in enumerate(var_names):
         f = int(fam_of[k])
-        g.add_node(name, family=cm.family_names[f], index=k - int(cm.family_offset[f]),
-                   kind="deterministic" if det[k] else "random")
+        index = k - int(cm.family_offset[f])
+        g.add_node(name, family=cm.family_names[f], index=index, kind="deterministic" if det[k] else "random",
+                   label=label(cm.family_names[f], cm.family_plate[f], index))
     par_of = np.repeat(np.arange(len(cm.param_names)), cm.param_size)
     for k, name in enumerate(par_names):
         f = int(par_of[k])
-        g.add_node(name, family=cm.param_names[f], index=k - int(cm.param_offset[f]), kind="param")
+        index = k - int(cm.param_offset[f])
+        g.add_node(name, family=cm.param_names[f], index=index, kind="param",
+                   label=name if cm.param_scalar[f] else f"{cm.param_names[f]}[{index}]")
     # a parent that enters a mean twice (a + 2 * a) is one edge whose coefficient is the sum, as in B
     B = sp.coo_matrix((cm.B_base, (cm.B_rows, cm.B_cols)), shape=(cm.n, cm.n)).tocsr().tocoo()
     for r, c, v in zip(B.row.tolist(), B.col.tolist(), B.data.tolist()):
@@ -120,7 +121,7 @@ def _entry_names(families, sizes, scalar_flags) -> list[str]:
     return names
 
 
-def check_acyclic(model: Model, cm) -> None:
+def check_acyclic(model: ModelSpec) -> None:
     """Raise :class:`CycleError` naming a cycle if the scalar graph has one."""
     fam_graph = nx.DiGraph()
     fam_graph.add_nodes_from(model.nodes)
@@ -144,13 +145,13 @@ def check_self_reference(node: Node) -> None:
     if np.all(cols < rows):  # every entry depends on earlier ones: the common, cheap case
         return
 
-    def label(k: int) -> str:
-        return f"{node.name}[{node.plate.name}={k}]" if node.plate is not None else node.name
+    def entry(k: int) -> str:
+        return label(node.name, None if node.plate is None else node.plate.name, k)
 
     loops = np.flatnonzero(rows == cols)
     if loops.size:
         raise CycleError(
-            f"The model has a cycle: `{label(int(rows[loops[0]]))}` depends on itself. Remove that entry from its mean."
+            f"The model has a cycle: `{entry(int(rows[loops[0]]))}` depends on itself. Remove that entry from its mean."
         )
     size = node.size
     graph = sp.csr_matrix((np.ones(rows.shape[0]), (cols, rows)), shape=(size, size))
@@ -161,7 +162,7 @@ def check_self_reference(node: Node) -> None:
     keep = np.isin(cols, members) & np.isin(rows, members)
     sub = nx.DiGraph(zip(cols[keep].tolist(), rows[keep].tolist()))
     cycle = [u for u, _ in nx.find_cycle(sub)]
-    raise CycleError(_cycle_message([label(k) for k in cycle + [cycle[0]]]))
+    raise CycleError(_cycle_message([entry(k) for k in cycle + [cycle[0]]]))
 
 
 def _cycle_message(labels: list[str]) -> str:

@@ -7,214 +7,21 @@ other posteriors never change it.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Any, Mapping
-
 import numpy as np
 import scipy.sparse as sp
 
-from .compiler import CompiledModel, compiled
-from .conditioning import Conditioning, LinearSystem, PaddedConditioning
-from .dsl import Model, Node, Param, check_param_value
-from .errors import AccuracyWarning, DataError, ModelError, NotIdentifiedError, ParamError, warn
 from .accuracy import (VARIANCE_HOPELESS, VARIANCE_TOLERANCE, check_system, condition_upper_bound, require_finite,
                        scaled_condition)
-from .resources import FactorSize, available_memory, check_memory, gigabytes
-from .terms import as_float_array, is_boolean
+from .compiler import CompiledModel
+from .errors import AccuracyWarning, DataError, ModelError, NotIdentifiedError, warn
+from .pattern import Conditioning, LinearSystem
+from .resources import available_memory, gigabytes
+from .spec import Node, Param
 from .timing import timed
 
 LOG_2PI = float(np.log(2 * np.pi))
 # Dense covariance blocks beyond this many solved entries are refused.
 COV_LIMIT = 50_000_000
-
-
-def condition(model: Model, data: Mapping[str, Any], params: Mapping[str, Any]) -> "Posterior":
-    """Build the posterior of ``model`` given ``data`` and parameter values."""
-    cm = compiled(model)
-    theta = parameter_vector(model, cm, params)
-    x, observed = data_vector(model, cm, data)
-    conditioning = query_conditioning(model, cm, observed)
-    model._cache["last_conditioning", model._version] = conditioning
-    check_memory(factor_size_for(model, conditioning), model.name)
-    return Posterior(cm, conditioning, theta, x)
-
-
-def factor_size_for(model: Model, conditioning) -> FactorSize:
-    """The :class:`~gdag.resources.FactorSize` of what a conditioning factors (cached on it)."""
-    return conditioning.factor_size()
-
-
-# Conditionings kept per model version, besides the shared one: the most recently used
-# observed patterns (each per-mask one holds a Gram structure and a symbolic analysis).
-CONDITIONING_CACHE = 4
-# The rule of query_conditioning, from the measurements in docs/concepts.md ("Many queries"):
-# a factor whose flops are below THIN_FACTOR times its nonzeros is near a tree (mean column
-# length about 2), and analysing it is cheap; for the others, a new observed pattern reuses
-# the shared analysis when at least SHARED_FRACTION of the stochastic variables are unobserved.
-THIN_FACTOR = 4.0
-SHARED_FRACTION = 0.1
-
-
-def conditioning_for(model: Model, cm: CompiledModel, observed: np.ndarray) -> Conditioning:
-    """The index sets and symbolic analysis of one observed pattern: the per-mask mode.
-
-    Used by the fit, which refactors one pattern many times, and by queries
-    (:func:`query_conditioning`).  Cached with the query conditionings (the
-    :data:`CONDITIONING_CACHE` most recent patterns of a model version); with
-    nothing observed it is the shared conditioning itself.
-    """
-    if not observed.any():
-        return shared_conditioning(model, cm)
-    return _cached(model, ("mask", np.packbits(observed).tobytes()), lambda: Conditioning(cm, observed))
-
-
-def shared_conditioning(model: Model, cm: CompiledModel) -> Conditioning:
-    """The all-unobserved conditioning of this model version, whose analysis every padded query shares."""
-    key = ("shared_conditioning", model._version)
-    if key not in model._cache:
-        model._cache[key] = Conditioning(cm, np.zeros(cm.n, dtype=bool))
-    return model._cache[key]
-
-
-def query_conditioning(model: Model, cm: CompiledModel, observed: np.ndarray):
-    """The conditioning a posterior query uses: per-mask, or padded through the shared analysis.
-
-    - A pattern among the few most recent reuses its conditioning, whatever its mode.
-    - Nothing observed: the shared (all-unobserved) conditioning itself.
-    - Padded (:class:`~gdag.conditioning.PaddedConditioning`: no new Gram
-      structure, no new CHOLMOD analysis, a factor over all of R) when an
-      earlier per-mask pattern of this model version had a factor with fill,
-      ``flops >= THIN_FACTOR * nnz(L)``, and at least :data:`SHARED_FRACTION`
-      of the stochastic variables are unobserved.
-    - Per-mask (:class:`~gdag.conditioning.Conditioning`) otherwise: always
-      for the first observed pattern of a model version (a single query needs
-      no more, and its factor is the smallest: |U| columns, not |R|), for
-      near-tree models (whose analyses are cheap: padding costs more than it
-      saves) and when most variables are observed.
-
-    The two modes give the same posterior up to rounding (a different
-    elimination order).  Measurements: docs/concepts.md, "Many queries".
-    """
-    if not observed.any():
-        return shared_conditioning(model, cm)
-    mask = np.packbits(observed).tobytes()
-    lru = _lru(model)
-    for mode in ("mask", "padded"):
-        if (mode, mask) in lru:
-            lru.move_to_end((mode, mask))
-            return lru[mode, mask]
-    fill_key = ("queries_with_fill", model._version)
-    n_R = int(np.count_nonzero(~cm.deterministic))
-    n_U = n_R - int(np.count_nonzero(observed & ~cm.deterministic))
-    if model._cache.get(fill_key) and n_U >= SHARED_FRACTION * n_R:
-        shared = shared_conditioning(model, cm)
-        return _cached(model, ("padded", mask), lambda: PaddedConditioning(shared, observed))
-    conditioning = conditioning_for(model, cm, observed)
-    size = conditioning.factor_size()
-    if size.nnz_L and size.flops >= THIN_FACTOR * size.nnz_L:
-        model._cache[fill_key] = True
-    return conditioning
-
-
-def _lru(model: Model) -> "OrderedDict":
-    key = ("conditionings", model._version)
-    if key not in model._cache:
-        model._cache[key] = OrderedDict()
-    return model._cache[key]
-
-
-def _cached(model: Model, key, build):
-    lru = _lru(model)
-    if key in lru:
-        lru.move_to_end(key)
-        return lru[key]
-    value = lru[key] = build()
-    while len(lru) > CONDITIONING_CACHE:
-        lru.popitem(last=False)
-    return value
-
-
-def _key_name(model: Model, key, error, where: str):
-    """The name behind a ``data``/``params`` key: a name, or a node or parameter of ``model``."""
-    if isinstance(key, (Node, Param)):
-        if key.model is not model:
-            raise error(f"`{where}` uses `{key.name}` from another model than `{model.name}`.")
-        return key.name
-    return key
-
-
-def parameter_vector(model: Model, cm: CompiledModel, params: Mapping[str, Any]) -> np.ndarray:
-    """Validate ``params`` (name -> value) and return ``theta``."""
-    if not isinstance(params, Mapping):
-        raise ParamError(f"`params` must be a mapping from parameter names to values; got {type(params).__name__}.")
-    checked = {}
-    for key, value in params.items():
-        name = _key_name(model, key, ParamError, "params")
-        param = model.params.get(name) if isinstance(name, str) else None
-        if param is None:
-            hint = " It is a node; observe it through `data`." if name in model.nodes else ""
-            raise ParamError(f"`params` names `{name}`, which is not a parameter of model `{model.name}`.{hint}")
-        checked[name] = check_param_value(param, value)
-    return cm.theta(checked)
-
-
-@timed("pattern")
-def data_vector(model: Model, cm: CompiledModel, data: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Validate ``data`` (name -> values, NaN = unobserved) into ``x`` and the observed mask."""
-    if not isinstance(data, Mapping):
-        raise DataError(f"`data` must be a mapping from node names to values; got {type(data).__name__}.")
-    x = np.full(cm.n, np.nan)
-    det = cm.deterministic
-    for key, value in data.items():
-        name = _key_name(model, key, DataError, "data")
-        node = model.nodes.get(name) if isinstance(name, str) else None
-        if node is None:
-            hint = " It is a parameter; pass its value in `params`." if name in model.params else ""
-            raise DataError(f"`data` names `{name}`, which is not a node of model `{model.name}`.{hint}")
-        values = _node_values(node, value)
-        span = cm.span(name)
-        seen = ~np.isnan(values)
-        clash = np.flatnonzero(seen & det[span])
-        if clash.size:
-            raise DataError(
-                f"Node `{name}` has sd 0 at entries {clash[:5].tolist()}, so it is deterministic and cannot be "
-                "observed. Give it a positive sd (measurement error) or observe its parents."
-            )
-        x[span] = values
-    return x, ~np.isnan(x)
-
-
-def _node_values(node: Node, value) -> np.ndarray:
-    if isinstance(value, (str, bytes)) or value is None:
-        raise DataError(f"Data for node `{node.name}` must be numeric; got {value!r:.60}.")
-    if isinstance(value, Mapping) or sp.issparse(value):
-        raise DataError(f"Data for node `{node.name}` must be a number or a 1-d array; got a {type(value).__name__}.")
-    try:
-        arr = np.asarray(value)
-    except (TypeError, ValueError) as err:  # ragged nested lists
-        raise DataError(
-            f"Data for node `{node.name}` must be a number or a 1-d array of {node.size}; got a ragged or odd sequence."
-        ) from err
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == object):
-        raise DataError(f"Data for node `{node.name}` must be numeric; got dtype {arr.dtype}.")
-    if np.iscomplexobj(arr) or (arr.dtype == object and any(isinstance(v, complex) for v in arr.reshape(-1))):
-        raise DataError(f"Data for node `{node.name}` must be real; got complex values.")
-    if arr.dtype == object and is_boolean(arr) or isinstance(value, (list, tuple)) and is_boolean(value):
-        raise DataError(f"Data for node `{node.name}` must be numeric; it has True/False entries.")
-    arr = as_float_array(arr, DataError, f"Data for node `{node.name}` has non-numeric entries.")
-    arr = arr.reshape(-1) if arr.ndim == 0 else arr
-    if arr.ndim != 1 or arr.shape[0] != node.size:
-        raise DataError(
-            f"Data for node `{node.name}` has shape {np.shape(value)}; it needs {node.size} "
-            f"value{'s' if node.size > 1 else ''} (NaN for unobserved entries)."
-        )
-    bad = np.flatnonzero(np.isinf(arr))
-    if bad.size:
-        raise DataError(
-            f"Data for node `{node.name}` has infinite values at entries {bad[:5].tolist()}; "
-            "use NaN for unobserved entries."
-        )
-    return arr
 
 
 class Posterior:

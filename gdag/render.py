@@ -86,9 +86,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .dsl import Model, Node, Param, Plate
+from .compiler import CompiledModel, compile_model
 from .errors import DataError, ModelSpecError
-from .graph import expanded_graph, node_kind
+from .graph import check_acyclic, expanded_graph, node_kind
+from .spec import ModelSpec, Node, Param, Plate
 
 if TYPE_CHECKING:  # pragma: no cover
     import graphviz
@@ -127,7 +128,7 @@ _MATH_NAME = re.compile(r"^((?:[A-Za-z][0-9]*)|(?:" + "|".join(_GREEK) + r"))_([
 
 
 def render(
-    model: Model,
+    model: ModelSpec,
     path: str | os.PathLike | None = None,
     *,
     expanded: bool = False,
@@ -136,12 +137,13 @@ def render(
     subscripts: bool = True,
     max_vertices: int = MAX_VERTICES,
     rankdir: str | None = None,
+    compiled: CompiledModel | None = None,
 ) -> "graphviz.Digraph":
     """Draw ``model`` as a plate diagram (or one vertex per scalar) with graphviz.
 
     Parameters
     ----------
-    model : Model
+    model : ModelSpec or Model
     path : str or path-like, optional
         Also write the drawing there, in the format its extension names:
         ``.svg``, ``.png``, ``.pdf``, or ``.dot``/``.gv`` (the DOT source).
@@ -165,6 +167,9 @@ def render(
     rankdir : {"TB", "LR", "BT", "RL"}, optional
         Layout direction; by default top to bottom, or left to right for a
         long chain in the expanded view.
+    compiled : CompiledModel, optional
+        The model's compiled form, when the caller has it (the expanded view
+        needs it; without it, it is compiled here).
 
     Returns
     -------
@@ -198,7 +203,7 @@ def render(
     masks = observed_masks(model, observed)
     style = _Style(subscripts=subscripts, edge_labels=edge_labels)
     if expanded:
-        dot = _draw_expanded(gv, model, masks, style, max_vertices, rankdir)
+        dot = _draw_expanded(gv, model, masks, style, max_vertices, rankdir, compiled)
     else:
         dot = _draw_families(gv, model, masks, style, rankdir or "TB")
     if path is not None:
@@ -250,7 +255,7 @@ def _write(gv, dot, path: str, fmt: str) -> None:
         fh.write(data)
 
 
-def observed_masks(model: Model, observed) -> dict[str, np.ndarray]:
+def observed_masks(model: ModelSpec, observed) -> dict[str, np.ndarray]:
     """Which entries of which families are observed, as boolean masks.
 
     ``observed`` is None, one name, an iterable of names (every entry
@@ -320,7 +325,7 @@ def _finest(plates: Iterable[Plate]) -> list[Plate]:
     return [p for p in plates if id(p) not in coarser]
 
 
-def plate_crossings(model: Model) -> dict[str, tuple[str, ...]]:
+def plate_crossings(model: ModelSpec) -> dict[str, tuple[str, ...]]:
     """The crossed plates of ``model`` and the plates each one crosses.
 
     A plate is crossed when its families' means gather from two or more
@@ -482,7 +487,7 @@ def _param_label(param: Param, style: _Style) -> str:
     return style.label(f"● {style.name(param.name)}{size}" if style.html else f"● {param.name}{size}")
 
 
-def _new_digraph(gv, model: Model, rankdir: str):
+def _new_digraph(gv, model: ModelSpec, rankdir: str):
     dot = gv.Digraph(name=gv.nohtml(model.name))  # a name like "<a>" is not HTML
     dot.attr(rankdir=rankdir, fontname=FONT, fontsize="13", nodesep="0.4", ranksep="0.5",
              newrank="true", labelloc="t", label=f"<{html.escape(model.name)}>")
@@ -491,14 +496,14 @@ def _new_digraph(gv, model: Model, rankdir: str):
     return dot
 
 
-def _plate_children(model: Model) -> dict[str | None, list[Plate]]:
+def _plate_children(model: ModelSpec) -> dict[str | None, list[Plate]]:
     children: dict[str | None, list[Plate]] = {}
     for plate in model.plates.values():
         children.setdefault(None if plate.within is None else plate.within.name, []).append(plate)
     return children
 
 
-def _add_clusters(dot, model: Model, members: dict[str | None, list[tuple[str, dict]]], style: _Style) -> None:
+def _add_clusters(dot, model: ModelSpec, members: dict[str | None, list[tuple[str, dict]]], style: _Style) -> None:
     """Add vertices (``members[plate name]``: (id, attrs)) in nested plate clusters."""
     children = _plate_children(model)
     crossings = plate_crossings(model)
@@ -526,7 +531,7 @@ def _add_clusters(dot, model: Model, members: dict[str | None, list[tuple[str, d
             add(dot, plate)
 
 
-def _draw_families(gv, model: Model, masks, style: _Style, rankdir: str):
+def _draw_families(gv, model: ModelSpec, masks, style: _Style, rankdir: str):
     dot = _new_digraph(gv, model, rankdir)
     members: dict[str | None, list[tuple[str, dict]]] = {None: []}
     for param in model.params.values():
@@ -580,7 +585,8 @@ def _edge(dot, source: str, target: str, style: _Style, *, coefficient: str = ""
 # ------------------------------------------------------------ expanded view
 
 
-def _draw_expanded(gv, model: Model, masks, style: _Style, max_vertices: int, rankdir: str | None):
+def _draw_expanded(gv, model: ModelSpec, masks, style: _Style, max_vertices: int, rankdir: str | None,
+                   compiled: CompiledModel | None):
     import networkx as nx
 
     total = sum(n.size for n in model.nodes.values()) + sum(p.size for p in model.params.values())
@@ -590,7 +596,10 @@ def _draw_expanded(gv, model: Model, masks, style: _Style, max_vertices: int, ra
             "Draw the plate view instead (render(model) or m.render() without expanded=True), "
             "or raise max_vertices."
         )
-    g = expanded_graph(model, limit=max(total, 1))
+    if compiled is None:
+        check_acyclic(model)
+        compiled = compile_model(model)
+    g = expanded_graph(model, compiled, limit=max(total, 1))
     if rankdir is None:
         generations = list(nx.topological_generations(g)) if g.number_of_nodes() else [[]]
         rankdir = "LR" if len(generations) > max(len(gen) for gen in generations) else "TB"

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .errors import ModelError
+from .linalg.ordering import fill
+
 
 def available_memory() -> float:
     """Bytes the OS could give this process now: ``MemAvailable`` from /proc/meminfo.
@@ -87,8 +90,6 @@ def check_memory(size: FactorSize, name: str) -> None:
     """Refuse, with both numbers, a posterior whose estimated memory exceeds what is available."""
     available = available_memory()
     if size.memory > available:
-        from .errors import ModelError
-
         raise ModelError(
             f"The posterior of `{name}` needs an estimated {gigabytes(size.memory):.3g} GB (a Cholesky factor with "
             f"{size.nnz_L} nonzeros for {size.n_unobserved} unobserved variables), more than the "
@@ -107,8 +108,6 @@ def factor_nonzeros(lower, perm) -> tuple[int, float]:
     CHOLMOD's supernodal factor stores a little more (relaxed supernodes pad
     with explicit zeros), which :data:`BYTES_PER_FACTOR_ENTRY` allows for.
     """
-    from .ordering import fill
-
     if lower.shape[0] == 0:
         return 0, 0.0
     _, nnz_L, flops = fill(lower, perm)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from . import terms
+from . import expr as terms
 from .errors import CycleError, ModelError, ModelSpecError
 
 FORMAT = "gdag.model"
@@ -104,8 +104,8 @@ def _floats(arr) -> list:
 # ------------------------------------------------------------------- reading
 
 
-def model_from_dict(d) -> Any:
-    """Rebuild a :class:`~gdag.Model` from :func:`model_to_dict`'s output.
+def model_from_dict(d, model_class) -> Any:
+    """Rebuild a model from :func:`model_to_dict`'s output, declaring it through ``model_class`` (:class:`gdag.Model`).
 
     Raises
     ------
@@ -116,8 +116,6 @@ def model_from_dict(d) -> Any:
     CycleError
         When nodes refer to each other in a cycle.
     """
-    from .dsl import Model
-
     where = "The model dict"
     _check_type(d, dict, where)
     fmt, version = d.get("format"), d.get("version")
@@ -131,7 +129,7 @@ def model_from_dict(d) -> Any:
     params_in = _field(d, "params", list, where)
     nodes_in = _field(d, "nodes", list, where)
     try:
-        model = Model(name)
+        model = model_class(name)
     except ModelSpecError as err:
         raise ModelSpecError(f"{where}: {err}") from None
     for k, entry in enumerate(plates_in):

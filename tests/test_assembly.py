@@ -1,6 +1,6 @@
 """The Gram kernels against dense products, in both index widths.
 
-``gdag.assembly`` builds ``Q = A^T diag(w) A`` (lower triangle) and
+``gdag.linalg.gram`` builds ``Q = A^T diag(w) A`` (lower triangle) and
 ``b = A^T rhs`` from entry lists; the fit splits ``Q`` by classes of rows.
 Index arrays are int32 when every index fits and int64 otherwise; the int64
 path is forced here by lowering the threshold.
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gdag import assembly
+from gdag.linalg import gram as assembly
 from reference import build_gdag, dense_condition, random_spec
 from test_posterior import assert_close, observe_some
 

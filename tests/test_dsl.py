@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gdag
-from gdag.terms import Expr
+from gdag.expr import Expr
 
 
 def test_numpy_array_on_the_left_builds_an_expression():

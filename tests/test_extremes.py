@@ -18,7 +18,7 @@ from sksparse import cholmod
 
 import gdag
 from exact import exact_posterior
-from gdag import factor
+from gdag.linalg import factor
 
 EPS = np.finfo(float).eps
 

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 
 import gdag
-from gdag.compiler import compiled
-from gdag.objective import Objective, infer_roles
-from gdag.posterior import conditioning_for, data_vector
+from gdag.data import data_vector
+from gdag.fitting.objective import Objective, infer_roles
 from reference import dense_joint, random_spec, build_gdag
 
 DATA = Path(__file__).parent / "data"
@@ -213,9 +212,9 @@ def test_objective_at_lme4_theta_reproduces_lme4():
     """At lme4's own estimates (relative sds theta) gdag's profiled objective gives lme4's numbers."""
     ref = reference("insteval")["ml"]
     m, data = insteval()
-    cm = compiled(m)
-    x, observed = data_vector(m, cm, data)
-    cond = conditioning_for(m, cm, observed)
+    cm = m._queries.compiled(m.spec())
+    x, observed = data_vector(m.spec(), cm, data)
+    cond = m._queries.conditioning_for(cm, observed)
     obj = Objective(cm, cond, x, infer_roles(cm, cond), reml=False)
     theta = ref["theta"]
     ev = obj.evaluate(np.array([theta[f"{k}.(Intercept)"] for k in ("s", "d", "dept")]))
@@ -352,9 +351,9 @@ def conditioned_case(seed):
     rng, spec, m, data = random_case(seed)
     if not data:
         return None
-    cm = compiled(m)
-    x, observed = data_vector(m, cm, data)
-    return rng, spec, m, cm, x, observed, conditioning_for(m, cm, observed)
+    cm = m._queries.compiled(m.spec())
+    x, observed = data_vector(m.spec(), cm, data)
+    return rng, spec, m, cm, x, observed, m._queries.conditioning_for(cm, observed)
 
 
 def test_objective_equals_dense_formula_on_random_models():

@@ -3,8 +3,8 @@
 import numpy as np
 import scipy.sparse as sp
 
-from gdag.factor import analyze
-from gdag.ordering import ACCEPT_FILL, choose_ordering, permutation, static_degree_order
+from gdag.linalg.factor import analyze
+from gdag.linalg.ordering import ACCEPT_FILL, choose_ordering, permutation, static_degree_order
 
 
 def random_lower(n, density, seed):
@@ -76,7 +76,7 @@ def test_chosen_ordering_reports_the_size_of_its_factor():
 
 
 def test_solves_with_gdags_ordering_match_dense_for_any_number_of_columns():
-    from gdag.factor import FEW_COLUMNS, CholeskyFactor
+    from gdag.linalg.factor import FEW_COLUMNS, CholeskyFactor
 
     n = 60
     hub = np.zeros(n - 1, dtype=int)

@@ -1,6 +1,6 @@
 """Many queries, one model: observed subsets sharing one symbolic analysis (padded mode).
 
-The padded mode (gdag.conditioning.PaddedConditioning, gdag.factor.PaddedFactor)
+The padded mode (gdag.pattern.PaddedConditioning, gdag.linalg.factor.PaddedFactor)
 factors ``Q' = [[Q_UU, 0], [0, I]]`` with the analysis of the all-unobserved
 pattern.  Its answers must equal the per-mask mode's (up to rounding: another
 elimination order) and the dense oracle's, for any observed subset.
@@ -15,11 +15,11 @@ import scipy.sparse as sp
 from sksparse import cholmod
 
 import gdag
-import gdag.posterior as gp
-from gdag import factor
-from gdag.compiler import compiled
-from gdag.conditioning import Conditioning, PaddedConditioning
-from gdag.posterior import Posterior, data_vector, parameter_vector, shared_conditioning
+from gdag import cache
+from gdag.data import data_vector, parameter_vector
+from gdag.linalg import factor
+from gdag.pattern import Conditioning, PaddedConditioning
+from gdag.posterior import Posterior
 from reference import build_gdag, dense_condition, dense_joint, random_spec
 
 RTOL = 1e-9
@@ -27,11 +27,11 @@ RTOL = 1e-9
 
 def both_modes(m, data, params=None):
     """The posterior of ``data`` per mask and padded (through the model's shared analysis)."""
-    cm = compiled(m)
-    theta = parameter_vector(m, cm, params or {})
-    x, observed = data_vector(m, cm, data)
+    cm = m._queries.compiled(m.spec())
+    theta = parameter_vector(m.spec(), cm, params or {})
+    x, observed = data_vector(m.spec(), cm, data)
     per_mask = Posterior(cm, Conditioning(cm, observed), theta, x)
-    padded_cond = PaddedConditioning(shared_conditioning(m, cm), observed)
+    padded_cond = PaddedConditioning(m._queries.shared_conditioning(cm), observed)
     return per_mask, Posterior(cm, padded_cond, theta, x)
 
 
@@ -231,16 +231,15 @@ def test_queries_share_one_analysis_after_the_first(monkeypatch):
     posts = [m.posterior({"y": masked(y, rng, 0.8)}) for _ in range(30)]
     assert isinstance(posts[0]._cond, Conditioning)  # the first pattern: per mask
     assert all(isinstance(p._cond, PaddedConditioning) for p in posts[1:])
-    cm = compiled(m)
-    shared = shared_conditioning(m, cm)
+    cm = m._queries.compiled(m.spec())
+    shared = m._queries.shared_conditioning(cm)
     assert all(p._cond.analysis() is shared.analysis() for p in posts[1:])
     assert len(calls) == 2  # the first pattern's, then the shared one: none per later query
     # the cache holds a few conditionings, not one per query
-    assert len(gp._lru(m)) <= gp.CONDITIONING_CACHE
-    assert len(m._cache) < 10
+    assert len(m._queries) <= cache.CONDITIONING_CACHE + 1  # and the shared one
     # the fit keeps the per-mask mode
-    x, observed = data_vector(m, cm, {"y": masked(y, rng, 0.8)})
-    assert isinstance(gp.conditioning_for(m, cm, observed), Conditioning)
+    x, observed = data_vector(m.spec(), cm, {"y": masked(y, rng, 0.8)})
+    assert isinstance(m._queries.conditioning_for(cm, observed), Conditioning)
     fit = m.fit({"y": masked(y, rng, 0.8)}, method="ml")
     assert fit.converged
 
@@ -272,9 +271,9 @@ def test_mostly_observed_queries_stay_per_mask(monkeypatch):
     m, y = crossed_model()
     rng = np.random.default_rng(3)
     m.posterior({"y": masked(y, rng, 0.5)})
-    monkeypatch.setattr(gp, "SHARED_FRACTION", 0.9)
+    monkeypatch.setattr(cache, "SHARED_FRACTION", 0.9)
     assert isinstance(m.posterior({"y": masked(y, rng, 0.5)})._cond, Conditioning)
-    monkeypatch.setattr(gp, "SHARED_FRACTION", 0.1)
+    monkeypatch.setattr(cache, "SHARED_FRACTION", 0.1)
     assert isinstance(m.posterior({"y": masked(y, rng, 0.5)})._cond, PaddedConditioning)
 
 
@@ -316,7 +315,7 @@ def test_describe_and_the_memory_check_report_the_padded_system(monkeypatch):
     m.posterior({"y": masked(y, rng, 0.8)})
     data = {"y": masked(y, rng, 0.8)}
     post = m.posterior(data)
-    size = gp.factor_size_for(m, post._cond)
+    size = post._cond.factor_size()
     assert size.n_unobserved == post._cond.n_unobserved and size.padded_to == 450
     assert "the padded Q' (all 450 stochastic variables, shared analysis)" in m.describe()
     monkeypatch.setattr(gdag.resources, "available_memory", lambda: 1000.0)
@@ -346,11 +345,11 @@ def test_not_identified_names_the_variable_in_padded_mode():
     m = guarded_model(1e9, 1.0, 16)
     z = np.arange(40.0)
     z[3] = np.nan
-    cm = compiled(m)
-    x, observed = data_vector(m, cm, {"z": z})
-    cond = PaddedConditioning(shared_conditioning(m, cm), observed)
+    cm = m._queries.compiled(m.spec())
+    x, observed = data_vector(m.spec(), cm, {"z": z})
+    cond = PaddedConditioning(m._queries.shared_conditioning(cm), observed)
     with pytest.raises(gdag.NotIdentifiedError, match=r"The posterior is not proper: `(mu|u\[g=\d+\])` is not identified"):
-        Posterior(cm, cond, parameter_vector(m, cm, {}), x)
+        Posterior(cm, cond, parameter_vector(m.spec(), cm, {}), x)
 
 
 def test_near_singular_model_names_its_node_in_padded_mode():

@@ -34,7 +34,7 @@ def test_factor_nonzeros_match_cholmod_exactly(n, density):
 def test_factor_size_of_a_posterior_matches_its_factor():
     m, y = crossed()
     post = m.posterior({"y": y})
-    size = gdag.posterior.factor_size_for(m, post._cond)
+    size = post._cond.factor_size()
     L = post._factor.L()  # supernodal or not: explicit zeros are padding
     assert size.nnz_L == L.count_nonzero() or size.nnz_L <= L.nnz
     assert size.n_unobserved == 70 and size.nnz_Q == post._system.Q.nnz

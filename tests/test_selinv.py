@@ -1,4 +1,4 @@
-"""Tests of gdag.selinv: selected inversion from a sparse Cholesky factor.
+"""Tests of gdag.linalg.selinv: selected inversion from a sparse Cholesky factor.
 
 Reference values come from ``np.linalg.inv`` of small dense matrices.  The
 sparse factors are built on their symbolic (filled) pattern, computed here
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from gdag.selinv import selected_inverse, selected_inverse_diag
+from gdag.linalg.selinv import selected_inverse, selected_inverse_diag
 
 try:
     from hypothesis import given, settings

@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._kernels import column_counts
-from .assembly import _bucket
+from .gram import bucket
 
 # Accept the static ordering without trying CHOLMOD's when nnz(L) <= ACCEPT_FILL * nnz(Q).
 ACCEPT_FILL = 2.0
@@ -90,9 +90,9 @@ def _permuted(lower: sp.csc_matrix, perm: np.ndarray):
     c = np.repeat(inverse, np.diff(lower.indptr))
     rows, cols = np.maximum(r, c), np.minimum(r, c)  # stay in the lower triangle
     # CSC order of the permuted entries, by column and then row: two stable counting sorts
-    row_indptr, by_row = _bucket(rows, n)
+    row_indptr, by_row = bucket(rows, n)
     row_cols = cols[by_row]
-    indptr, by_col = _bucket(row_cols, n)
+    indptr, by_col = bucket(row_cols, n)
     order = by_row[by_col]
     return Permutation(perm, rows[order], indptr, order), (row_indptr, row_cols)
 

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from .errors import ModelSpecError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dsl import Node, Param
+    from .spec import Param
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,27 @@ class Expr(Operand):
 
     def __bool__(self):
         raise ModelSpecError("A gdag expression has no truth value; it is a symbolic mean.")
+
+
+class Leaf(Operand):
+    """A named family of scalar entries that expressions are built from: a node or a parameter.
+
+    Subclassed by :class:`gdag.spec.Node` and :class:`gdag.spec.Param`;
+    ``is_param`` tells them apart without this module importing those.
+    """
+
+    is_param = False
+    name: str
+    size: int
+
+    def _expr(self) -> Expr:
+        return Expr(self.size, (identity_term(self, self.size),), np.zeros(self.size))
+
+    def __getitem__(self, index) -> Expr:
+        return gather(self, index)
+
+    def __len__(self) -> int:
+        return self.size
 
 
 def constant(values, length: int | None = None) -> Expr:
@@ -194,9 +215,7 @@ def dot(matrix, source) -> Expr:
     >>> gdag.dot(np.ones((5, 2)), beta).length
     5
     """
-    from .dsl import Node, Param
-
-    if not isinstance(source, (Node, Param)):
+    if not isinstance(source, Leaf):
         raise ModelSpecError(
             f"gdag.dot multiplies a design matrix by a node or parameter; got {type(source).__name__}."
         )
@@ -266,9 +285,7 @@ def _negate(a: Expr) -> Expr:
 
 
 def _multiply(expr: Expr, other) -> Expr:
-    from .dsl import Param
-
-    if isinstance(other, Param):
+    if isinstance(other, Leaf) and other.is_param:
         return _scale_by_param(expr, other)
     if isinstance(other, Operand):
         other_expr = other._expr()
@@ -307,12 +324,10 @@ def _check_finite(values: np.ndarray, what: str) -> None:
 
 def _is_bare_param(expr: Expr) -> bool:
     """True for an expression that is just a scalar parameter (``rho``)."""
-    from .dsl import Param
-
     return (
         expr.length == 1
         and len(expr.terms) == 1
-        and isinstance(expr.terms[0].source, Param)
+        and expr.terms[0].source.is_param
         and expr.terms[0].source.size == 1
         and expr.terms[0].scale is None
         and expr.terms[0].vals.shape == (1,)
@@ -323,15 +338,13 @@ def _is_bare_param(expr: Expr) -> bool:
 
 def _scale_by_param(expr: Expr, param: Param) -> Expr:
     """``param * expr``: node terms get the scale; a constant offset becomes a param term."""
-    from .dsl import Param
-
     if param.size != 1:
         raise ModelSpecError(
             f"Only a scalar parameter can multiply a node term; `{param.name}` has size {param.size}."
         )
     terms = []
     for t in expr.terms:
-        if isinstance(t.source, Param) or t.scale is not None:
+        if t.source.is_param or t.scale is not None:
             other = t.scale.name if t.scale is not None else t.source.name
             raise ModelSpecError(
                 f"The product of parameters `{param.name}` and `{other}` is not linear in the parameters."

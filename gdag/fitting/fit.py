@@ -26,11 +26,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .compiler import CompiledModel, compiled
-from .dsl import Model, check_param_value
-from .errors import ConvergenceWarning, FitError, NotIdentifiedError, ParamError, warn
+from ..cache import QueryCache
+from ..compiler import CompiledModel
+from ..data import data_vector
+from ..errors import ConvergenceWarning, FitError, NotIdentifiedError, ParamError, warn
+from ..posterior import Posterior
+from ..spec import ModelSpec, check_param_value
 from .objective import Evaluation, Objective, infer_roles
-from .posterior import Posterior, conditioning_for, data_vector
 
 __all__ = ["Fit", "fit"]
 
@@ -150,14 +152,18 @@ class Fit:
 # ------------------------------------------------------------------- fit()
 
 
-def fit(model: Model, data: Mapping[str, Any], method: str = "reml", *, init: Mapping[str, Any] | None = None,
+def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: str = "reml", *, init: Mapping[str, Any] | None = None,
         tol: float | None = None, max_iter: int | None = None, criterion: str | None = None,
         optimizer: str = "auto", factorization: str = "auto") -> Fit:
-    """Estimate the unknown parameters of ``model`` from ``data``.
+    """Estimate the unknown parameters of the model ``spec`` from ``data`` (``m.fit`` calls this).
 
     Parameters
     ----------
-    model : Model
+    spec : ModelSpec
+        The model's declarations.
+    queries : QueryCache
+        The model's cache: the compiled model and the observed pattern's
+        analysis are shared with its queries.
     data : mapping name -> values (NaN = unobserved), as for :meth:`Model.posterior`.
     method : ``"reml"`` (default), ``"ml"`` or ``"em"``
         ``"reml"`` maximizes the restricted likelihood (fixed effects
@@ -209,13 +215,14 @@ def fit(model: Model, data: Mapping[str, Any], method: str = "reml", *, init: Ma
     if tol is None:
         tol = 1e-10 if method == "em" else 1e-12
     t_start = time.perf_counter()
-    cm = compiled(model)
+    cm = queries.compiled(spec)
+    model = spec
     if cm.n_theta == 0:
         raise FitError(f"Model `{model.name}` has no parameters to estimate; use m.posterior(data) instead.")
-    x, observed = data_vector(model, cm, data)
+    x, observed = data_vector(spec, cm, data)
     if not np.any(observed):
         raise FitError(f"No entry of any node is observed, so there is nothing to fit model `{model.name}` to.")
-    cond = conditioning_for(model, cm, observed)
+    cond = queries.conditioning_for(cm, observed)
     roles = infer_roles(cm, cond, profile=(method != "em"))
     if optimizer not in ("auto", "scoring", "lbfgs"):
         raise FitError(f"`optimizer` must be 'auto', 'scoring' or 'lbfgs'; got {optimizer!r}.")
@@ -256,7 +263,7 @@ def fit(model: Model, data: Mapping[str, Any], method: str = "reml", *, init: Ma
     return _make_fit(model, cm, obj, best, v_best, method, criterion, converged, n_iter, fitlog, posterior, timings)
 
 
-def _initial_values(model: Model, cm: CompiledModel, obj: Objective, init) -> np.ndarray:
+def _initial_values(model: ModelSpec, cm: CompiledModel, obj: Objective, init) -> np.ndarray:
     """Optimizer starting point and variable scales (``obj.var_scale``)."""
     roles = obj.roles
     given = np.full(cm.n_theta, np.nan)

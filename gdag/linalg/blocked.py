@@ -27,16 +27,13 @@ gradients, ``dpotri``.
 
 from __future__ import annotations
 
-import ctypes
-import os
-
 import numba
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import lapack
 
-from .assembly import _counting_sort
-from .errors import NotIdentifiedError
+from ..errors import NotIdentifiedError
+from .gram import counting_sort
 
 # Largest dense tail (its K takes 8 |T|^2 bytes, twice when the inverse is needed).
 MAX_TAIL = 4000
@@ -75,71 +72,6 @@ def choose_split(Q_pattern: sp.csc_matrix, family: np.ndarray) -> tuple[np.ndarr
     if tail.size > MAX_TAIL:
         return None
     return head, tail
-
-
-class OneBlasThread:
-    """Context manager: every loaded OpenBLAS on one thread inside it (unless OPENBLAS_NUM_THREADS is set).
-
-    Internal; used around each objective evaluation of a fit.  On shared
-    machines multi-threaded OpenBLAS spins: dpotrf of a 1,142 x 1,142 matrix
-    took up to 1 s instead of 13 ms while another process held the second
-    core, and a whole InstEval fit 30 s instead of 0.4 s.  At the sizes of a
-    fit's dense blocks one thread loses little (13 against 9 ms on an idle
-    2-core machine), so gdag uses one unless the user asked for more through
-    OPENBLAS_NUM_THREADS.  Libraries: numpy's and scipy's bundled OpenBLAS and
-    the system's (CHOLMOD).  Anything else (MKL, non-Linux) is left alone.
-    """
-
-    _PAIRS = (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-              ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-              ("openblas_get_num_threads", "openblas_set_num_threads"))
-
-    def __init__(self):
-        self._libs: list = []
-        self._prev: list = []
-        if "OPENBLAS_NUM_THREADS" in os.environ:
-            return
-        try:
-            with open("/proc/self/maps") as fh:
-                paths = sorted({line.split()[-1] for line in fh if "openblas" in line.split()[-1].lower()})
-        except OSError:
-            return
-        for path in paths:
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for get_name, set_name in self._PAIRS:
-                if hasattr(lib, get_name) and hasattr(lib, set_name):
-                    get, put = getattr(lib, get_name), getattr(lib, set_name)
-                    get.restype, get.argtypes, put.argtypes = ctypes.c_int, [], [ctypes.c_int]
-                    self._libs.append((get, put))
-                    break
-
-    def __enter__(self):
-        self._prev = [get() for get, _ in self._libs]
-        for (_, put), prev in zip(self._libs, self._prev):
-            if prev > 1:
-                put(1)
-        return self
-
-    def __exit__(self, *exc):
-        for (_, put), prev in zip(self._libs, self._prev):
-            if prev > 1:
-                put(prev)
-
-
-_ONE_THREAD: OneBlasThread | None = None
-
-
-def one_blas_thread() -> OneBlasThread:
-    """The process's :class:`OneBlasThread` (libraries are looked up once)."""
-    global _ONE_THREAD
-    if _ONE_THREAD is None:
-        from scipy.linalg import lapack as _  # noqa: F401 - load scipy's BLAS before looking
-
-        _ONE_THREAD = OneBlasThread()
-    return _ONE_THREAD
 
 
 class BlockedFactor:
@@ -300,10 +232,10 @@ def _schur_pattern_size(indptr, rows, n_T, tt_i, tt_j):
     head_of = np.empty(rows.shape[0], np.int64)
     for h in range(indptr.shape[0] - 1):
         head_of[indptr[h]:indptr[h + 1]] = h
-    counts, by_tail = _counting_sort(rows, n_T)
+    counts, by_tail = counting_sort(rows, n_T)
     heads = head_of[by_tail]
     # Q_TT's own entries, by column
-    qcount, by_col = _counting_sort(tt_j, n_T)
+    qcount, by_col = counting_sort(tt_j, n_T)
     qrows = tt_i[by_col]
     marker = np.full(n_T, -1, np.int64)
     total = 0

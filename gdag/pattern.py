@@ -30,8 +30,10 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
-from . import assembly, factor
 from .compiler import CompiledModel
+from .linalg import factor
+from .linalg import gram as assembly
+from .resources import factor_size
 from .timing import timed
 
 
@@ -176,8 +178,6 @@ class Conditioning:
     def factor_size(self):
         """The :class:`~gdag.resources.FactorSize` of this pattern (computed once, from the analysis)."""
         if self._size is None:
-            from .resources import factor_size
-
             self._size = factor_size(self)
         return self._size
 

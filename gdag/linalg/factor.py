@@ -17,9 +17,11 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from . import assembly
-from .errors import AccuracyWarning, NotIdentifiedError, warn
-from .timing import timed
+from ..errors import AccuracyWarning, NotIdentifiedError, warn
+from ..timing import timed
+from . import gram
+from .ordering import choose_ordering
+from .selinv import selected_inverse, selected_inverse_diag
 
 try:
     from sksparse import cholmod
@@ -79,8 +81,6 @@ def analyze(Q: sp.csc_matrix) -> Analysis:
     simplicial mode (measured faster there, since a natural-order analysis
     forms no postordered supernodes); otherwise CHOLMOD orders and chooses.
     """
-    from .ordering import choose_ordering
-
     reorder, symbolic, counts = choose_ordering(Q, _cholmod_analyze)
     if reorder is not None:
         symbolic = _cholmod_analyze(reorder.apply(Q), mode="simplicial", ordering_method="natural")
@@ -197,8 +197,6 @@ class CholeskyFactor:
     @timed("variances")
     def inverse_diagonal(self) -> np.ndarray:
         """``diag(Q^{-1})`` by selected inversion over the factor's pattern."""
-        from .selinv import selected_inverse_diag
-
         if self.n == 0:
             return np.zeros(0)
         z = selected_inverse_diag(self.L())
@@ -208,8 +206,6 @@ class CholeskyFactor:
 
     def selected_inverse(self) -> sp.csc_matrix:
         """``Q^{-1}`` on the pattern of ``L``, in the permuted order (see :attr:`permutation`)."""
-        from .selinv import selected_inverse
-
         return selected_inverse(self.L())
 
 
@@ -257,7 +253,7 @@ class PaddedFactor:
         step[in_U] = np.arange(self.n, dtype=np.int64)
         self._P = position[P[in_U]]
         full = padded.L()
-        take, rows, indptr = assembly.principal_selection(full.indptr, full.indices, step)
+        take, rows, indptr = gram.principal_selection(full.indptr, full.indices, step)
         L = sp.csc_matrix((full.data[take], rows, indptr), shape=(self.n, self.n))
         if self.n and not np.array_equal(rows[indptr[:-1]], np.arange(self.n)):  # kernels read the diagonal first
             L.sort_indices()
@@ -312,8 +308,6 @@ class PaddedFactor:
     @timed("variances")
     def inverse_diagonal(self) -> np.ndarray:
         """``diag(Q_UU^{-1})`` by selected inversion over the restricted factor's pattern."""
-        from .selinv import selected_inverse_diag
-
         if self.n == 0:
             return np.zeros(0)
         z = selected_inverse_diag(self._L)
@@ -323,8 +317,6 @@ class PaddedFactor:
 
     def selected_inverse(self) -> sp.csc_matrix:
         """``Q_UU^{-1}`` on the pattern of :meth:`L`, in the permuted order (see :attr:`permutation`)."""
-        from .selinv import selected_inverse
-
         return selected_inverse(self._L)
 
 

@@ -60,12 +60,13 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from . import assembly
-from .assembly import _bucket
-from .blocked import BlockedFactor, choose_split, one_blas_thread
-from .compiler import CompiledModel
-from .conditioning import Conditioning
-from .errors import FitError, NotIdentifiedError
+from ..compiler import CompiledModel
+from ..errors import FitError, NotIdentifiedError
+from ..linalg import gram as assembly
+from ..linalg.blas import one_blas_thread
+from ..linalg.blocked import BlockedFactor, choose_split
+from ..linalg.gram import bucket
+from ..pattern import Conditioning
 
 LOG_2PI = float(np.log(2 * np.pi))
 # Variance components are evaluated at no less than this sd (relative to their
@@ -349,7 +350,7 @@ class Objective:
         if key not in self._pairs:
             gram = self.gram
             keep = np.flatnonzero(rows[gram.entry_row])
-            indptr, order = _bucket(gram.entry_row[keep].astype(np.int64), self.n_R)
+            indptr, order = bucket(gram.entry_row[keep].astype(np.int64), self.n_R)
             row, first, second = _row_pairs(indptr, keep[order])
             mult = np.where(first == second, 1.0, 2.0)
             u1, u2 = gram.entry_col[first].astype(np.int64), gram.entry_col[second].astype(np.int64)

@@ -52,7 +52,7 @@ def gram_structure(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int)
     itype = index_dtype(n_rows, n_cols, rows.shape[0])
     rows = rows.astype(itype, copy=False)
     cols = cols.astype(itype, copy=False)
-    csr_indptr, csr_entry = _bucket(rows, n_rows)
+    csr_indptr, csr_entry = bucket(rows, n_rows)
     csc_indptr, csc_rows, csc_entry = _transpose(csr_indptr, csr_entry, cols, n_cols)
     csr_cols = cols[csr_entry]
     q_indptr, q_rows = _gram_pattern(csr_indptr, csr_cols, csc_indptr, csc_rows, n_cols)
@@ -152,15 +152,15 @@ def index_dtype(*sizes: int):
     return np.int32 if max(sizes, default=0) < INT32_MAX else np.int64
 
 
-def _bucket(keys: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+def bucket(keys: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
     """Stable counting sort: ``indptr`` and the order of entries grouped by key (in the keys' integer type)."""
     if keys.dtype == np.int32 and keys.shape[0] >= INT32_MAX:
         keys = keys.astype(np.int64)
-    return _counting_sort(keys, n_keys)
+    return counting_sort(keys, n_keys)
 
 
 @numba.njit(cache=True)
-def _counting_sort(keys, n_keys):
+def counting_sort(keys, n_keys):
     indptr = np.zeros(n_keys + 1, dtype=keys.dtype)
     for k in keys:
         indptr[k + 1] += 1

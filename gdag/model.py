@@ -1,174 +1,33 @@
-"""The modelling language: ``Model``, plates, Gaussian nodes and parameters.
+"""``Model``: the builder of declarations and the one facade over the stages.
 
-A :class:`Model` records declarations only.  Compiling, factoring and
-conditioning happen in later stages (:mod:`gdag.compiler`,
-:mod:`gdag.factor`, :mod:`gdag.posterior`), which never change the model.
+A :class:`Model` records declarations (:mod:`gdag.spec`) and answers queries
+by handing a frozen :class:`~gdag.spec.ModelSpec` snapshot down the stages:
+graph, compiler, pattern, posterior, fitting, render, serialize
+(docs/concepts.md has the map).  This is the only module that imports them
+all; the stages never change the model.  The one thing it keeps between
+queries is its :class:`~gdag.cache.QueryCache`, replaced by each declaration.
 """
 
 from __future__ import annotations
 
+import inspect
 import keyword
-import os
-import sys
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
-from . import terms
-from .errors import ModelSpecError
-from .terms import Expr, Operand
-
-# Largest plate or parameter size accepted: far beyond any model that fits in
-# memory, and small enough that sums of sizes never overflow int64.
-MAX_SIZE = 2**40
-
-
-@dataclass(frozen=True, eq=False)
-class Plate:
-    """An index set: the entries of every family declared on it.
-
-    ``within`` and ``index`` record nesting (a classroom within a school):
-    ``index[k]`` is the parent-plate entry that contains entry ``k``.
-    """
-
-    name: str
-    size: int
-    within: "Plate | None" = None
-    index: np.ndarray | None = None
-
-    def __repr__(self) -> str:
-        parent = f" within `{self.within.name}`" if self.within is not None else ""
-        return f"<gdag.Plate `{self.name}` ({self.size}){parent}>"
-
-    def __len__(self) -> int:
-        return self.size
-
-
-@dataclass(frozen=True)
-class SdSpec:
-    """Standard deviations of a family: ``base`` times an optional parameter entry.
-
-    ``sd_k = base_k`` when ``param`` is None, else ``base_k * param[param_index_k]``.
-    """
-
-    base: np.ndarray
-    param: "Param | None" = None
-    param_index: np.ndarray | None = None
-
-
-class Node(Operand):
-    """A family of Gaussian scalar variables (one per plate entry, or one).
-
-    Use it in other nodes' means directly (same plate or a scalar node),
-    gathered (``node[index]``), or through :func:`gdag.dot`.
-    """
-
-    def __init__(self, model: "Model", name: str, plate: Plate | None, site: str):
-        self.model = model
-        self.name = name
-        self.plate = plate
-        self.size = plate.size if plate is not None else 1
-        self.site = site
-        self.mean: Expr | None = None
-        self.sd: SdSpec | None = None
-
-    @property
-    def is_scalar(self) -> bool:
-        """True for a node declared without a plate."""
-        return self.plate is None
-
-    def _expr(self) -> Expr:
-        return Expr(self.size, (terms.identity_term(self, self.size),), np.zeros(self.size))
-
-    def __getitem__(self, index) -> Expr:
-        return terms.gather(self, index)
-
-    def take(self, index, where=None) -> Expr:
-        """``node[index]`` where ``where`` is True and nothing (0) elsewhere.
-
-        This is how a family refers to other entries of itself: a tree of
-        entries (``parent`` index, ``where=has_parent``) or any recursion
-        whose scalar graph is acyclic.
-        """
-        return terms.gather(self, index, where=where)
-
-    def lag(self, k: int = 1) -> Expr:
-        """Entry ``t - k`` for ``t >= k`` and 0 for the first ``k`` entries.
-
-        Inside a self-referencing mean this gives an AR chain:
-        ``m.normal("x", mean=lambda x: phi * x.lag(1), sd=s, plate=time)``.
-        """
-        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ModelSpecError(f"`{self.name}.lag(k)` needs an integer k >= 1; got {k!r}.")
-        k = min(int(k), self.size)  # a lag beyond the plate leaves every entry without a term
-        target = np.arange(self.size, dtype=np.int64)
-        source = np.maximum(target - k, 0)
-        return terms.gather(self, source, where=target >= k)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __repr__(self) -> str:
-        where = f" on plate `{self.plate.name}` ({self.size})" if self.plate is not None else ""
-        return f"<gdag.Node `{self.name}`{where}>"
-
-    def __bool__(self):
-        raise ModelSpecError(f"Node `{self.name}` has no truth value; it is a random variable.")
-
-
-class Param(Operand):
-    """An unknown parameter: a fixed effect in a mean, a variance component as an sd,
-    or a coefficient when it multiplies a node term (``rho * u0``)."""
-
-    def __init__(self, model: "Model", name: str, size: int, scalar: bool, positive: bool, value, site: str):
-        self.model = model
-        self.name = name
-        self.size = size
-        self.is_scalar = scalar
-        self.positive = positive
-        self.site = site
-        self.value = None if value is None else check_param_value(self, value)
-
-    def _expr(self) -> Expr:
-        return Expr(self.size, (terms.identity_term(self, self.size),), np.zeros(self.size))
-
-    def __getitem__(self, index) -> Expr:
-        return terms.gather(self, index)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __repr__(self) -> str:
-        kind = "positive parameter" if self.positive else "parameter"
-        return f"<gdag.Param `{self.name}` ({kind}, size {self.size})>"
-
-    def __bool__(self):
-        raise ModelSpecError(f"Parameter `{self.name}` has no truth value; it is symbolic.")
-
-
-def check_param_value(param: Param, value) -> np.ndarray:
-    """Validate one parameter's value and return it as a float array of its size."""
-    from .errors import ParamError
-
-    if isinstance(value, (str, bytes)) or isinstance(value, Operand):
-        raise ParamError(f"The value of parameter `{param.name}` must be numeric; got {type(value).__name__}.")
-    if terms.is_complex(value):
-        raise ParamError(f"The value of parameter `{param.name}` must be real; got a complex value.")
-    if terms.is_boolean(value):
-        raise ParamError(f"The value of parameter `{param.name}` must be numeric; got True/False values.")
-    arr = terms.as_float_array(value, ParamError, lambda: f"The value of parameter `{param.name}` must be numeric; got {value!r:.60}.")
-    arr = arr.reshape(-1) if arr.ndim <= 1 else arr
-    if arr.ndim != 1 or arr.shape[0] != param.size:
-        raise ParamError(
-            f"Parameter `{param.name}` has size {param.size}; its value has shape {np.shape(value)}."
-        )
-    if not np.all(np.isfinite(arr)):
-        raise ParamError(f"The value of parameter `{param.name}` has NaN or infinite entries.")
-    if param.positive and np.any(arr <= 0):
-        raise ParamError(f"Parameter `{param.name}` is positive; got {value!r}.")
-    return arr
-
+from . import expr as terms
+from .cache import QueryCache
+from .data import data_vector, parameter_vector
+from .errors import FitError, ModelSpecError, declaration_site
+from .expr import Expr, Operand
+from .fitting.fit import fit as fit_model
+from .graph import check_self_reference, expanded_graph, family_graph
+from .posterior import Posterior
+from .render import render as render_model
+from .resources import check_memory
+from .serialize import model_from_dict, model_to_dict
+from .spec import MAX_SIZE, ModelSpec, Node, Param, Plate, SdSpec
 
 class Model:
     """A linear-Gaussian directed acyclic model under construction.
@@ -197,8 +56,8 @@ class Model:
         self.plates: dict[str, Plate] = {}
         self.nodes: dict[str, Node] = {}
         self.params: dict[str, Param] = {}
-        self._version = 0  # bumped by each declaration; invalidates cached compilations
-        self._cache: dict[Any, Any] = {}
+        self._version = 0  # bumped by each declaration
+        self._queries = QueryCache()  # replaced by each declaration, so never stale
 
     def __repr__(self) -> str:
         return (f"<gdag.Model `{self.name}`: {len(self.plates)} plates, {len(self.nodes)} nodes, "
@@ -266,13 +125,11 @@ class Model:
         self._check_new_name(name, self.nodes, "node")
         if plate is not None and (not isinstance(plate, Plate) or self.plates.get(plate.name) is not plate):
             raise ModelSpecError(f"Node `{name}`: `plate` must be a plate declared on this model with m.plate().")
-        node = Node(self, name, plate, _declaration_site())
+        node = Node(self, name, plate, declaration_site())
         if callable(mean) and not isinstance(mean, Operand):
             mean = mean(node)
         node.mean = self._check_mean(node, mean)
         node.sd = self._check_sd(node, sd)
-        from .graph import check_self_reference
-
         check_self_reference(node)
         self.nodes[name] = node
         self._touch()
@@ -300,7 +157,7 @@ class Model:
             raise ModelSpecError(f"Parameter `{name}` has size {size}; gdag accepts at most 2**40 entries.")
         if not isinstance(positive, (bool, np.bool_)):
             raise ModelSpecError(f"Parameter `{name}`: `positive` must be True or False; got {positive!r}.")
-        param = Param(self, name, 1 if scalar else int(size), scalar, bool(positive), value, _declaration_site())
+        param = Param(self, name, 1 if scalar else int(size), scalar, bool(positive), value, declaration_site())
         self.params[name] = param
         self._touch()
         return param
@@ -322,39 +179,39 @@ class Model:
         -------
         Posterior
         """
-        from .posterior import condition
-
-        return condition(self, {} if data is None else data, {} if params is None else params)
+        spec = self.spec()
+        cm = self._queries.compiled(spec)
+        theta = parameter_vector(spec, cm, {} if params is None else params)
+        x, observed = data_vector(spec, cm, {} if data is None else data)
+        conditioning = self._queries.query_conditioning(cm, observed)
+        self._queries.last_conditioning = conditioning
+        check_memory(conditioning.factor_size(), self.name)
+        return Posterior(cm, conditioning, theta, x)
 
     def fit(self, data, method: str = "reml", **options):
         """Estimate unknown parameters by ``"reml"``, ``"ml"`` or ``"em"``; see :func:`gdag.fit.fit`."""
-        import inspect
-
-        from .errors import FitError
-        from .fit import fit
-
-        known = set(inspect.signature(fit).parameters) - {"model", "data", "method"}
+        known = set(inspect.signature(fit_model).parameters) - {"spec", "queries", "data", "method"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise FitError(
                 f"m.fit() has no option {', '.join(f'`{u}`' for u in unknown)}; its options are "
                 + ", ".join(f"`{k}`" for k in sorted(known)) + "."
             )
-        return fit(self, data, method=method, **options)
+        return fit_model(self.spec(), self._queries, data, method=method, **options)
 
     def graph(self, expanded: bool = False):
         """The model as a ``networkx.DiGraph``: families (default) or scalar variables."""
-        from .graph import expanded_graph, family_graph
-
         if not isinstance(expanded, (bool, np.bool_)):
             raise ModelSpecError(f"graph(expanded=...) takes True or False; got {expanded!r}.")
-        return expanded_graph(self) if expanded else family_graph(self)
+        spec = self.spec()
+        return expanded_graph(spec, self._queries.compiled(spec)) if expanded else family_graph(spec)
 
     def render(self, path=None, **options):
         """Draw the model with graphviz; see :func:`gdag.render.render`."""
-        from .render import render
-
-        return render(self, path, **options)
+        spec = self.spec()
+        if options.get("expanded") is True and "compiled" not in options:
+            options["compiled"] = self._queries.compiled(spec)
+        return render_model(spec, path, **options)
 
     def describe(self) -> str:
         """Family sizes, and the sizes of the sparse system gdag factors.
@@ -364,18 +221,13 @@ class Model:
         pattern of the last :meth:`posterior` call (or, before any, with
         nothing observed).  They come from the symbolic analysis alone.
         """
-        import numpy as np
-
-        from .compiler import compiled
-        from .posterior import conditioning_for, factor_size_for
-
-        cm = compiled(self)
-        cond = self._cache.get(("last_conditioning", self._version))
+        cm = self._queries.compiled(self.spec())
+        cond = self._queries.last_conditioning
         which = "last queried pattern"
         if cond is None:
-            cond = conditioning_for(self, cm, np.zeros(cm.n, dtype=bool))
+            cond = self._queries.shared_conditioning(cm)
             which = "nothing observed"
-        size = factor_size_for(self, cond)
+        size = cond.factor_size()
         return cm.describe() + f"\n  posterior ({which}): {size.describe()}"
 
     def to_dict(self) -> dict:
@@ -390,9 +242,7 @@ class Model:
         >>> m2.to_dict() == m.to_dict()
         True
         """
-        from .serialize import model_to_dict
-
-        return model_to_dict(self)
+        return model_to_dict(self.spec())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Model":
@@ -402,15 +252,17 @@ class Model:
         malformed dict raises :class:`~gdag.ModelSpecError` (a cycle,
         :class:`~gdag.CycleError`).  See :mod:`gdag.serialize` for the layout.
         """
-        from .serialize import model_from_dict
-
-        return model_from_dict(d)
+        return model_from_dict(d, cls)
 
     # ------------------------------------------------------------- internals
 
+    def spec(self) -> ModelSpec:
+        """A frozen snapshot of the declarations so far (what every stage reads)."""
+        return ModelSpec.of(self.name, self.plates, self.nodes, self.params, self._version)
+
     def _touch(self) -> None:
         self._version += 1
-        self._cache.clear()
+        self._queries = QueryCache()
 
     def _check_new_name(self, name, namespace, what: str) -> None:
         if not isinstance(name, str) or not name:
@@ -486,14 +338,3 @@ class Model:
         if np.any(term.vals <= 0):
             raise ModelSpecError(f"{where}: the sd in `{param.name}` must be multiplied by positive numbers.")
         return SdSpec(term.vals.copy(), param, term.cols.copy())
-
-
-def _declaration_site() -> str:
-    """``file:line`` of the user code that declared something (for messages)."""
-    here = os.path.dirname(__file__)
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(here):
-        frame = frame.f_back
-    if frame is None:
-        return "<unknown>"
-    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"

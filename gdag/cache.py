@@ -1,0 +1,117 @@
+"""The query cache a :class:`gdag.Model` owns: what later queries of the same declarations reuse.
+
+One :class:`QueryCache` serves one version of a model's declarations; a new
+declaration replaces it with an empty one, so nothing here is ever stale.
+It keeps the compiled model, the shared all-unobserved conditioning and the
+few most recent observed patterns (each holds a Gram structure and a symbolic
+analysis).  Which mode a new pattern gets is :meth:`QueryCache.query_conditioning`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .compiler import CompiledModel, compile_model
+from .graph import check_acyclic
+from .pattern import Conditioning, PaddedConditioning
+from .spec import ModelSpec
+from .timing import phase
+
+# Conditionings kept besides the shared one: the most recently used observed patterns.
+CONDITIONING_CACHE = 4
+# The rule of query_conditioning, from the measurements in docs/concepts.md ("Many queries"):
+# a factor whose flops are below THIN_FACTOR times its nonzeros is near a tree (mean column
+# length about 2), and analysing it is cheap; for the others, a new observed pattern reuses
+# the shared analysis when at least SHARED_FRACTION of the stochastic variables are unobserved.
+THIN_FACTOR = 4.0
+SHARED_FRACTION = 0.1
+
+
+class QueryCache:
+    """Compiled model and conditionings of one version of a model's declarations."""
+
+    def __init__(self):
+        self._compiled: CompiledModel | None = None
+        self._shared: Conditioning | None = None
+        self._patterns: OrderedDict = OrderedDict()  # (mode, packed mask) -> conditioning
+        self._queries_with_fill = False
+        self.last_conditioning = None  # the pattern of the last posterior (for Model.describe)
+
+    def __len__(self) -> int:
+        """Number of cached conditionings (for tests of the cache's bound)."""
+        return len(self._patterns) + (self._shared is not None)
+
+    def compiled(self, spec: ModelSpec) -> CompiledModel:
+        """The compiled form of ``spec`` (built once, acyclicity checked)."""
+        if self._compiled is None:
+            with phase("compile"):
+                result = compile_model(spec)
+                check_acyclic(spec)
+            self._compiled = result
+        return self._compiled
+
+    def shared_conditioning(self, cm: CompiledModel) -> Conditioning:
+        """The all-unobserved conditioning, whose analysis every padded query shares."""
+        if self._shared is None:
+            self._shared = Conditioning(cm, np.zeros(cm.n, dtype=bool))
+        return self._shared
+
+    def conditioning_for(self, cm: CompiledModel, observed: np.ndarray) -> Conditioning:
+        """The index sets and symbolic analysis of one observed pattern: the per-mask mode.
+
+        Used by the fit, which refactors one pattern many times, and by
+        queries (:meth:`query_conditioning`).  With nothing observed it is the
+        shared conditioning itself.
+        """
+        if not observed.any():
+            return self.shared_conditioning(cm)
+        return self._remember(("mask", np.packbits(observed).tobytes()), lambda: Conditioning(cm, observed))
+
+    def query_conditioning(self, cm: CompiledModel, observed: np.ndarray):
+        """The conditioning a posterior query uses: per-mask, or padded through the shared analysis.
+
+        - A pattern among the few most recent reuses its conditioning, whatever its mode.
+        - Nothing observed: the shared (all-unobserved) conditioning itself.
+        - Padded (:class:`~gdag.pattern.PaddedConditioning`: no new Gram
+          structure, no new CHOLMOD analysis, a factor over all of R) when an
+          earlier per-mask pattern had a factor with fill,
+          ``flops >= THIN_FACTOR * nnz(L)``, and at least :data:`SHARED_FRACTION`
+          of the stochastic variables are unobserved.
+        - Per-mask (:class:`~gdag.pattern.Conditioning`) otherwise: always for
+          the first observed pattern (a single query needs no more, and its
+          factor is the smallest: |U| columns, not |R|), for near-tree models
+          (whose analyses are cheap: padding costs more than it saves) and
+          when most variables are observed.
+
+        The two modes give the same posterior up to rounding (a different
+        elimination order).  Measurements: docs/concepts.md, "Many queries".
+        """
+        if not observed.any():
+            return self.shared_conditioning(cm)
+        mask = np.packbits(observed).tobytes()
+        for mode in ("mask", "padded"):
+            if (mode, mask) in self._patterns:
+                self._patterns.move_to_end((mode, mask))
+                return self._patterns[mode, mask]
+        n_R = int(np.count_nonzero(~cm.deterministic))
+        n_U = n_R - int(np.count_nonzero(observed & ~cm.deterministic))
+        if self._queries_with_fill and n_U >= SHARED_FRACTION * n_R:
+            shared = self.shared_conditioning(cm)
+            return self._remember(("padded", mask), lambda: PaddedConditioning(shared, observed))
+        conditioning = self.conditioning_for(cm, observed)
+        size = conditioning.factor_size()
+        if size.nnz_L and size.flops >= THIN_FACTOR * size.nnz_L:
+            self._queries_with_fill = True
+        return conditioning
+
+    def _remember(self, key, build):
+        patterns = self._patterns
+        if key in patterns:
+            patterns.move_to_end(key)
+            return patterns[key]
+        value = patterns[key] = build()
+        while len(patterns) > CONDITIONING_CACHE:
+            patterns.popitem(last=False)
+        return value

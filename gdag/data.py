@@ -1,0 +1,104 @@
+"""Validate what a query is given: data and parameter values, into the vectors the stages use.
+
+``data`` maps node names (or nodes) to values, NaN for unobserved entries;
+``params`` maps parameter names (or parameters) to values.  Both are checked
+against a :class:`~gdag.spec.ModelSpec` and its compiled form, with errors
+that name the node or parameter at fault.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import scipy.sparse as sp
+
+from .compiler import CompiledModel
+from .errors import DataError, ParamError
+from .expr import as_float_array, is_boolean
+from .spec import ModelSpec, Node, Param, check_param_value
+from .timing import timed
+
+
+def _key_name(model: ModelSpec, key, error, where: str):
+    """The name behind a ``data``/``params`` key: a name, or a node or parameter of ``model``."""
+    if isinstance(key, (Node, Param)):
+        declared = (model.params if key.is_param else model.nodes).get(key.name)
+        if declared is not key:
+            raise error(f"`{where}` uses `{key.name}` from another model than `{model.name}`.")
+        return key.name
+    return key
+
+
+def parameter_vector(model: ModelSpec, cm: CompiledModel, params: Mapping[str, Any]) -> np.ndarray:
+    """Validate ``params`` (name -> value) and return ``theta``."""
+    if not isinstance(params, Mapping):
+        raise ParamError(f"`params` must be a mapping from parameter names to values; got {type(params).__name__}.")
+    checked = {}
+    for key, value in params.items():
+        name = _key_name(model, key, ParamError, "params")
+        param = model.params.get(name) if isinstance(name, str) else None
+        if param is None:
+            hint = " It is a node; observe it through `data`." if name in model.nodes else ""
+            raise ParamError(f"`params` names `{name}`, which is not a parameter of model `{model.name}`.{hint}")
+        checked[name] = check_param_value(param, value)
+    return cm.theta(checked)
+
+
+@timed("pattern")
+def data_vector(model: ModelSpec, cm: CompiledModel, data: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ``data`` (name -> values, NaN = unobserved) into ``x`` and the observed mask."""
+    if not isinstance(data, Mapping):
+        raise DataError(f"`data` must be a mapping from node names to values; got {type(data).__name__}.")
+    x = np.full(cm.n, np.nan)
+    det = cm.deterministic
+    for key, value in data.items():
+        name = _key_name(model, key, DataError, "data")
+        node = model.nodes.get(name) if isinstance(name, str) else None
+        if node is None:
+            hint = " It is a parameter; pass its value in `params`." if name in model.params else ""
+            raise DataError(f"`data` names `{name}`, which is not a node of model `{model.name}`.{hint}")
+        values = _node_values(node, value)
+        span = cm.span(name)
+        seen = ~np.isnan(values)
+        clash = np.flatnonzero(seen & det[span])
+        if clash.size:
+            raise DataError(
+                f"Node `{name}` has sd 0 at entries {clash[:5].tolist()}, so it is deterministic and cannot be "
+                "observed. Give it a positive sd (measurement error) or observe its parents."
+            )
+        x[span] = values
+    return x, ~np.isnan(x)
+
+
+def _node_values(node: Node, value) -> np.ndarray:
+    if isinstance(value, (str, bytes)) or value is None:
+        raise DataError(f"Data for node `{node.name}` must be numeric; got {value!r:.60}.")
+    if isinstance(value, Mapping) or sp.issparse(value):
+        raise DataError(f"Data for node `{node.name}` must be a number or a 1-d array; got a {type(value).__name__}.")
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as err:  # ragged nested lists
+        raise DataError(
+            f"Data for node `{node.name}` must be a number or a 1-d array of {node.size}; got a ragged or odd sequence."
+        ) from err
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == object):
+        raise DataError(f"Data for node `{node.name}` must be numeric; got dtype {arr.dtype}.")
+    if np.iscomplexobj(arr) or (arr.dtype == object and any(isinstance(v, complex) for v in arr.reshape(-1))):
+        raise DataError(f"Data for node `{node.name}` must be real; got complex values.")
+    if arr.dtype == object and is_boolean(arr) or isinstance(value, (list, tuple)) and is_boolean(value):
+        raise DataError(f"Data for node `{node.name}` must be numeric; it has True/False entries.")
+    arr = as_float_array(arr, DataError, f"Data for node `{node.name}` has non-numeric entries.")
+    arr = arr.reshape(-1) if arr.ndim == 0 else arr
+    if arr.ndim != 1 or arr.shape[0] != node.size:
+        raise DataError(
+            f"Data for node `{node.name}` has shape {np.shape(value)}; it needs {node.size} "
+            f"value{'s' if node.size > 1 else ''} (NaN for unobserved entries)."
+        )
+    bad = np.flatnonzero(np.isinf(arr))
+    if bad.size:
+        raise DataError(
+            f"Data for node `{node.name}` has infinite values at entries {bad[:5].tolist()}; "
+            "use NaN for unobserved entries."
+        )
+    return arr

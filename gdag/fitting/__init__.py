@@ -1,0 +1,1 @@
+"""Estimating unknown parameters: roles, the ML/REML objective, its derivatives and optimizers."""
