@@ -213,7 +213,7 @@ def table_rows(results: dict) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"| case | size | gdag s | gdag peak MB | reference | reference s | gdag / reference | phases (s) |"
+    head = "| case | size | gdag s | gdag peak MB | reference | reference s | gdag / reference | phases (s) |"
     lines = [head, "|" + "---|" * 8]
     for r in rows:
         phases = ", ".join(f"{k} {v:.0f}" if k in COUNTS else f"{k} {v:.3f}" for k, v in r["phases"].items())

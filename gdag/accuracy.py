@@ -16,8 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .compiler import CompiledModel
-from .pattern import Conditioning, LinearSystem
 from .errors import ModelError, ModelSpecError, ParamError
+from .pattern import Conditioning, LinearSystem
 
 # Relative variance error bound above which var() warns, and above which it refuses.
 VARIANCE_TOLERANCE = 1e-6

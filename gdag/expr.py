@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from .errors import ModelSpecError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .spec import Param
 
 
 @dataclass(frozen=True)
@@ -336,7 +333,7 @@ def _is_bare_param(expr: Expr) -> bool:
     )
 
 
-def _scale_by_param(expr: Expr, param: Param) -> Expr:
+def _scale_by_param(expr: Expr, param: Leaf) -> Expr:
     """``param * expr``: node terms get the scale; a constant offset becomes a param term."""
     if param.size != 1:
         raise ModelSpecError(

@@ -29,6 +29,7 @@ from .resources import check_memory
 from .serialize import model_from_dict, model_to_dict
 from .spec import MAX_SIZE, ModelSpec, Node, Param, Plate, SdSpec
 
+
 class Model:
     """A linear-Gaussian directed acyclic model under construction.
 

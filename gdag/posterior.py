@@ -10,8 +10,14 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .accuracy import (VARIANCE_HOPELESS, VARIANCE_TOLERANCE, check_system, condition_upper_bound, require_finite,
-                       scaled_condition)
+from .accuracy import (
+    VARIANCE_HOPELESS,
+    VARIANCE_TOLERANCE,
+    check_system,
+    condition_upper_bound,
+    require_finite,
+    scaled_condition,
+)
 from .compiler import CompiledModel
 from .errors import AccuracyWarning, DataError, ModelError, NotIdentifiedError, warn
 from .pattern import Conditioning, LinearSystem

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from scipy.linalg import lapack  # noqa: F401 - loads scipy's OpenBLAS, so that OneBlasThread finds it
+
 
 class OneBlasThread:
     """Context manager: every loaded OpenBLAS on one thread inside it (unless OPENBLAS_NUM_THREADS is set).
@@ -65,7 +67,5 @@ def one_blas_thread() -> OneBlasThread:
     """The process's :class:`OneBlasThread` (libraries are looked up once)."""
     global _ONE_THREAD
     if _ONE_THREAD is None:
-        from scipy.linalg import lapack as _  # noqa: F401 - load scipy's BLAS before looking
-
         _ONE_THREAD = OneBlasThread()
     return _ONE_THREAD
