@@ -58,7 +58,7 @@ def data_vector(model: ModelSpec, cm: CompiledModel, data: Mapping[str, Any]) ->
         if node is None:
             hint = " It is a parameter; pass its value in `params`." if name in model.params else ""
             raise DataError(f"`data` names `{name}`, which is not a node of model `{model.name}`.{hint}")
-        values = _node_values(node, value)
+        values = node_values(node, value)
         span = cm.span(name)
         seen = ~np.isnan(values)
         clash = np.flatnonzero(seen & det[span])
@@ -71,7 +71,7 @@ def data_vector(model: ModelSpec, cm: CompiledModel, data: Mapping[str, Any]) ->
     return x, ~np.isnan(x)
 
 
-def _node_values(node: Node, value) -> np.ndarray:
+def node_values(node: Node, value) -> np.ndarray:
     if isinstance(value, (str, bytes)) or value is None:
         raise DataError(f"Data for node `{node.name}` must be numeric; got {value!r:.60}.")
     if isinstance(value, Mapping) or sp.issparse(value):
