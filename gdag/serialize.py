@@ -21,7 +21,7 @@ Layout (``format`` and ``version`` are checked on load)::
                  "sd": {"base": [...], "param": None, "param_index": None}}, ...]}
 
 A mean term is ``scale * M @ source`` with ``M`` sparse in COO form (``rows``
-index the node's entries, ``cols`` the source's); see :mod:`gdag.terms`.  A
+index the node's entries, ``cols`` the source's); see :mod:`gdag.expr`.  A
 term may name its own node (an AR chain); it may not name a node listed
 after it.  Plates, parameters and nodes are listed in declaration order, which
 fixes the order of the compiled scalar vector.
@@ -34,8 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from . import expr as terms
 from .errors import CycleError, ModelError, ModelSpecError
+from .expr import Expr, Term
+from .graph import ModelGraph, cycle_message, find_cycle, graph_of
+from .spec import ModelSpec
 
 FORMAT = "gdag.model"
 VERSION = 1
@@ -44,8 +46,10 @@ VERSION = 1
 # ------------------------------------------------------------------- writing
 
 
-def model_to_dict(model) -> dict:
+def model_to_dict(model: ModelSpec | ModelGraph) -> dict:
     """The declarations of ``model`` as a JSON-safe dict (see the module docstring)."""
+    graph = graph_of(model)
+    spec = graph.spec
     plates = [
         {
             "name": p.name,
@@ -53,7 +57,7 @@ def model_to_dict(model) -> dict:
             "within": None if p.within is None else p.within.name,
             "index": None if p.index is None else _ints(p.index),
         }
-        for p in model.plates.values()
+        for p in spec.plates.values()
     ]
     params = [
         {
@@ -63,10 +67,10 @@ def model_to_dict(model) -> dict:
             "positive": bool(p.positive),
             "value": None if p.value is None else _floats(p.value),
         }
-        for p in model.params.values()
+        for p in spec.params.values()
     ]
     nodes = []
-    for nd in model.nodes.values():
+    for nd in spec.nodes.values():
         mean_terms = [
             {
                 "source": t.source.name,
@@ -75,7 +79,7 @@ def model_to_dict(model) -> dict:
                 "vals": _floats(t.vals),
                 "scale": None if t.scale is None else t.scale.name,
             }
-            for t in nd.mean.terms
+            for t in graph.mean_terms(nd.name)
         ]
         sd = nd.sd
         nodes.append(
@@ -90,7 +94,7 @@ def model_to_dict(model) -> dict:
                 },
             }
         )
-    return {"format": FORMAT, "version": VERSION, "name": model.name, "plates": plates, "params": params, "nodes": nodes}
+    return {"format": FORMAT, "version": VERSION, "name": spec.name, "plates": plates, "params": params, "nodes": nodes}
 
 
 def _ints(arr) -> list:
@@ -243,8 +247,8 @@ def _load_node(model, entry, where: str, node_names: list) -> None:
                 obj = node
             else:
                 obj = model.nodes[source] if source in model.nodes else model.params[source]
-            built.append(terms.Term(obj, rows, cols, vals, scale_param))
-        return terms.Expr(size, tuple(built), offset)
+            built.append(Term(obj, rows, cols, vals, scale_param))
+        return Expr(size, tuple(built), offset)
 
     _declare(lambda: model.normal(name, mean=build_mean, sd=sd_value(), plate=plate), where)
 
@@ -270,7 +274,7 @@ def _load_sd(model, sd: dict, size: int, where: str):
     idx = _index_array(param_index, param.size, f"{where}: param_index")
     rows = np.arange(size, dtype=np.int64)
     # base * param[idx]: the DSL's own check of a parameter sd (positive param, positive base) applies.
-    return lambda: terms.Expr(size, (terms.Term(param, rows, idx, base),), np.zeros(size))
+    return lambda: Expr(size, (Term(param, rows, idx, base),), np.zeros(size))
 
 
 def _node_names(nodes_in: list, where: str) -> list:
@@ -283,11 +287,8 @@ def _node_names(nodes_in: list, where: str) -> list:
 
 def _check_family_cycles(nodes_in: list, names: list) -> None:
     """Name a cycle among the listed nodes before complaining about their order."""
-    import networkx as nx
-
-    g = nx.DiGraph()
-    g.add_nodes_from(names)
     known = set(names)
+    pairs = []
     for entry, name in zip(nodes_in, names):
         mean = entry.get("mean")
         term_list = mean.get("terms") if isinstance(mean, dict) else None
@@ -296,13 +297,10 @@ def _check_family_cycles(nodes_in: list, names: list) -> None:
         for t in term_list:
             source = t.get("source") if isinstance(t, dict) else None
             if isinstance(source, str) and source in known and source != name:
-                g.add_edge(source, name)
-    try:
-        cycle = nx.find_cycle(g)
-    except nx.NetworkXNoCycle:
-        return
-    path = [u for u, _ in cycle]
-    raise CycleError(f"The model dict has a cycle: `{' -> '.join(path + [path[0]])}`. Remove one of these dependencies.")
+                pairs.append((source, name))
+    cycle = find_cycle(names, pairs)
+    if cycle is not None:
+        raise CycleError(cycle_message(cycle, "The model dict"))
 
 
 # ---------------------------------------------------------------- validation

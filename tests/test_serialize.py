@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gdag
+
 from reference import build_gdag, random_spec
 from test_posterior import observe_some
 

@@ -1,0 +1,122 @@
+"""The plate view of :mod:`gdag.render`: one vertex per family, plates as nested boxes.
+
+Reads a :class:`~gdag.graph.ModelGraph`: its edges give the solid and dashed
+edges and their labels, its plate nesting the boxes, its crossings the
+``crossed: app × device`` lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from .graph import Edge, ModelGraph, ancestors, nesting_map
+from .render_style import Style, add_edge, new_digraph, node_attrs
+from .spec import Node, Plate
+
+Members = dict  # plate name (None: outside every box) -> [(vertex id, attributes)]
+
+
+def draw_plates(gv, graph: ModelGraph, masks: dict[str, np.ndarray], style: Style, rankdir: str):
+    """The plate diagram of ``graph``; ``masks`` (family -> observed entries) shades families."""
+    spec = graph.spec
+    dot = new_digraph(gv, spec, rankdir)
+    members: Members = {None: []}
+    for param in spec.params.values():
+        size = "" if param.is_scalar else f" ({param.size})"
+        members[None].append((param.name, dict(node_attrs("param", None), label=style.param_label(param.name, size),
+                                                tooltip=f"{param.name}: parameter, size {param.size}")))
+    for node in spec.nodes.values():
+        mask = masks.get(node.name)
+        seen = None if mask is None else ("all" if mask.all() else "some")
+        kind = graph.kinds[node.name]
+        where = "" if node.plate is None else f", {node.size} entries on plate {node.plate.name}"
+        attrs = dict(node_attrs(kind, seen), label=style.label(style.name(node.name)),
+                     tooltip=f"{node.name}: {kind}{where}")
+        members.setdefault(None if node.plate is None else node.plate.name, []).append((node.name, attrs))
+    _add_clusters(dot, graph, members, style)
+    for node in spec.nodes.values():
+        _add_family_edges(dot, node, graph.incoming[node.name], style)
+    return dot
+
+
+def _add_family_edges(dot, node: Node, edges: tuple[Edge, ...], style: Style) -> None:
+    """The edges into ``node``: one solid edge per source of its mean, per scale, then its sd dashed."""
+    terms: dict[str, list] = {}
+    scales: list[str] = []
+    for e in edges:
+        if e.role in ("mean", "fixed"):
+            terms.setdefault(e.source, []).append(e.term)
+        elif e.role == "scale":
+            scales.append(e.source)
+    for source, ts in terms.items():
+        coefficient = ""
+        if style.edge_labels:
+            coefs = {style.coefficient(t.vals, t.scale) for t in ts}
+            if len(coefs) == 1 and None not in coefs:
+                coefficient = coefs.pop()
+        index = style.text(_join(_index_label(t, node) for t in ts))
+        add_edge(dot, source, node.name, style, coefficient=coefficient, index=index)
+    for source in dict.fromkeys(scales):
+        if source not in terms:
+            add_edge(dot, source, node.name, style)
+    for e in edges:
+        if e.role == "sd":
+            add_edge(dot, e.source, node.name, style, coefficient="sd" if style.edge_labels else "", dashed=True)
+
+
+def _index_label(term, target: Node) -> str:
+    """How a family term picks its source entries, when the boxes do not say it."""
+    src = term.source
+    rows, cols = term.rows, term.cols
+    if src is target:
+        lag = rows - cols
+        if lag.size and np.all(lag == lag[0]) and lag[0] != 0:
+            k = int(lag[0])
+            return f"[t-{k}]" if k > 0 else f"[t+{-k}]"
+        return "[self]"
+    if src.is_param or src.plate is None:
+        return ""  # a scalar broadcast, or a parameter (drawn outside the boxes)
+    if rows.size and np.bincount(rows, minlength=target.size).max() > 1:
+        return "W"  # a design matrix: several source entries per target entry
+    if target.plate is None:
+        return f"[{src.plate.name}={int(cols[0])}]" if rows.size == 1 else "W"
+    if src.plate is target.plate:
+        return "" if np.array_equal(rows, cols) else f"[{src.plate.name}]"
+    if src.plate in ancestors(target.plate):
+        nest = nesting_map(target.plate, src.plate)
+        if nest is None or np.array_equal(cols, nest[rows]):
+            return ""
+    return f"[{src.plate.name}]"
+
+
+def _join(parts: Iterable[str]) -> str:
+    return ", ".join(dict.fromkeys(p for p in parts if p))
+
+
+def _add_clusters(dot, graph: ModelGraph, members: Members, style: Style) -> None:
+    """Add vertices (``members[plate name]``: (id, attrs)) in nested plate clusters."""
+    nested, crossings = graph.nested, graph.crossings
+
+    def occupied(plate: Plate) -> bool:
+        return bool(members.get(plate.name)) or any(occupied(c) for c in nested.get(plate.name, ()))
+
+    def add(parent, plate: Plate) -> None:
+        with parent.subgraph(name=f"cluster_{plate.name}") as sub:
+            head = style.text(f"{plate.name} ({plate.size})")
+            if plate.name in crossings:
+                head = style.lines(head, style.text("crossed: " + " × ".join(crossings[plate.name])))
+            sub.attr(label=style.label(head), labeljust="r", labelloc="b", style="rounded",
+                     color="gray40", fontsize="11", margin="10")
+            for vid, attrs in members.get(plate.name, []):
+                sub.node(vid, **attrs)
+            for child in nested.get(plate.name, ()):
+                if occupied(child):
+                    add(sub, child)
+
+    for vid, attrs in members.get(None, []):
+        dot.node(vid, **attrs)
+    for plate in nested.get(None, ()):
+        if occupied(plate):
+            add(dot, plate)
