@@ -170,12 +170,13 @@ class Posterior:
             raise ModelError(f"summary(max_rows=...) needs a non-negative integer; got {max_rows!r:.60}.")
         mean = np.atleast_1d(self.mean(node))
         sd = np.atleast_1d(self.sd(node))
-        observed = ~np.isnan(self._x[self._cm.span(node.name)])
+        span = self._cm.span(node.name)
+        observed = ~np.isnan(self._x[span])
         lines = [f"{'entry':<16}{'mean':>12}{'sd':>12}"]
-        for i in range(min(node.size, max_rows)):
-            label = node.name if node.is_scalar else f"{node.name}[{i}]"
+        entries = self._cm.labels(np.arange(span.start, span.start + min(node.size, max_rows)))  # u[subj=3]
+        for i, entry in enumerate(entries):
             note = "  (observed)" if observed[i] else ""
-            lines.append(f"{label:<16}{mean[i]:>12.4f}{sd[i]:>12.4f}{note}")
+            lines.append(f"{entry:<16}{mean[i]:>12.4f}{sd[i]:>12.4f}{note}")
         if node.size > max_rows:
             lines.append(f"... {node.size - max_rows} more")
         return "\n".join(lines)
