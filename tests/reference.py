@@ -1,13 +1,26 @@
-"""Independent dense references for tests: random model specs, built two ways.
+"""The dense oracle: every dense Gaussian computation the tests compare gdag against.
 
-``build_gdag`` declares a spec through the public DSL; ``dense_joint`` turns
-the same spec into the joint mean and covariance with plain loops and numpy,
-never touching gdag's compiler.  ``dense_condition`` is textbook Gaussian
-conditioning.  Small models only.
+numpy and scipy only.  gdag enters solely through its public DSL, in
+:func:`build_gdag`, which declares a random spec as a gdag model; everything
+else here works on the spec itself, with loops where they make the model's
+meaning plain, and never touches gdag's compiler, conditioning or factors.
+Small models only.  (The exact rational oracle for extreme sds is
+tests/exact.py; matrix-level checks of gdag's linear algebra compare with
+``np.linalg`` in their own test files.)
+
+- :func:`random_spec`, :func:`build_gdag`: random model specs, and the same spec declared through gdag.
+- :func:`spec_matrices`, :func:`joint_moments`, :func:`dense_joint`: the spec as
+  ``x = c + B x + e``, ``e ~ N(0, diag(d))``, and its joint mean and covariance.
+- :func:`draw`, :func:`sample_truth`, :func:`observe`, :func:`observe_some`: values and data.
+- :func:`dense_condition`, :class:`DensePosterior`: textbook Gaussian conditioning,
+  answering gdag.Posterior's queries (mean, var, cov, log_evidence).
+- :func:`kalman_smoother`: the scalar state-space chain by Kalman filter and RTS smoother, in longdouble.
+- :func:`assert_close`, :func:`assert_matches_dense`: the comparisons the random-model tests share.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,8 +132,11 @@ def build_gdag(spec: ModelSpec, order: list | None = None) -> gdag.Model:
     return m
 
 
-def dense_joint(spec: ModelSpec):
-    """Joint mean, covariance and per-variable offsets of ``spec``, by loops."""
+def spec_matrices(spec: ModelSpec):
+    """``(B, c, d, offsets)``: ``spec`` as ``x = c + B x + e``, ``e ~ N(0, diag(d))``, by loops.
+
+    ``offsets`` maps each family's name to the position of its first entry in ``x``.
+    """
     offsets, n = {}, 0
     for fam in spec.families:
         offsets[fam.name] = n
@@ -157,8 +173,63 @@ def dense_joint(spec: ModelSpec):
                 d[o + i] = (base[i] * values[pname][pidx[i]]) ** 2
             else:
                 d[o + i] = fam.sd[i] ** 2
-    Ainv = np.linalg.inv(np.eye(n) - B)
-    return Ainv @ c, Ainv @ np.diag(d) @ Ainv.T, offsets, d
+    return B, c, d, offsets
+
+
+def joint_moments(B, c, d):
+    """Mean and covariance of ``x = c + B x + e``, ``e ~ N(0, diag(d))``: ``x = (I - B)^{-1} (c + e)``."""
+    Ainv = np.linalg.inv(np.eye(len(c)) - B)
+    return Ainv @ c, Ainv @ np.diag(d) @ Ainv.T
+
+
+def dense_joint(spec: ModelSpec):
+    """Joint mean, covariance, per-family offsets and noise variances ``d`` of ``spec``."""
+    B, c, d, offsets = spec_matrices(spec)
+    mu, Sigma = joint_moments(B, c, d)
+    return mu, Sigma, offsets, d
+
+
+# ------------------------------------------------------------ values and data
+
+
+def draw(B, c, d, rng: np.random.Generator):
+    """One draw of ``x = c + B x + e`` by solving ``(I - B) x = c + e`` (exact for sd 0 entries)."""
+    n = len(c)
+    return np.linalg.solve(np.eye(n) - B, c + np.sqrt(d) * rng.normal(size=n))
+
+
+def sample_truth(mu, Sigma, rng: np.random.Generator):
+    """One draw from ``N(mu, Sigma)``; a jitter of 1e-12 makes the singular ``Sigma`` of sd 0 entries usable."""
+    return rng.multivariate_normal(mu, Sigma + 1e-12 * np.eye(len(mu)), method="svd")
+
+
+def observe(spec: ModelSpec, d, offsets, truth, rng: np.random.Generator, fraction: float):
+    """Data observing each stochastic entry (``d > 0``) of ``truth`` with probability ``fraction``.
+
+    Returns ``(data, x)``: the data dict for gdag (families with nothing observed
+    left out, scalar families as floats) and ``x`` over all entries, NaN where
+    unobserved.
+    """
+    data, x = {}, np.full(truth.shape[0], np.nan)
+    for fam in spec.families:
+        o = offsets[fam.name]
+        seen = (d[o : o + fam.size] > 0) & (rng.random(fam.size) < fraction)
+        if seen.any():
+            vals = np.where(seen, truth[o : o + fam.size], np.nan)
+            data[fam.name] = float(vals[0]) if fam.scalar else vals
+            x[o : o + fam.size] = vals
+    return data, x
+
+
+def observe_some(spec: ModelSpec, rng: np.random.Generator, fraction: float):
+    """A draw of ``spec``'s joint, observed at random: ``(data, x, mu, Sigma, offsets)``."""
+    mu, Sigma, offsets, d = dense_joint(spec)
+    truth = sample_truth(mu, Sigma, rng)
+    data, x = observe(spec, d, offsets, truth, rng, fraction)
+    return data, x, mu, Sigma, offsets
+
+
+# ------------------------------------------------------------ conditioning
 
 
 def dense_condition(mu, Sigma, observed: np.ndarray, x: np.ndarray):
@@ -184,3 +255,75 @@ def dense_condition(mu, Sigma, observed: np.ndarray, x: np.ndarray):
     assert sign > 0
     loglik = -0.5 * (O.size * np.log(2 * np.pi) + logdet + resid @ np.linalg.solve(S_oo, resid))
     return mean, cov, loglik
+
+
+class DensePosterior:
+    """The posterior of ``spec`` given ``x`` (NaN: unobserved), queried like gdag.Posterior, by family name.
+
+    ``prior_mean``, ``prior_cov``: the joint before conditioning; ``full_mean``,
+    ``full_cov``: after, over all entries (observed ones: their value, variance 0).
+    """
+
+    def __init__(self, spec: ModelSpec, x: np.ndarray):
+        self.prior_mean, self.prior_cov, offsets, _ = dense_joint(spec)
+        self.full_mean, self.full_cov, self.log_evidence = dense_condition(
+            self.prior_mean, self.prior_cov, ~np.isnan(x), x)
+        self._slices = {fam.name: slice(offsets[fam.name], offsets[fam.name] + fam.size) for fam in spec.families}
+
+    def mean(self, name: str) -> np.ndarray:
+        return self.full_mean[self._slices[name]]
+
+    def var(self, name: str) -> np.ndarray:
+        return np.diag(self.full_cov)[self._slices[name]]
+
+    def cov(self, a: str, b: str | None = None) -> np.ndarray:
+        return self.full_cov[self._slices[a], self._slices[a if b is None else b]]
+
+
+# ------------------------------------------------------------ state space
+
+
+def kalman_smoother(y, phi, q, r, m0, p0):
+    """``x_t = phi x_{t-1} + N(0, q)``, ``x_0 ~ N(m0, p0)``, ``y_t = x_t + N(0, r)`` given ``y`` (NaN: missing).
+
+    Kalman filter and Rauch-Tung-Striebel smoother in numpy longdouble; ``q``,
+    ``r`` and ``p0`` are variances (pass longdoubles to keep their squares
+    exact).  Returns the smoothed means and variances (float) and
+    ``log p(y_observed)``.
+    """
+    F = np.longdouble
+    phi, q, r = F(phi), F(q), F(r)
+    y = np.asarray(y, dtype=float).tolist()
+    T = len(y)
+    mp, Pp, mf, Pf = [F(0)] * T, [F(0)] * T, [F(0)] * T, [F(0)] * T
+    loglik, two_pi = F(0), F(2 * math.pi)
+    for t in range(T):
+        m, P = (F(m0), F(p0)) if t == 0 else (phi * mf[t - 1], phi * phi * Pf[t - 1] + q)
+        mp[t], Pp[t] = m, P
+        if y[t] == y[t]:  # observed: NaN is not equal to itself
+            S = P + r
+            v = F(y[t]) - m
+            loglik -= (np.log(two_pi * S) + v * v / S) / 2
+            m, P = m + P / S * v, P * r / S
+        mf[t], Pf[t] = m, P
+    ms, Ps = mf[:], Pf[:]
+    for t in range(T - 2, -1, -1):
+        G = Pf[t] * phi / Pp[t + 1]
+        ms[t] = mf[t] + G * (ms[t + 1] - mp[t + 1])
+        Ps[t] = Pf[t] + G * G * (Ps[t + 1] - Pp[t + 1])
+    return np.array(ms, dtype=float), np.array(Ps, dtype=float), float(loglik)
+
+
+# ------------------------------------------------------------ comparing
+
+
+def assert_close(actual, expected, scale, rtol=1e-9):
+    """``actual`` equals ``expected`` to ``rtol``, or to ``rtol * scale`` absolutely (entries near 0)."""
+    np.testing.assert_allclose(np.atleast_1d(actual), np.atleast_1d(expected), rtol=rtol, atol=rtol * scale)
+
+
+def assert_matches_dense(post, dense: DensePosterior, families, scale, vscale, rtol=1e-9):
+    """A gdag posterior's means and variances of ``families`` equal the dense oracle's (see :func:`assert_close`)."""
+    for fam in families:
+        assert_close(post.mean(fam.name), dense.mean(fam.name), scale, rtol)
+        assert_close(post.var(fam.name), dense.var(fam.name), vscale, rtol)

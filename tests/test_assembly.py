@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gdag.linalg import gram as assembly
-from reference import build_gdag, dense_condition, random_spec
-from test_posterior import assert_close, observe_some
+
+from reference import DensePosterior, assert_matches_dense, build_gdag, observe_some, random_spec
 
 
 def random_entries(rng, n_rows, n_cols, n_entries):
@@ -83,15 +83,12 @@ def test_class_grams_split_the_gram_matrix_by_row_class(index_width):
 def test_posteriors_are_the_same_with_64_bit_indices(seed, monkeypatch):
     rng = np.random.default_rng(seed)
     spec = random_spec(rng)
-    data, x, mu, Sigma, offsets = observe_some(spec, rng, 0.5)
-    mean, cov, loglik = dense_condition(mu, Sigma, ~np.isnan(x), x)
+    data, x, *_ = observe_some(spec, rng, 0.5)
+    dense = DensePosterior(spec, x)
     monkeypatch.setattr(assembly, "INT32_MAX", 0)
     post = build_gdag(spec).posterior(data)
     if post._cond.n_unobserved:
         assert post._cond.gram.structure.csr_entry.dtype == np.int64
-    scale, vscale = 1.0 + np.max(np.abs(mean)), 1.0 + np.max(np.diag(Sigma))
-    for fam in spec.families:
-        s = slice(offsets[fam.name], offsets[fam.name] + fam.size)
-        assert_close(np.atleast_1d(post.mean(fam.name)), mean[s], scale)
-        assert_close(np.atleast_1d(post.var(fam.name)), np.diag(cov)[s], vscale)
-    assert post.log_evidence == pytest.approx(loglik, rel=1e-9, abs=1e-9)
+    scale, vscale = 1.0 + np.max(np.abs(dense.full_mean)), 1.0 + np.max(np.diag(dense.prior_cov))
+    assert_matches_dense(post, dense, spec.families, scale, vscale)
+    assert post.log_evidence == pytest.approx(dense.log_evidence, rel=1e-9, abs=1e-9)

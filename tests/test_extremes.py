@@ -1,8 +1,9 @@
 """Numerical extremes: sds from 1e-8 to 1e8, near-deterministic nodes, long AR chains, singular precisions.
 
-References: exact rational arithmetic (tests/exact.py) for small models, and a
-Kalman filter / RTS smoother in numpy longdouble for the long chains.  The
-numbers these tests pin are the ones reported in docs/accuracy.md.
+References: exact rational arithmetic (tests/exact.py) for small models, and
+the Kalman filter / RTS smoother in numpy longdouble of the dense oracle
+(tests/reference.py) for the long chains.  The numbers these tests pin are the
+ones reported in docs/accuracy.md.
 """
 
 import math
@@ -17,8 +18,10 @@ from hypothesis import strategies as st
 from sksparse import cholmod
 
 import gdag
-from exact import exact_posterior
 from gdag.linalg import factor
+
+from exact import exact_posterior
+from reference import build_gdag, draw, kalman_smoother, observe_some, random_spec
 
 EPS = np.finfo(float).eps
 
@@ -93,7 +96,7 @@ def random_extreme_model(rng, lo, hi, max_families=4):
     for i, j, v in entries:
         B[i, j] += v
     c, d = np.array(cs), np.array(ds)
-    x = np.linalg.solve(np.eye(n) - B, c + np.sqrt(d) * rng.normal(size=n))
+    x = draw(B, c, d, rng)
     x[rng.random(n) >= rng.choice([0.0, 0.3, 0.6])] = np.nan
     data = {name: x[off : off + size] if size > 1 else float(x[off]) for name, size, off in families}
     return m, [name for name, _, _ in families], B, c, d, x, data
@@ -225,30 +228,6 @@ def test_near_deterministic_node_with_sd_1e_minus_10_is_refused_and_sd_0_is_exac
 # ------------------------------------------------------- long AR chains
 
 
-def kalman_rts(y, phi, q, r, s0):
-    """Scalar Kalman filter and RTS smoother in numpy longdouble: (means, variances, log-likelihood)."""
-    F = np.longdouble
-    phi, q2, r2 = F(phi), F(q) ** 2, F(r) ** 2
-    T = len(y)
-    mp, Pp, mf, Pf = [F(0)] * T, [F(0)] * T, [F(0)] * T, [F(0)] * T
-    loglik, two_pi = F(0), F(2 * math.pi)
-    for t in range(T):
-        m, P = (F(0), F(s0) ** 2) if t == 0 else (phi * mf[t - 1], phi * phi * Pf[t - 1] + q2)
-        mp[t], Pp[t] = m, P
-        if y[t] == y[t]:
-            S = P + r2
-            v = F(y[t]) - m
-            loglik -= (np.log(two_pi * S) + v * v / S) / 2
-            m, P = m + P / S * v, P * r2 / S
-        mf[t], Pf[t] = m, P
-    ms, Ps = mf[:], Pf[:]
-    for t in range(T - 2, -1, -1):
-        G = Pf[t] * phi / Pp[t + 1]
-        ms[t] = mf[t] + G * (ms[t + 1] - mp[t + 1])
-        Ps[t] = Pf[t] + G * G * (Ps[t + 1] - Pp[t + 1])
-    return np.array(ms, dtype=float), np.array(Ps, dtype=float), float(loglik)
-
-
 @pytest.mark.parametrize("phi", [0.999, 0.9999])
 def test_long_ar_chain_matches_a_longdouble_kalman_smoother(phi):
     T, q, r = 100_000, 1.0, 1.0
@@ -270,7 +249,8 @@ def test_long_ar_chain_matches_a_longdouble_kalman_smoother(phi):
     m.normal("y", mean=state, sd=r, plate=time)
     post = m.posterior({"y": y})
 
-    mean, var, loglik = kalman_rts(y.tolist(), phi, q, r, s0)
+    F = np.longdouble  # the variances squared in longdouble, as the model's sds are exact doubles
+    mean, var, loglik = kalman_smoother(y, phi, F(q) ** 2, F(r) ** 2, 0.0, F(s0) ** 2)
     assert np.max(np.abs(post.mean("x") - mean) / np.sqrt(var)) < 1e-11
     assert np.max(np.abs(post.var("x") / var - 1)) < 1e-11
     assert abs(post.log_evidence - loglik) < 1e-9 * abs(loglik)
@@ -299,10 +279,6 @@ def test_variance_warning_names_the_worst_variable():
 
 
 def test_no_accuracy_warning_on_well_conditioned_models():
-    from reference import build_gdag, random_spec
-
-    from test_posterior import observe_some
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for seed in range(30):

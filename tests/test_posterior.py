@@ -1,4 +1,4 @@
-"""Posteriors against dense Gaussian conditioning on random models (tests/reference.py)."""
+"""Posteriors against the dense oracle (tests/reference.py) on random models, and against closed forms."""
 
 import numpy as np
 import pytest
@@ -6,30 +6,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gdag
-from reference import build_gdag, dense_condition, dense_joint, random_spec
+
+from reference import (
+    DensePosterior,
+    assert_close,
+    assert_matches_dense,
+    build_gdag,
+    kalman_smoother,
+    observe_some,
+    random_spec,
+)
 
 RTOL = 1e-9
-
-
-def observe_some(spec, rng, fraction):
-    """Random data for the stochastic entries of a random subset of families."""
-    mu, Sigma, offsets, d = dense_joint(spec)
-    truth = rng.multivariate_normal(mu, Sigma + 1e-12 * np.eye(len(mu)), method="svd")
-    x = np.full(len(mu), np.nan)
-    data = {}
-    for fam in spec.families:
-        o = offsets[fam.name]
-        stochastic = d[o : o + fam.size] > 0
-        seen = stochastic & (rng.random(fam.size) < fraction)
-        if seen.any():
-            vals = np.where(seen, truth[o : o + fam.size], np.nan)
-            data[fam.name] = vals if not fam.scalar else float(vals[0])
-            x[o : o + fam.size] = vals
-    return data, x, mu, Sigma, offsets
-
-
-def assert_close(actual, expected, scale):
-    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=RTOL * scale)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -37,19 +25,15 @@ def assert_close(actual, expected, scale):
 def test_random_models_match_dense_conditioning(seed, fraction):
     rng = np.random.default_rng(seed)
     spec = random_spec(rng)
-    data, x, mu, Sigma, offsets = observe_some(spec, rng, fraction)
-    mean, cov, loglik = dense_condition(mu, Sigma, ~np.isnan(x), x)
+    data, x, *_ = observe_some(spec, rng, fraction)
+    dense = DensePosterior(spec, x)
     post = build_gdag(spec).posterior(data)
-    scale = 1.0 + np.max(np.abs(mean))
-    vscale = 1.0 + np.max(np.diag(Sigma))
-    for fam in spec.families:
-        s = slice(offsets[fam.name], offsets[fam.name] + fam.size)
-        assert_close(np.atleast_1d(post.mean(fam.name)), mean[s], scale)
-        assert_close(np.atleast_1d(post.var(fam.name)), np.diag(cov)[s], vscale)
-    a, b = spec.families[0], spec.families[-1]
-    block = cov[offsets[a.name] : offsets[a.name] + a.size, offsets[b.name] : offsets[b.name] + b.size]
-    assert_close(post.cov(a.name, b.name), block, vscale)
-    assert post.log_evidence == pytest.approx(loglik, rel=RTOL, abs=RTOL)
+    scale = 1.0 + np.max(np.abs(dense.full_mean))
+    vscale = 1.0 + np.max(np.diag(dense.prior_cov))
+    assert_matches_dense(post, dense, spec.families, scale, vscale)
+    a, b = spec.families[0].name, spec.families[-1].name
+    assert_close(post.cov(a, b), dense.cov(a, b), vscale)
+    assert post.log_evidence == pytest.approx(dense.log_evidence, rel=RTOL, abs=RTOL)
 
 
 def test_declaration_order_of_params_does_not_matter():
@@ -90,25 +74,6 @@ def test_partial_pooling_formula_of_the_seed():
     assert post.var("R") == 0.0 and post.mean("R") == R
 
 
-def rts_smoother(y, phi, q, r, m0, p0):
-    """Kalman filter + Rauch-Tung-Striebel smoother for x_t = phi x_{t-1} + N(0,q), y_t = x_t + N(0,r)."""
-    T = len(y)
-    mf, pf, mp, pp = np.zeros(T), np.zeros(T), np.zeros(T), np.zeros(T)
-    for t in range(T):
-        mp[t], pp[t] = (m0, p0) if t == 0 else (phi * mf[t - 1], phi**2 * pf[t - 1] + q)
-        if np.isnan(y[t]):
-            mf[t], pf[t] = mp[t], pp[t]
-        else:
-            k = pp[t] / (pp[t] + r)
-            mf[t], pf[t] = mp[t] + k * (y[t] - mp[t]), (1 - k) * pp[t]
-    ms, ps = mf.copy(), pf.copy()
-    for t in range(T - 2, -1, -1):
-        g = pf[t] * phi / pp[t + 1]
-        ms[t] = mf[t] + g * (ms[t + 1] - mp[t + 1])
-        ps[t] = pf[t] + g**2 * (ps[t + 1] - pp[t + 1])
-    return ms, ps
-
-
 def test_state_space_chain_matches_rts_smoother():
     rng = np.random.default_rng(3)
     T, phi, q, r, m0, p0 = 200, 0.95, 0.3, 0.5, 1.0, 4.0
@@ -123,7 +88,7 @@ def test_state_space_chain_matches_rts_smoother():
     x = m.normal("x", mean=lambda x: offset + phi * x.lag(1), sd=sd, plate=time)
     m.normal("y", mean=x, sd=np.sqrt(r), plate=time)
     post = m.posterior({"y": y})
-    ms, ps = rts_smoother(y, phi, q, r, m0, p0)
+    ms, ps, _ = kalman_smoother(y, phi, q, r, m0, p0)
     np.testing.assert_allclose(post.mean("x"), ms, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(post.var("x"), ps, rtol=1e-9)
 

@@ -20,7 +20,8 @@ from gdag.data import data_vector, parameter_vector
 from gdag.linalg import factor
 from gdag.pattern import Conditioning, PaddedConditioning
 from gdag.posterior import Posterior
-from reference import build_gdag, dense_condition, dense_joint, random_spec
+
+from reference import DensePosterior, assert_close, build_gdag, dense_joint, observe, observe_some, random_spec, sample_truth
 
 RTOL = 1e-9
 
@@ -35,39 +36,22 @@ def both_modes(m, data, params=None):
     return per_mask, Posterior(cm, padded_cond, theta, x)
 
 
-def random_subset(spec, d, offsets, truth, rng, fraction):
-    """Data observing a random ``fraction`` of the stochastic entries (per entry, not per family)."""
-    data, x = {}, np.full(truth.shape[0], np.nan)
-    for fam in spec.families:
-        o = offsets[fam.name]
-        seen = (d[o : o + fam.size] > 0) & (rng.random(fam.size) < fraction)
-        if seen.any():
-            vals = np.where(seen, truth[o : o + fam.size], np.nan)
-            data[fam.name] = float(vals[0]) if fam.scalar else vals
-            x[o : o + fam.size] = vals
-    return data, x
-
-
-def close(actual, expected, scale):
-    np.testing.assert_allclose(np.atleast_1d(actual), np.atleast_1d(expected), rtol=RTOL, atol=RTOL * scale)
-
-
 @pytest.mark.parametrize("seed", range(25))
 def test_padded_mode_matches_per_mask_and_dense_on_many_subsets(seed):
     rng = np.random.default_rng(1000 + seed)
     spec = random_spec(rng)
     m = build_gdag(spec)
     mu, Sigma, offsets, d = dense_joint(spec)
-    truth = rng.multivariate_normal(mu, Sigma + 1e-12 * np.eye(len(mu)), method="svd")
+    truth = sample_truth(mu, Sigma, rng)
     scale = 1.0 + np.max(np.abs(truth))
     vscale = 1.0 + np.max(np.diag(Sigma))
     seen_any = 0
     for fraction in (0.2, 0.5, 0.8, 1.0, 0.5):
-        data, x = random_subset(spec, d, offsets, truth, rng, fraction)
+        data, x = observe(spec, d, offsets, truth, rng, fraction)
         if not data:
             continue
         seen_any += 1
-        mean, cov, loglik = dense_condition(mu, Sigma, ~np.isnan(x), x)
+        dense = DensePosterior(spec, x)
         per_mask, padded = both_modes(m, data)
         # Q_UU and b cut from the padded assembly are bitwise the per-mask ones
         q1, q2 = per_mask._system.Q, padded._system.Q
@@ -76,17 +60,15 @@ def test_padded_mode_matches_per_mask_and_dense_on_many_subsets(seed):
         np.testing.assert_array_equal(q2.data, q1.data)
         np.testing.assert_array_equal(padded._system.b, per_mask._system.b)
         for fam in spec.families:
-            s = slice(offsets[fam.name], offsets[fam.name] + fam.size)
-            close(padded.mean(fam.name), per_mask.mean(fam.name), scale)
-            close(padded.mean(fam.name), mean[s], scale)
-            close(padded.var(fam.name), per_mask.var(fam.name), vscale)
-            close(padded.var(fam.name), np.diag(cov)[s], vscale)
-        a, b = spec.families[0], spec.families[-1]
-        block = cov[offsets[a.name] : offsets[a.name] + a.size, offsets[b.name] : offsets[b.name] + b.size]
-        close(padded.cov(a.name, b.name), per_mask.cov(a.name, b.name), vscale)
-        close(padded.cov(a.name, b.name), block, vscale)
+            assert_close(padded.mean(fam.name), per_mask.mean(fam.name), scale, RTOL)
+            assert_close(padded.mean(fam.name), dense.mean(fam.name), scale, RTOL)
+            assert_close(padded.var(fam.name), per_mask.var(fam.name), vscale, RTOL)
+            assert_close(padded.var(fam.name), dense.var(fam.name), vscale, RTOL)
+        a, b = spec.families[0].name, spec.families[-1].name
+        assert_close(padded.cov(a, b), per_mask.cov(a, b), vscale, RTOL)
+        assert_close(padded.cov(a, b), dense.cov(a, b), vscale, RTOL)
         assert padded.log_evidence == pytest.approx(per_mask.log_evidence, rel=RTOL, abs=RTOL)
-        assert padded.log_evidence == pytest.approx(loglik, rel=RTOL, abs=RTOL)
+        assert padded.log_evidence == pytest.approx(dense.log_evidence, rel=RTOL, abs=RTOL)
         assert padded.variance_error_bound() == pytest.approx(per_mask.variance_error_bound(), rel=0.5)
     assert seen_any
 
@@ -97,9 +79,7 @@ def test_padded_factor_maps_standard_normals_to_the_posterior_covariance(seed):
     rng = np.random.default_rng(2000 + seed)
     spec = random_spec(rng)
     m = build_gdag(spec)
-    mu, Sigma, offsets, d = dense_joint(spec)
-    truth = rng.multivariate_normal(mu, Sigma + 1e-12 * np.eye(len(mu)), method="svd")
-    data, _ = random_subset(spec, d, offsets, truth, rng, 0.5)
+    data, *_ = observe_some(spec, rng, 0.5)
     _, padded = both_modes(m, data)
     fac = padded._factor
     if fac is None:
@@ -124,20 +104,17 @@ def test_sample_moments_in_padded_mode():
     rng = np.random.default_rng(3)
     spec = random_spec(rng, max_families=5)
     m = build_gdag(spec)
-    mu, Sigma, offsets, d = dense_joint(spec)
-    truth = rng.multivariate_normal(mu, Sigma + 1e-12 * np.eye(len(mu)), method="svd")
-    data, x = random_subset(spec, d, offsets, truth, rng, 0.5)
-    mean, cov, _ = dense_condition(mu, Sigma, ~np.isnan(x), x)
+    data, x, *_ = observe_some(spec, rng, 0.5)
+    dense = DensePosterior(spec, x)
     _, padded = both_modes(m, data)
     n = 40_000
     draws = padded.sample(n, seed=7)
     for fam in spec.families:
-        s = slice(offsets[fam.name], offsets[fam.name] + fam.size)
-        sd = np.sqrt(np.diag(cov)[s])
+        mean, sd = dense.mean(fam.name), np.sqrt(dense.var(fam.name))
         got = draws[fam.name]
         assert got.shape == (n, fam.size)
-        slack = 1e-9 * (1.0 + np.abs(mean[s]))  # entries with variance 0 (observed, or sd 0) up to rounding
-        assert np.all(np.abs(got.mean(axis=0) - mean[s]) <= 5 * sd / np.sqrt(n) + slack)
+        slack = 1e-9 * (1.0 + np.abs(mean))  # entries with variance 0 (observed, or sd 0) up to rounding
+        assert np.all(np.abs(got.mean(axis=0) - mean) <= 5 * sd / np.sqrt(n) + slack)
         assert np.all(np.abs(got.var(axis=0) - sd**2) <= 6 * sd**2 * np.sqrt(2 / n) + slack)
     again = padded.sample(n, seed=7)
     for name in draws:
