@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sksparse import cholmod
 
@@ -159,8 +159,9 @@ def test_log_evidence_does_not_cancel_with_tiny_sds():
 def test_random_models_with_sds_in_1e_minus_4_to_1e4_are_right_or_flagged(seed):
     m, families, B, c, d, x, data = random_extreme_model(np.random.default_rng(seed), -4, 4)
     post, caught = posterior_or_refusal(m, data)
-    if post is None or caught:
-        return  # refused or flagged: never silently wrong
+    # refused or flagged is right too (never silently wrong), but checks nothing below: hypothesis
+    # draws other cases instead, and fails if too few pass this filter (about 80% do)
+    assume(post is not None and not caught)
     mean_err, var_err, ll_err = errors_against_exact(post, families, B, c, d, x)
     assert var_err <= max(post.variance_error_bound(), 1e-13)
     assert var_err < 1e-6 and mean_err < 1e-6 and ll_err < 1e-6
@@ -171,8 +172,7 @@ def test_random_models_with_sds_in_1e_minus_4_to_1e4_are_right_or_flagged(seed):
 def test_variance_error_bound_holds_for_sds_in_1e_minus_8_to_1e8(seed):
     m, families, B, c, d, x, data = random_extreme_model(np.random.default_rng(seed), -8, 8)
     post, caught = posterior_or_refusal(m, data)
-    if post is None:
-        return
+    assume(post is not None)  # refused: nothing to check (about 1 case in 4); hypothesis draws another
     _, var_err, _ = errors_against_exact(post, families, B, c, d, x)
     assert var_err <= max(post.variance_error_bound(), 1e-13)
     if post.variance_error_bound() > gdag.accuracy.VARIANCE_TOLERANCE:

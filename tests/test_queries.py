@@ -73,9 +73,17 @@ def test_padded_mode_matches_per_mask_and_dense_on_many_subsets(seed):
     assert seen_any
 
 
-@pytest.mark.parametrize("seed", range(10))
-def test_padded_factor_maps_standard_normals_to_the_posterior_covariance(seed):
-    # sample(I) = X with X X^T = Q_UU^{-1}, and half_solve's squared norms: exact identities
+def test_padded_factor_maps_standard_normals_to_the_posterior_covariance():
+    # a random model leaves nothing stochastic unobserved now and then: no factor to check
+    factored = [seed for seed in range(10) if padded_factor_identities_hold(seed)]
+    assert len(factored) >= 7, factored  # 8 of these 10 seeds have a factor
+
+
+def padded_factor_identities_hold(seed) -> bool:
+    """sample(I) = X with X X^T = Q_UU^{-1}, and half_solve's squared norms: exact identities.
+
+    False when the random case has no factor (every stochastic entry observed).
+    """
     rng = np.random.default_rng(2000 + seed)
     spec = random_spec(rng)
     m = build_gdag(spec)
@@ -83,7 +91,7 @@ def test_padded_factor_maps_standard_normals_to_the_posterior_covariance(seed):
     _, padded = both_modes(m, data)
     fac = padded._factor
     if fac is None:
-        return
+        return False
     Q = padded._system.Q.toarray()
     Q = Q + np.tril(Q, -1).T
     inverse = np.linalg.inv(Q)
@@ -98,6 +106,7 @@ def test_padded_factor_maps_standard_normals_to_the_posterior_covariance(seed):
     np.testing.assert_allclose(fac.solve(B), inverse @ B, rtol=1e-9, atol=1e-9 * np.max(np.abs(inverse @ B)))
     np.testing.assert_allclose(fac.solve(B[:, 0]), inverse @ B[:, 0], rtol=1e-9, atol=1e-9 * np.max(np.abs(inverse)))
     assert fac.logdet() == pytest.approx(np.linalg.slogdet(Q)[1], rel=1e-10, abs=1e-10)
+    return True
 
 
 def test_sample_moments_in_padded_mode():
