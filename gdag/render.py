@@ -2,6 +2,9 @@
 
 :func:`render` returns a ``graphviz.Digraph``, which Jupyter displays inline,
 and writes ``.svg``, ``.png``, ``.pdf`` or ``.dot``/``.gv`` files.
+It draws the model's :class:`~gdag.graph.ModelGraph`: the plate view in
+:mod:`gdag.render_plates`, the expanded view in :mod:`gdag.render_expanded`,
+both with the shapes and label text of :mod:`gdag.render_style`.
 
 Drawing conventions (also in ``docs/rendering.md``)
 ---------------------------------------------------

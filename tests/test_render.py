@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import gdag
+from gdag.graph import build_graph
 from gdag.render import observed_masks, plate_crossings, render
 
 graphviz = pytest.importorskip("graphviz")
@@ -256,6 +257,16 @@ def test_hierarchies_are_drawn_top_to_bottom():
     assert "rankdir=LR" in render(students(), rankdir="LR").source
     with pytest.raises(gdag.ModelSpecError, match="rankdir"):
         render(students(), rankdir="sideways")
+
+
+def test_a_model_graph_draws_as_its_model():
+    for model in (romcom, students, apps, features):
+        m = model()
+        graph = build_graph(m.spec())
+        assert render(graph, edge_labels=True).source == render(m, edge_labels=True).source
+        assert plate_crossings(graph) == plate_crossings(m)
+    assert dict(build_graph(apps().spec()).crossings) == {"install": ("app", "device")}
+    assert [p.name for p in build_graph(students().spec()).nested[None]] == ["state", "ses"]
 
 
 def test_model_render_method_and_jupyter_display():

@@ -11,6 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gdag
+from gdag.graph import build_graph
+from gdag.serialize import model_to_dict
 
 from reference import build_gdag, random_spec
 from test_posterior import observe_some
@@ -56,6 +58,15 @@ def test_round_trip_of_a_nested_model_is_exact():
         np.testing.assert_array_equal(p1.var(name), p2.var(name))
     assert p1.log_evidence == p2.log_evidence
     assert m2.graph().edges == m.graph().edges
+
+
+def test_dict_of_a_model_graph_is_the_dict_of_its_model():
+    m = nested_model()
+    graph = build_graph(m.spec())
+    assert model_to_dict(graph) == m.to_dict()
+    # the graph's mean terms are the node's, in declaration order (the order fixes the sums in B)
+    assert [t.source.name for t in graph.mean_terms("s")] == ["d", "s", "beta"]
+    assert all(a is b for a, b in zip(graph.mean_terms("s"), m.nodes["s"].mean.terms))
 
 
 def test_dict_is_plain_json_types():
