@@ -31,9 +31,6 @@ from .spec import ModelSpec, Node, Plate, label
 
 EXPANDED_LIMIT = 5000
 
-#: What a family-level edge ``source -> target`` is (see :class:`Edge`).
-ROLES = ("mean", "fixed", "scale", "sd")
-
 
 @dataclass(frozen=True, eq=False)
 class Edge:
