@@ -26,7 +26,8 @@ import numpy as np
 
 import gdag
 from gdag.data import data_vector
-from gdag.fitting.objective import Objective, infer_roles
+from gdag.fitting.objective import Objective
+from gdag.fitting.roles import infer_roles
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "insteval.csv.gz"
 

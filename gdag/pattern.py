@@ -31,8 +31,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from .compiler import CompiledModel
-from .linalg import factor
+from .linalg import factor as factors
 from .linalg import gram as assembly
+from .linalg.blocked import analyze_blocked
 from .resources import factor_size
 from .timing import timed
 
@@ -60,8 +61,6 @@ class Conditioning:
         True where a value is given.  Deterministic variables are never observed.
     """
 
-    padded = False  # see PaddedConditioning
-
     @timed("pattern")
     def __init__(self, cm: CompiledModel, observed: np.ndarray):
         self.cm = cm
@@ -77,7 +76,7 @@ class Conditioning:
             self.O = np.flatnonzero(observed)
         self._pattern = self._coefficient_pattern()
         self._gram = GramAssembler(self._pattern, _over_R(self, self.pos_U), _over_R(self, observed))
-        self._symbolic = None
+        self._analyses: dict = {}  # factorization -> analysis of this pattern, each made once
         self._size = None
 
     @cached_property
@@ -113,11 +112,34 @@ class Conditioning:
         Q, b = self._gram.assemble(coef, 1.0 / d_R, r / d_R)
         return LinearSystem(Q, b, r, d_R, g, M)
 
-    def factorize(self, system: LinearSystem) -> "factor.CholeskyFactor":
-        """A new numeric factor of ``system.Q``, reusing this pattern's analysis."""
-        if self._symbolic is None:
-            self._symbolic = factor.analyze(self._gram.pattern)
-        return factor.CholeskyFactor(self._symbolic, system.Q, self.label_unobserved)
+    # ------------------------------------------------------------------
+    # The one road to a factor, for queries and fits: an analysis per pattern, then factors of it.
+
+    def analysis(self, factorization: str = "sparse"):
+        """The symbolic analysis of this pattern (computed once, shared by every factor; timed as "analyze").
+
+        ``"sparse"``: CHOLMOD's (:func:`gdag.linalg.factor.analyze`);
+        ``"blocked"``: the head/dense-tail split of :mod:`gdag.linalg.blocked`;
+        ``"auto"``: the blocked one where it pays, else the sparse one.
+        """
+        if factorization not in self._analyses:
+            if factorization == "sparse":
+                found = factors.analyze(self._gram.pattern)
+            else:
+                family = np.searchsorted(self.cm.family_offset, self.U, side="right") - 1
+                found = analyze_blocked(self._gram.pattern, family, required=factorization == "blocked")
+                if found is None:
+                    found = self.analysis("sparse")
+            self._analyses[factorization] = found
+        return self._analyses[factorization]
+
+    def factor(self, Q: sp.csc_matrix, factorization: str = "sparse") -> "factors.Factor":
+        """A new numeric factor of ``Q`` (lower triangle of ``Q_UU``, this pattern) on its analysis."""
+        return self.analysis(factorization).factor(Q, self.label_unobserved)
+
+    def factorize(self, system: LinearSystem) -> "factors.Factor":
+        """A posterior's factor: :meth:`factor` of ``system.Q``."""
+        return self.factor(system.Q)
 
     # ------------------------------------------------------------------
     # Accessors for gdag.fit, which re-evaluates this system for many theta.
@@ -135,12 +157,6 @@ class Conditioning:
         order, duplicates kept); otherwise one entry per position of ``B'``.
         """
         return self._pattern
-
-    def factor_for(self, Q: sp.csc_matrix) -> "factor.CholeskyFactor":
-        """A new numeric factor of a matrix with this pattern (as :meth:`factorize`, from ``Q`` alone)."""
-        if self._symbolic is None:
-            self._symbolic = factor.analyze(self._gram.pattern)
-        return factor.CholeskyFactor(self._symbolic, Q, self.label_unobserved)
 
     def reduced_values(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(coef, c_R, d_R)``: ``B'`` on :attr:`coefficient_pattern`, ``c'`` and the variances over R."""
@@ -167,13 +183,6 @@ class Conditioning:
                 break
             total = total + power
         return sp.csr_matrix(C[self.R] + B_RS @ total)
-
-    # (reliability) the cached symbolic analysis, for memory estimates made before factoring
-    def analysis(self):
-        """CHOLMOD's symbolic analysis of this pattern (computed once, shared by every factor)."""
-        if self._symbolic is None:
-            self._symbolic = factor.analyze(self._gram.pattern)
-        return self._symbolic
 
     def factor_size(self):
         """The :class:`~gdag.resources.FactorSize` of this pattern (computed once, from the analysis)."""
@@ -319,7 +328,7 @@ class PaddedConditioning:
     values of ``Q_RR`` are assembled with the observed columns of ``A`` zeroed,
     which makes every product touching them vanish exactly, and the observed
     diagonal is set to 1.  ``Q_UU`` inside ``Q'`` is bitwise the matrix
-    :class:`Conditioning` assembles, and :class:`~gdag.factor.PaddedFactor`
+    :class:`Conditioning` assembles, and :class:`~gdag.linalg.factor.PaddedFactor`
     answers solves, draws, log-determinants and selected inverses for ``Q_UU``
     from the factor of ``Q'`` (see there).
 
@@ -329,8 +338,6 @@ class PaddedConditioning:
     accessors :class:`~gdag.posterior.Posterior` uses are those of
     :class:`Conditioning`; :attr:`gram` holds the index maps of ``A_U`` only.
     """
-
-    padded = True
 
     @timed("pattern")
     def __init__(self, shared: Conditioning, observed: np.ndarray):
@@ -402,10 +409,9 @@ class PaddedConditioning:
         Q = sp.csc_matrix((Q_pad.data[self._take], self._U_rows, self._U_indptr), shape=(self.n_unobserved,) * 2)
         return LinearSystem(Q, b_pad[self.u_in_R], r, d_R, g, M, Q_pad)
 
-    def factorize(self, system: LinearSystem) -> "factor.PaddedFactor":
-        """A factor of ``Q_UU`` through the padded ``system.Q_padded`` and the shared analysis."""
-        shared = self.shared
-        return factor.PaddedFactor(shared.analysis(), system.Q_padded, self.u_in_R, shared.label_unobserved)
+    def factorize(self, system: LinearSystem) -> "factors.PaddedFactor":
+        """A posterior's factor of ``Q_UU``, through the padded ``system.Q_padded`` and the shared analysis."""
+        return factors.PaddedFactor(self.analysis(), system.Q_padded, self.u_in_R, self.shared.label_unobserved)
 
 
 def _over_R(cond, values: np.ndarray) -> np.ndarray:

@@ -20,12 +20,12 @@ from .accuracy import (
 )
 from .compiler import CompiledModel
 from .errors import AccuracyWarning, DataError, ModelError, NotIdentifiedError, warn
+from .linalg import LOG_2PI
 from .pattern import Conditioning, LinearSystem
 from .resources import available_memory, gigabytes
 from .spec import Node, Param
 from .timing import timed
 
-LOG_2PI = float(np.log(2 * np.pi))
 # Dense covariance blocks beyond this many solved entries are refused.
 COV_LIMIT = 50_000_000
 

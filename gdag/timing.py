@@ -10,6 +10,10 @@ The phases are those of docs/concepts.md: compile the declarations, build the
 index maps for an observed pattern, analyse its sparsity (ordering and
 symbolic factor), assemble values, factor, solve for the means (with
 refinement), selected inversion for the variances, and the accuracy check.
+A fit (``m.fit``) has the same compile, pattern, analyze, assemble and factor
+phases, then ``fixed`` (the GLS profile of the fixed effects and the
+objective) and ``gradient`` (residual variances, gradient and curvature); its
+``Fit.timings`` are these phases, recorded by the fit itself.
 Each second is counted once: a phase that runs inside another is subtracted
 from the outer one.  Outside ``record()`` the hooks cost one list test.
 The benchmarks (benchmarks/cases.py) time the public API this way.

@@ -16,7 +16,8 @@ import pytest
 
 import gdag
 from gdag.data import data_vector
-from gdag.fitting.objective import Objective, infer_roles
+from gdag.fitting.objective import Objective
+from gdag.fitting.roles import infer_roles
 from reference import dense_joint, random_spec, build_gdag
 
 DATA = Path(__file__).parent / "data"

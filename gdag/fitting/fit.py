@@ -1,7 +1,7 @@
 """Estimate unknown parameters: maximum likelihood, REML and EM.
 
 ``m.fit(data, method=...)`` classifies the parameters (fixed effects,
-variance components, coefficients; :mod:`gdag.objective`), profiles the
+variance components, coefficients; :mod:`gdag.fitting.roles`), profiles the
 fixed effects (and a common scale) out of the ML or REML objective, and
 optimizes the rest:
 
@@ -14,7 +14,8 @@ optimizes the rest:
   moments from the selected inverse, stopped when the relative change of the
   log-likelihood falls below ``tol``.
 
-The maths is in :mod:`gdag.objective` and ``docs/fitting.md``.
+The maths is in :mod:`gdag.fitting.objective`, :mod:`gdag.fitting.derivatives`
+and ``docs/fitting.md``; the optimizers in :mod:`gdag.fitting.optimize`.
 """
 
 from __future__ import annotations
@@ -22,17 +23,20 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from .. import timing
 from ..cache import QueryCache
 from ..compiler import CompiledModel
 from ..data import data_vector
-from ..errors import ConvergenceWarning, FitError, NotIdentifiedError, ParamError, warn
+from ..errors import ConvergenceWarning, FitError, warn
 from ..posterior import Posterior
-from ..spec import ModelSpec, check_param_value
-from .objective import Evaluation, Objective, infer_roles
+from ..spec import ModelSpec
+from .objective import Objective
+from .optimize import FitLog, run_em, run_lbfgs, run_scoring, starting_point
+from .roles import infer_roles
 
 __all__ = ["Fit", "fit"]
 
@@ -43,6 +47,20 @@ SINGULAR_TOL = 1e-4
 
 
 # ---------------------------------------------------------------- the result
+
+
+class Deferred:
+    """A value built on first use by the function given (so a frozen result can hold it)."""
+
+    __slots__ = ("_build", "_value")
+
+    def __init__(self, build: Callable[[], Any]):
+        self._build, self._value = build, None
+
+    def get(self):
+        if self._build is not None:
+            self._value, self._build = self._build(), None
+        return self._value
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,11 @@ class Fit:
     fitlog : list of ``(theta, objective)``, one per evaluation; ``theta`` in
         the model's parameter order (:attr:`labels`), ``objective`` = -2 log L.
     singular : bool, some variance component is at its boundary 0 (:attr:`boundary` names it).
+    timings : dict phase -> seconds: ``setup`` and ``optimize`` (wall time of
+        the two stages) and the :mod:`gdag.timing` phases run inside the fit
+        (``analyze``, ``assemble``, ``factor``, ``fixed`` (GLS and the
+        objective), ``gradient`` (variances, gradient, curvature), and
+        ``compile`` and ``pattern`` when they ran), each second counted once.
     """
 
     method: str
@@ -74,7 +97,7 @@ class Fit:
     stderr: dict
     cov_fixed: np.ndarray
     fixed_labels: tuple
-    _posterior: Any = field(repr=False)
+    _posterior: Deferred = field(repr=False, compare=False)
     converged: bool
     n_iter: int
     n_eval: int
@@ -90,9 +113,7 @@ class Fit:
     @property
     def posterior(self) -> Posterior:
         """The posterior at the estimates (built once, on first access)."""
-        if callable(self._posterior):
-            object.__setattr__(self, "_posterior", self._posterior())
-        return self._posterior
+        return self._posterior.get()
 
     @property
     def aic(self) -> float:
@@ -190,7 +211,7 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
         optimized parameter to be an sd; ``"auto"`` uses it then and L-BFGS-B
         otherwise.  Changes speed, never results beyond the tolerance.
     factorization : ``"auto"``, ``"sparse"`` or ``"blocked"``
-        CHOLMOD, or the head/dense-tail factor of :mod:`gdag.blocked` for
+        CHOLMOD, or the head/dense-tail factor of :mod:`gdag.linalg.blocked` for
         crossed designs.  Changes speed, never results.
 
     Returns
@@ -212,236 +233,65 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
     criterion = (criterion or "ml").lower() if method == "em" else method
     if criterion not in ("ml", "reml"):
         raise FitError(f"EM criterion must be 'ml' or 'reml'; got {criterion!r}.")
-    if tol is None:
-        tol = 1e-10 if method == "em" else 1e-12
-    t_start = time.perf_counter()
-    cm = queries.compiled(spec)
-    model = spec
-    if cm.n_theta == 0:
-        raise FitError(f"Model `{model.name}` has no parameters to estimate; use m.posterior(data) instead.")
-    x, observed = data_vector(spec, cm, data)
-    if not np.any(observed):
-        raise FitError(f"No entry of any node is observed, so there is nothing to fit model `{model.name}` to.")
-    cond = queries.conditioning_for(cm, observed)
-    roles = infer_roles(cm, cond, profile=(method != "em"))
     if optimizer not in ("auto", "scoring", "lbfgs"):
         raise FitError(f"`optimizer` must be 'auto', 'scoring' or 'lbfgs'; got {optimizer!r}.")
-    obj = Objective(cm, cond, x, roles, reml=(criterion == "reml"), factorization=factorization)
-    v0 = _initial_values(model, cm, obj, init)
-    t_setup = time.perf_counter()
-    log = _Log()
-    if method == "em":
-        converged, n_iter, message = _run_em(obj, v0, tol, max_iter or 10000, log)
-    elif obj.free.size == 0:
-        log.record(v0, obj.evaluate(v0))
-        converged, n_iter, message = True, 0, "nothing to optimize"
-    else:
-        use_scoring = optimizer == "scoring" or (optimizer == "auto" and obj.pure_variance and obj.exact_gradient)
-        if optimizer == "scoring" and not (obj.pure_variance and obj.exact_gradient):
-            raise FitError("optimizer='scoring' needs every optimized parameter to be a variance component; "
-                           "use optimizer='lbfgs'.")
-        if use_scoring:
-            converged, n_iter, message = _run_scoring(obj, v0, tol, max_iter or 200, log)
-            if not converged and message == "line search failed":  # hand the best point to L-BFGS-B
-                more = _run_optimizer(obj, log.v_best, tol, max_iter or 1000, log)
-                converged, n_iter, message = more[0], n_iter + more[1], more[2]
-        else:
-            converged, n_iter, message = _run_optimizer(obj, v0, tol, max_iter or 1000, log)
-    best, v_best, fitlog = log.best, log.v_best, log.entries
+    if tol is None:
+        tol = 1e-10 if method == "em" else 1e-12
+    with timing.record() as phases:
+        t_start = time.perf_counter()
+        cm = queries.compiled(spec)
+        if cm.n_theta == 0:
+            raise FitError(f"Model `{spec.name}` has no parameters to estimate; use m.posterior(data) instead.")
+        x, observed = data_vector(spec, cm, data)
+        if not np.any(observed):
+            raise FitError(f"No entry of any node is observed, so there is nothing to fit model `{spec.name}` to.")
+        cond = queries.conditioning_for(cm, observed)
+        roles = infer_roles(cm, cond, profile=(method != "em"))
+        v0, scales = starting_point(spec, cm, cond, x, roles, init)
+        obj = Objective(cm, cond, x, roles, reml=(criterion == "reml"), factorization=factorization, scales=scales)
+        t_setup = time.perf_counter()
+        log = FitLog()
+        converged, n_iter, message = _optimize(obj, v0, method, optimizer, tol, max_iter, log)
+        t_opt = time.perf_counter()
+    best = log.best
     if not converged:
         warn(
-            f"The fit of model `{model.name}` did not converge ({message}) after {n_iter} iterations and "
+            f"The fit of model `{spec.name}` did not converge ({message}) after {n_iter} iterations and "
             f"{obj.n_evaluations} evaluations; kept the best point (objective {best.objective:.10g}, "
-            f"parameters {_short(best.theta, obj.roles.labels)}). Try other `init` values or a larger `max_iter`.",
+            f"parameters {log.best_text(obj.roles.labels)}). Try other `init` values or a larger `max_iter`.",
             ConvergenceWarning,
         )
-    t_opt = time.perf_counter()
     theta = best.theta
-    posterior = lambda: Posterior(cm, cond, theta, x)  # noqa: E731 - built on first access
-    timings = {"setup": t_setup - t_start, "optimize": t_opt - t_setup,
-               "posterior": time.perf_counter() - t_opt, **obj.times}
-    return _make_fit(model, cm, obj, best, v_best, method, criterion, converged, n_iter, fitlog, posterior, timings)
+    posterior = Deferred(lambda: Posterior(cm, cond, theta, x))
+    timings = {"setup": t_setup - t_start, "optimize": t_opt - t_setup, "assemble": 0.0, "factor": 0.0,
+               "fixed": 0.0, "gradient": 0.0, **phases}
+    return _make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
 
 
-def _initial_values(model: ModelSpec, cm: CompiledModel, obj: Objective, init) -> np.ndarray:
-    """Optimizer starting point and variable scales (``obj.var_scale``)."""
-    roles = obj.roles
-    given = np.full(cm.n_theta, np.nan)
-    for i, name in enumerate(cm.param_names):
-        if cm.param_default[i] is not None:
-            given[cm.param_span(name)] = cm.param_default[i]
-    if init is not None:
-        if not isinstance(init, Mapping):
-            raise FitError(f"`init` must be a mapping from parameter names to values; got {type(init).__name__}.")
-        for name, value in init.items():
-            if name not in model.params:
-                raise ParamError(f"`init` names `{name}`, which is not a parameter of model `{model.name}`.")
-            given[cm.param_span(name)] = check_param_value(model.params[name], value)
-    observed = obj.x_R[np.isfinite(obj.x_R)] if obj.n_U else obj.x_R
-    spread = float(np.std(observed)) if observed.size > 1 else 1.0
-    spread = spread if spread > 0 else 1.0
-    prof = roles.profiled
-    sigma0 = given[prof] if prof >= 0 and np.isfinite(given[prof]) else None
-    # k variance components relative to the profiled one start at 1/sqrt(k): together
-    # as much variance as the residual (lme4 starts each at 1; this is fewer steps on our cases)
-    ratio0 = 1.0 / math.sqrt(max(1, int(np.count_nonzero(obj.is_sd))))
-    v0 = np.zeros(obj.free.shape[0])
-    for i, entry in enumerate(obj.free):
-        g = given[entry]
-        if obj.is_sd[i]:
-            if prof >= 0:  # ratio to the profiled sd (lme4's theta)
-                obj.var_scale[i] = 1.0
-                v0[i] = g / sigma0 if (sigma0 is not None and np.isfinite(g)) else ratio0
-            else:  # sd over the data's spread
-                obj.var_scale[i] = g if np.isfinite(g) else spread
-                v0[i] = 1.0
-        elif roles.positive[entry]:
-            obj.var_scale[i] = g if np.isfinite(g) else 1.0
-            v0[i] = 1.0
-        else:
-            obj.var_scale[i] = 1.0
-            v0[i] = g if np.isfinite(g) else 0.0
-    return v0
+def _optimize(obj: Objective, v0: np.ndarray, method: str, optimizer: str, tol: float, max_iter: int | None,
+              log: FitLog):
+    """Run the optimizer the method and options ask for: ``(converged, iterations, message)``."""
+    if method == "em":
+        return run_em(obj, v0, tol, max_iter or 10000, log)
+    if obj.free.size == 0:
+        log.record(v0, obj.evaluate(v0))
+        return True, 0, "nothing to optimize"
+    scoring_applies = obj.pure_variance and obj.exact_gradient
+    if optimizer == "scoring" and not scoring_applies:
+        raise FitError("optimizer='scoring' needs every optimized parameter to be a variance component; "
+                       "use optimizer='lbfgs'.")
+    if optimizer == "lbfgs" or not scoring_applies:
+        return run_lbfgs(obj, v0, tol, max_iter or 1000, log)
+    converged, n_iter, message = run_scoring(obj, v0, tol, max_iter or 200, log)
+    if not converged and message == "line search failed":  # hand the best point to L-BFGS-B
+        more = run_lbfgs(obj, log.v_best, tol, max_iter or 1000, log)
+        converged, n_iter, message = more[0], n_iter + more[1], more[2]
+    return converged, n_iter, message
 
 
-class _Log:
-    """Every evaluation's ``(theta, objective)`` and the best point so far."""
-
-    def __init__(self):
-        self.entries: list = []
-        self.best: Evaluation | None = None
-        self.v_best: np.ndarray | None = None
-
-    def record(self, v, ev: Evaluation) -> Evaluation:
-        self.entries.append((ev.theta.copy(), ev.objective))
-        if self.best is None or ev.objective < self.best.objective:
-            self.best, self.v_best = ev, np.array(v, dtype=float)
-        return ev
-
-
-def _run_optimizer(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: _Log):
-    """L-BFGS-B on the profiled objective (exact gradients, or finite differences where they are not)."""
-
-    memo: dict = {}
-
-    def fun(v):
-        key = np.asarray(v, dtype=float).tobytes()
-        if key not in memo:
-            memo.clear()
-            memo[key] = log.record(v, obj.evaluate(v, gradient=obj.exact_gradient))
-        ev = memo[key]
-        return (ev.objective, ev.gradient) if obj.exact_gradient else ev.objective
-
-    bounds = [(lo if np.isfinite(lo) else None, None) for lo in obj.lower]
-    v0 = np.maximum(np.asarray(v0, dtype=float), obj.lower)
-    fun(v0)
-    scale = max(1.0, abs(log.best.objective))
-    options = {"maxiter": max_iter, "maxfun": 4 * max_iter, "ftol": tol * 1e-3, "gtol": 1e-7 * scale, "maxcor": 20}
-    import scipy.optimize as so  # here, not at import: it is most of `import gdag`'s time otherwise
-
-    res = so.minimize(fun, v0, jac=obj.exact_gradient, method="L-BFGS-B", bounds=bounds, options=options)
-    return bool(res.success), int(res.nit), str(res.message)
-
-
-def _run_scoring(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: _Log):
-    """Projected, damped Fisher scoring with the average-information matrix.
-
-    The variables are the (relative) sds ``v >= 0``.  Each iteration solves
-    ``H d = -g`` over the variables not held at 0 (held: at 0 with a gradient
-    pushing outwards), caps the step at 10 times the variables' size, and
-    halves it until the objective falls (Armijo).  Converged when the
-    predicted decrease ``g^T H^{-1} g / 2`` is below ``tol * max(1, |objective|)``;
-    when it is already below ``1000 tol`` the last step is checked by the
-    objective alone (no gradient).
-    """
-    v = np.maximum(np.asarray(v0, dtype=float), 0.0)
-    ev = log.record(v, obj.evaluate(v, gradient=True, curvature=True))
-    for it in range(1, max_iter + 1):
-        g, H = ev.gradient, ev.curvature
-        held = (v <= 0) & (g > 0)
-        free = ~held
-        d = np.zeros_like(v)
-        if free.any():
-            Hf, gf = H[np.ix_(free, free)], g[free]
-            ridge = 1e-12 * max(1e-300, float(np.max(np.abs(np.diag(Hf)))))
-            try:
-                df = np.linalg.solve(Hf + ridge * np.eye(Hf.shape[0]), -gf)
-            except np.linalg.LinAlgError:
-                df = None
-            if df is None or not np.all(np.isfinite(df)) or gf @ df >= 0:  # scaled steepest descent
-                df = -gf / np.maximum(np.abs(np.diag(Hf)), ridge)
-            d[free] = df
-        decrease = -0.5 * float(g @ d)
-        size = max(1.0, abs(ev.objective))
-        if decrease <= tol * size:
-            return True, it - 1, "predicted decrease below tolerance"
-        if decrease <= 1e3 * tol * size and np.all(v + d >= 0):
-            # Close enough that one more full step leaves an error far below tol:
-            # take it, checking only that the objective falls as predicted.
-            ev_new = log.record(v + d, obj.evaluate(v + d))
-            if ev.objective - ev_new.objective >= 0.5 * decrease:
-                return True, it, "final Newton step"
-        cap = 10.0 * np.maximum(v, 1.0)
-        alpha = min(1.0, float(np.min(cap / np.maximum(np.abs(d), 1e-300))))
-        for _ in range(40):
-            v_new = np.maximum(v + alpha * d, 0.0)
-            try:
-                ev_new = log.record(v_new, obj.evaluate(v_new, gradient=True, curvature=True))
-            except NotIdentifiedError:  # a trial point too extreme to factor: shorten the step
-                alpha *= 0.5
-                continue
-            if ev_new.objective <= ev.objective + 1e-4 * float(g @ (v_new - v)):
-                break
-            alpha *= 0.5
-        else:
-            return False, it, "line search failed"
-        v, ev = v_new, ev_new
-    return False, max_iter, "iteration limit reached"
-
-
-def _short(theta, labels) -> str:
-    return "{" + ", ".join(f"{k}: {v:.6g}" for k, v in list(zip(labels, theta))[:8]) + ("..." if len(labels) > 8 else "") + "}"
-
-
-def _run_em(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: _Log):
-    """Expectation-maximization for variance components (nothing profiled).
-
-    E-step: at the current sds (fixed effects at their GLS values), the
-    posterior mean residual ``e_k`` and variance ``h_k`` of every stochastic
-    variable's noise (REML: under the posterior that includes the fixed
-    effects).  M-step, closed form: ``theta_j^2 = mean_{k governed by j}
-    (e_k^2 + h_k) / base_k^2``.  Each iteration cannot lower the likelihood;
-    stops when its relative change is below ``tol``.
-    """
-    if not (obj.pure_variance and obj.exact_gradient):
-        others = [obj.roles.labels[k] for k in obj.free if not obj.roles.pure_variance[k]]
-        raise FitError(
-            "EM estimates variance components only, and "
-            + ", ".join(f"`{x}`" for x in others[:6])
-            + (" is not one" if len(others) == 1 else " are not")
-            + " (a fixed effect in a mean, or a coefficient scaling a node term). Use method='ml' or method='reml'."
-        )
-    cm = obj.cm
-    base2 = cm.sd_base[obj.cond.R] ** 2
-    counts = np.bincount(obj.sd_R[obj.sd_R >= 0], minlength=cm.n_theta)
-    v = np.asarray(v0, dtype=float)
-    previous = None
-    for it in range(1, max_iter + 1):
-        ev = log.record(v, obj.evaluate(v, moments=True))
-        loglik = -0.5 * ev.objective
-        if previous is not None and abs(loglik - previous) <= tol * max(1.0, abs(loglik)):
-            return True, it - 1, "relative change of the log-likelihood below tolerance"
-        previous = loglik
-        rows = obj.sd_R >= 0
-        second = np.bincount(obj.sd_R[rows], weights=(ev.e[rows] ** 2 + ev.h[rows]) / base2[rows],
-                             minlength=cm.n_theta)
-        theta2 = second[obj.free] / counts[obj.free]
-        v = np.sqrt(theta2) / obj.var_scale
-    return False, max_iter, "iteration limit reached"
-
-
-def _make_fit(model, cm, obj, best, v_best, method, criterion, converged, n_iter, fitlog, posterior, timings) -> Fit:
-    roles = obj.roles
+def _make_fit(spec: ModelSpec, cm: CompiledModel, obj: Objective, log: FitLog, method: str, criterion: str,
+              converged: bool, n_iter: int, posterior: Deferred, timings: dict) -> Fit:
+    roles, best, v_best = obj.roles, log.best, log.v_best
     theta = best.theta
     params = {}
     for i, name in enumerate(cm.param_names):
@@ -461,7 +311,6 @@ def _make_fit(model, cm, obj, best, v_best, method, criterion, converged, n_iter
     for i, entry in enumerate(obj.free):
         if obj.is_sd[i] and max(v_best[i], 0.0) < SINGULAR_TOL:
             boundary.append(roles.labels[entry])
-    # descriptions for the summary
     # descriptions for the summary: what each variance component and coefficient belongs to
     fam_of = lambda idx: np.searchsorted(cm.family_offset, idx, side="right") - 1  # noqa: E731
     row_fam, col_fam = fam_of(cm.B_rows), fam_of(cm.B_cols)
@@ -500,12 +349,12 @@ def _make_fit(model, cm, obj, best, v_best, method, criterion, converged, n_iter
         converged=converged,
         n_iter=n_iter,
         n_eval=obj.n_evaluations,
-        fitlog=fitlog,
+        fitlog=log.entries,
         singular=bool(boundary),
         boundary=tuple(boundary),
         nobs=obj.n_obs,
         n_params=n_params,
-        model_name=model.name,
+        model_name=spec.name,
         roles={"variance": variance, "coefficient": coefficient, "fixed_values": best.beta.copy()},
         timings=timings,
     )

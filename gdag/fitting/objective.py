@@ -1,22 +1,12 @@
-r"""The ML and REML objectives of a model, their gradients and curvature (internal to :mod:`gdag.fit`).
+r"""The profiled ML and REML objectives of a model and data set (internal to :mod:`gdag.fitting`).
 
-Notation is that of :mod:`gdag.compiler` and :mod:`gdag.conditioning`: after
+Notation is that of :mod:`gdag.compiler` and :mod:`gdag.pattern`: after
 deterministic elimination the stochastic variables ``R`` obey
 ``x_R = c' + B' x_R + e``, ``e ~ N(0, diag(d))``; ``U`` are unobserved, ``O``
-observed, ``A = I - B'``, ``W = D^{-1}``, ``Q = A_U^T W A_U``.
+observed, ``A = I - B'``, ``W = D^{-1}``, ``Q = A_U^T W A_U``.  Fixed effects
+``beta`` (:mod:`gdag.fitting.roles`) enter as ``c' = c'_0 + F' beta`` with
+``F' = F_R + B_RS (I - B_SS)^{-1} F_S``.
 
-Roles of the parameter entries
-------------------------------
-* **fixed effect** ``beta``: enters means only linearly (a column of ``F``)
-  and is not declared positive: ``c' = c'_0 + F' beta`` with
-  ``F' = F_R + B_RS (I - B_SS)^{-1} F_S``.  Profiled out by GLS.
-* **variance component**: a positive parameter used as an ``sd``.
-* **coefficient**: a parameter scaling a node term (``rho * u0``).
-* anything else that is used (a positive parameter in a mean, a parameter
-  with several roles) is optimized numerically like a coefficient.
-
-Objective
----------
 With ``r(beta) = c'(beta) - A_O x_O`` and
 ``quad = min_{x_U, beta} (A_U x_U - r)^T W (A_U x_U - r) = e^T W e``:
 
@@ -34,185 +24,36 @@ entry, the residual one (``sigma``) is profiled out as in lme4: the others are
 optimized as ratios ``t = sd / sigma`` and ``sigma^2 = quad_t / (|O| - p_REML)``,
 so ``-2 log L = dof (1 + log 2 pi sigma^2) + sum log d_t + log|Q_t| (+ log|S_t|)``.
 
-Gradient (Fisher's identity, ``e`` at the posterior mean, ``h_k = Var(e_k |
-data)``, for REML under the posterior that includes ``beta``):
-
-.. math::
-
-    \frac{\partial(-2\log L)}{\partial\phi} = \sum_k \frac{\partial d_k}{d_k}
-        \Big(1 - \frac{h_k + e_k^2}{d_k}\Big) + \sum_k W_k (\partial h_k + 2 e_k\, \partial e_k)
-
-``h_k`` is a quadratic form in ``Q^{-1}`` over pairs of unobserved variables
-sharing row ``k`` of ``A``: entries of ``Q``'s pattern, read from the selected
-inverse of the factor.  Curvature for variance components is the average
-information ``AI_ij = y^T P dV_i P dV_j P y = g_i^T P_R g_j``,
-``g_i = dD_i W e`` (one solve per component).
+An evaluation is three stages, each a phase of :mod:`gdag.timing`: assemble
+(``Q``, ``b``, ``F'``), factor (``Q``, refactored in place), fixed (the GLS
+profile of ``beta`` and the scale, the residual and the objective); then,
+when asked, gradient (:mod:`gdag.fitting.derivatives`).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
 from ..compiler import CompiledModel
 from ..errors import FitError, NotIdentifiedError
+from ..linalg import LOG_2PI
 from ..linalg import gram as assembly
 from ..linalg.blas import one_blas_thread
-from ..linalg.blocked import BlockedFactor, choose_split
-from ..linalg.gram import bucket
+from ..linalg.pairs import RowPairs, row_pairs
 from ..pattern import Conditioning
+from ..timing import phase
+from . import derivatives
+from .derivatives import Point, dense
+from .roles import SD_FLOOR, Roles, not_identified_message
 
-LOG_2PI = float(np.log(2 * np.pi))
-# Variance components are evaluated at no less than this sd (relative to their
-# scale): the precision form needs d > 0, and below it the objective is flat.
-SD_FLOOR = 1e-6
 # Constant-design models keep one Gram matrix per variance class up to this many classes.
 MAX_CLASSES = 64
-
-
-# --------------------------------------------------------------------- roles
-
-
-@dataclass(frozen=True)
-class Roles:
-    """What each entry of ``theta`` does (boolean masks over ``theta``).
-
-    ``fixed`` entries are profiled by GLS, ``free`` ones optimized; ``profiled``
-    is the sd entry whose scale is profiled out (-1 for none).
-    """
-
-    fixed: np.ndarray  # indices
-    free: np.ndarray  # indices
-    sd: np.ndarray
-    scale: np.ndarray
-    linear: np.ndarray
-    positive: np.ndarray
-    profiled: int
-    labels: tuple[str, ...]
-
-    @property
-    def pure_variance(self) -> np.ndarray:
-        """Entries used only as an sd."""
-        return self.sd & ~self.scale & ~self.linear
-
-
-def entry_labels(cm: CompiledModel) -> tuple[str, ...]:
-    """``name`` for scalar parameters, ``name[i]`` for entries of vectors."""
-    out: list[str] = []
-    for i, name in enumerate(cm.param_names):
-        out.extend([name] if cm.param_scalar[i] else [f"{name}[{k}]" for k in range(int(cm.param_size[i]))])
-    return tuple(out)
-
-
-def infer_roles(cm: CompiledModel, cond: Conditioning, profile: bool = True) -> Roles:
-    """Classify every parameter entry; see the module docstring."""
-    n = cm.n_theta
-    owner = np.repeat(np.arange(len(cm.param_names)), cm.param_size)
-    positive = cm.param_positive[owner] if n else np.zeros(0, bool)
-    sd = np.zeros(n, bool)
-    sd_R = cm.sd_param[cond.R]
-    sd[sd_R[sd_R >= 0]] = True
-    scale = np.zeros(n, bool)
-    scale[cm.B_scale[cm.B_scale >= 0]] = True
-    linear = np.zeros(n, bool)
-    if n:
-        linear[np.unique(sp.coo_matrix(cm.F).col)] = True
-    fixed = linear & ~sd & ~scale & ~positive
-    free = (sd | scale | linear) & ~fixed
-    labels = entry_labels(cm)
-    unused = np.flatnonzero(~(sd | scale | linear))
-    if unused.size:
-        one = unused.size == 1
-        names = ", ".join(f"`{labels[k]}`" for k in unused[:10]) + (" ..." if unused.size > 10 else "")
-        raise NotIdentifiedError(
-            f"Parameter entr{'y' if one else 'ies'} {names} appear{'s' if one else ''} in no mean and no sd of a "
-            f"stochastic node, so the data say nothing about {'it' if one else 'them'}. "
-            f"Remove {'it' if one else 'them'} from the model or use {'it' if one else 'them'} in a mean or sd."
-        )
-    # Profile a common scale when every stochastic variable's sd carries an entry used
-    # only as an sd: then d = sigma^2 d(t), sigma the entry of most observed variables.
-    profiled = -1
-    if profile and sd_R.size and np.all(sd_R >= 0) and cond.O.size:
-        pure = sd & ~scale & ~linear
-        if np.all(pure[np.unique(sd_R)]):
-            profiled = int(np.argmax(np.bincount(cm.sd_param[cond.O], minlength=n)))
-    return Roles(np.flatnonzero(fixed), np.flatnonzero(free), sd, scale, linear, positive, profiled, labels)
-
-
-def not_identified_message(labels) -> str:
-    """The NotIdentifiedError message for fixed effects the data leave unidentified."""
-    names = ", ".join(f"`{x}`" for x in labels[:12]) + (" ..." if len(labels) > 12 else "")
-    return (
-        f"The fixed effects {names} are not identified by the data: in the means of the observed "
-        "nodes their columns are zero or linearly dependent (a parameter with no data, or collinear "
-        "predictors). Remove or merge them, or make them random effects."
-    )
-
-
-# ------------------------------------------------------------------- kernels
-
-
-@numba.njit(cache=True)
-def _row_pairs(indptr, order):
-    """Every unordered pair (diagonal included) of entries that share a row."""
-    n_rows = indptr.shape[0] - 1
-    total = 0
-    for k in range(n_rows):
-        m = indptr[k + 1] - indptr[k]
-        total += m * (m + 1) // 2
-    row = np.empty(total, np.int64)
-    first = np.empty(total, np.int64)
-    second = np.empty(total, np.int64)
-    t = 0
-    for k in range(n_rows):
-        for a in range(indptr[k], indptr[k + 1]):
-            for b in range(a, indptr[k + 1]):
-                row[t] = k
-                first[t] = order[a]
-                second[t] = order[b]
-                t += 1
-    return row, first, second
-
-
-class SparseFactor:
-    """CHOLMOD factor (analysed once, refactored in place) with covariances from its selected inverse."""
-
-    def __init__(self, cond: Conditioning, Q: sp.csc_matrix):
-        self._fac = cond.factor_for(Q)
-        self._cache: dict = {}
-
-    def refactor_inplace(self, Q: sp.csc_matrix) -> None:
-        self._fac.refactor_inplace(Q)
-
-    def logdet(self) -> float:
-        return self._fac.logdet()
-
-    def solve(self, b: np.ndarray) -> np.ndarray:
-        return self._fac.solve(b)
-
-    def covariances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """``(Q^{-1})[a[k], b[k]]`` for pairs on the pattern of ``Q``, by selected inversion."""
-        L = self._fac.L()
-        key = (id(a), L.nnz)
-        if key not in self._cache:
-            n = L.shape[0]
-            pinv = np.empty(n, np.int64)
-            pinv[self._fac.permutation] = np.arange(n)
-            i, j = pinv[a], pinv[b]
-            Lc = sp.csc_matrix(L)
-            Lc.sort_indices()
-            keys = np.repeat(np.arange(n, dtype=np.int64), np.diff(Lc.indptr)) * n + Lc.indices
-            self._cache = {key: np.searchsorted(keys, np.minimum(i, j) * n + np.maximum(i, j))}
-        return self._fac.selected_inverse().data[self._cache[key]]
-
-
-# ---------------------------------------------------------------- evaluation
+FACTORIZATIONS = ("auto", "sparse", "blocked")
 
 
 @dataclass
@@ -239,17 +80,19 @@ class Evaluation:
 class Objective:
     """The profiled ML or REML objective of one model and data set.
 
-    Built once per fit: the conditioning's index sets and assembly maps, one
-    analysis of ``Q``'s pattern (a CHOLMOD symbolic factorization, or for
-    crossed designs the head/tail split of :mod:`gdag.blocked`), the pairs of
-    unobserved variables whose covariances the gradient needs, and for models
-    whose ``B`` has no parameters one Gram matrix per variance class
-    (``Q = sum_c G_c / theta_c^2``).  Each :meth:`evaluate` refactors in place.
+    Built once per fit: the conditioning's index sets and assembly maps, its
+    analysis of ``Q``'s pattern (:meth:`gdag.pattern.Conditioning.analysis`: a
+    CHOLMOD symbolic factorization, or for crossed designs the head/tail split
+    of :mod:`gdag.linalg.blocked`), the pairs of unobserved variables whose
+    covariances the gradient needs, and for models whose ``B`` has no
+    parameters one Gram matrix per variance class (``Q = sum_c G_c / theta_c^2``).
+    Each :meth:`evaluate` refactors in place.
 
-    Optimizer variables ``v`` map to working parameters: a variance component
-    is ``max(v, SD_FLOOR) * scale`` (a ratio to the profiled sd, or an sd over
-    a data scale), other free entries ``v * scale``; fixed effects are 0 (they
-    enter through ``F'``) and a profiled sd is 1.
+    Optimizer variables ``v`` (one per entry of ``roles.optimized``) map to
+    working parameters: a variance component is ``max(v, SD_FLOOR) * scale``
+    (a ratio to the profiled sd, or an sd over a data scale), other free
+    entries ``v * scale``; fixed effects are 0 (they enter through ``F'``) and
+    a profiled sd is 1.
 
     Parameters
     ----------
@@ -257,10 +100,12 @@ class Objective:
         CHOLMOD, or the blocked head/dense-tail factor; ``"auto"`` takes the
         blocked one when the pattern allows and its tail is dense.  Changes
         speed, never results.
+    scales : array, optional
+        The ``scale`` of each optimizer variable (default 1).
     """
 
     def __init__(self, cm: CompiledModel, cond: Conditioning, x: np.ndarray, roles: Roles, reml: bool,
-                 factorization: str = "auto"):
+                 factorization: str = "auto", scales: np.ndarray | None = None):
         self.cm, self.cond, self.roles, self.reml = cm, cond, roles, reml
         self.x_R = x[cond.R]
         self.n_obs = int(cond.O.shape[0])
@@ -272,7 +117,7 @@ class Objective:
                 + ("REML needs more observations than fixed effects." if reml else
                    "ML needs at least as many observations as fixed effects.")
             )
-        if factorization not in ("auto", "sparse", "blocked"):
+        if factorization not in FACTORIZATIONS:
             raise FitError(f"`factorization` must be 'auto', 'sparse' or 'blocked'; got {factorization!r}.")
         self.factorization = factorization
         self.gram = cond.gram
@@ -281,9 +126,11 @@ class Objective:
         self.u_in_R = cond.pos_R[cond.U]
         self.rows, self.cols = cond.coefficient_pattern
         self.sd_R = cm.sd_param[cond.R]
-        self.free = roles.free[roles.free != roles.profiled]
+        self.free = roles.optimized
         self.is_sd = roles.sd[self.free]
-        self.var_scale = np.ones(self.free.shape[0])
+        self.scales = np.ones(self.free.shape[0]) if scales is None else np.array(scales, dtype=float)
+        if self.scales.shape != self.free.shape:
+            raise ValueError(f"internal error: {self.scales.shape[0]} scales for {self.free.shape[0]} variables")
         self.lower = np.where(self.is_sd | roles.positive[self.free], 0.0, -np.inf)
         # Gradients are exact unless a scaled coefficient touches an eliminated
         # (deterministic) variable: then F' and B' are polynomials in theta and
@@ -305,7 +152,6 @@ class Objective:
         self._entry_vals = None  # values of A_U's entries (constant designs)
         self._n_classes = None
         self.n_evaluations = 0
-        self.times = {"assemble": 0.0, "factor": 0.0, "fixed": 0.0, "gradient": 0.0}
         # free sd entries and the rows they govern (the gradient needs h there)
         free_sd = np.zeros(cm.n_theta + 1, bool)
         free_sd[self.free[self.is_sd]] = True
@@ -344,17 +190,11 @@ class Objective:
                 self._dcoef[entry] = np.asarray(D[self.rows, self.cols]).reshape(-1) if self.rows.size else np.zeros(0)
         return self._dcoef[entry]
 
-    def pairs(self, rows: np.ndarray):
-        """Pairs of ``A_U`` entries sharing one of ``rows`` (bool over R): row, first, second, mult."""
+    def pairs(self, rows: np.ndarray) -> RowPairs:
+        """Pairs of ``A_U`` entries sharing one of ``rows`` (bool over R), computed once per ``rows``."""
         key = rows.tobytes()
         if key not in self._pairs:
-            gram = self.gram
-            keep = np.flatnonzero(rows[gram.entry_row])
-            indptr, order = bucket(gram.entry_row[keep].astype(np.int64), self.n_R)
-            row, first, second = _row_pairs(indptr, keep[order])
-            mult = np.where(first == second, 1.0, 2.0)
-            u1, u2 = gram.entry_col[first].astype(np.int64), gram.entry_col[second].astype(np.int64)
-            self._pairs[key] = (row, first, second, mult, u1, u2)
+            self._pairs[key] = row_pairs(self.gram.entry_row, self.gram.entry_col, rows, self.n_R)
         return self._pairs[key]
 
     # ------------------------------------------------------------ variables
@@ -363,7 +203,7 @@ class Objective:
         """Working parameters for optimizer variables ``v`` (see the class docstring)."""
         th = np.zeros(self.cm.n_theta)
         floor = np.where(self.is_sd | self.roles.positive[self.free], SD_FLOOR, -np.inf)
-        th[self.free] = np.maximum(np.asarray(v, dtype=float), floor) * self.var_scale
+        th[self.free] = np.maximum(np.asarray(v, dtype=float), floor) * self.scales
         if self.roles.profiled >= 0:
             th[self.roles.profiled] = 1.0
         return th
@@ -376,168 +216,88 @@ class Objective:
             theta[self.roles.pure_variance] *= math.sqrt(sigma2)
         return theta
 
-    # ------------------------------------------------------------- assembly
-
-    def _variance_classes(self, entry_vals):
-        """Per-class Gram values for ``Q = sum_c omega_c G_c`` (constant designs only).
-
-        Class ``c`` holds the rows whose sd is ``sd_base * theta[entries[c]]``
-        (``entries[c] = -1``: a constant sd); ``omega_c = 1 / theta^2`` (or 1).
-        """
-        if self._classes is None:
-            st = self.gram.structure
-            base = 1.0 / self.cm.sd_base[self.cond.R] ** 2
-            entries, cls = np.unique(self.sd_R, return_inverse=True)
-            grams = assembly.class_gram_values(st, entry_vals, base, cls, entries.size)
-            self._classes = (entries, grams)
-        return self._classes
-
-    def _assemble(self, th, coef, d_R, r0, W):
-        """Lower triangle of ``Q`` and ``b0``."""
-        gram = self.gram
-        if self.constant_design and self.n_U:
-            if self._entry_vals is None:
-                self._entry_vals = gram.entry_values(coef)
-            entry_vals = self._entry_vals
-            if self._n_classes is None:
-                self._n_classes = np.unique(self.sd_R).size
-            if self._n_classes <= MAX_CLASSES:
-                entries, grams = self._variance_classes(entry_vals)
-                omega = np.ones(entries.size)
-                omega[entries >= 0] = 1.0 / th[entries[entries >= 0]] ** 2
-                data = omega @ grams
-                s = gram.structure
-                Q = sp.csc_matrix((data, s.q_rows, s.q_indptr), shape=(s.n_cols, s.n_cols))
-                b0 = self.A_U(entry_vals).T @ (W * r0)
-                return Q, b0, entry_vals
-        entry_vals = gram.entry_values(coef)
-        Q, b0 = gram.assemble(coef, W, r0 * W)
-        return Q, b0, entry_vals
-
-
-    def _factorize(self, Q: sp.csc_matrix):
-        if self._factor is None:
-            split = None
-            if self.factorization != "sparse":
-                family = np.searchsorted(self.cm.family_offset, self.cond.U, side="right") - 1
-                split = choose_split(Q, family)
-                if split is None and self.factorization == "blocked":
-                    split = (np.zeros(0, np.int64), np.arange(self.n_U))
-            blocked = None
-            if split is not None:
-                blocked = BlockedFactor(Q, split[0], split[1], self.cond.label_unobserved)
-                if self.factorization == "auto" and not blocked.worthwhile:
-                    blocked = None
-            if blocked is not None:
-                self._factor = blocked
-                self._factor.refactor_inplace(Q)
-            else:
-                self._factor = SparseFactor(self.cond, Q)
-        else:
-            self._factor.refactor_inplace(Q)
-        return self._factor
-
-    def _B_times(self, coef, x) -> np.ndarray:
-        """``B' x`` over R (a cached sparse matrix when ``B`` has no parameters)."""
-        if not self.constant_design:
-            return np.bincount(self.rows, weights=coef * x[self.cols], minlength=self.n_R)
-        if self._B is None:
-            self._B = sp.csr_matrix((coef, (self.rows, self.cols)), shape=(self.n_R, self.n_R))
-        return self._B @ x
-
-    def A_U(self, entry_vals) -> sp.csr_matrix:
-        """``A_U`` (|R| x |U|) as a sparse matrix."""
-        if self._A_U is None or not self.constant_design:
-            gram = self.gram
-            self._A_U = sp.csr_matrix((entry_vals, (gram.entry_row, gram.entry_col)), shape=(self.n_R, self.n_U))
-        return self._A_U
-
     # ------------------------------------------------------------ evaluation
 
     def evaluate(self, v: np.ndarray, gradient: bool = False, curvature: bool = False,
                  moments: bool = False) -> Evaluation:
         """Objective at optimizer variables ``v``; optionally its gradient, curvature and residual moments.
 
-        Runs OpenBLAS on one thread unless OPENBLAS_NUM_THREADS is set (see :class:`gdag.blocked.OneBlasThread`).
+        Runs OpenBLAS on one thread unless OPENBLAS_NUM_THREADS is set (see
+        :class:`gdag.linalg.blas.OneBlasThread`).
         """
         with one_blas_thread():
-            return self._evaluate(v, gradient, curvature, moments)
-
-    def _evaluate(self, v, gradient, curvature, moments) -> Evaluation:
-        self.n_evaluations += 1
-        t0 = time.perf_counter()
-        th = self.working_theta(v)
-        cond, gram, p = self.cond, self.gram, self.p
-        coef, c_R, d_R = cond.reduced_values(th)
-        W = 1.0 / d_R
-        r0 = gram.residual(coef, c_R, self.x_R)
-        F = self.fixed_design(th)
-        fac = None
-        if self.n_U:
-            Q, b0, entry_vals = self._assemble(th, coef, d_R, r0, W)
-            t1 = time.perf_counter()
-            fac = self._factorize(Q)
-            logdet_Q = fac.logdet()
-            m0 = fac.solve(b0) if not p else None  # with fixed effects: solved together with G below
-        else:
-            entry_vals = np.zeros(0)
-            t1 = time.perf_counter()
-            logdet_Q, m0 = 0.0, np.zeros(0)
-        t2 = time.perf_counter()
-        A_U = Z_F = chol_S = None
-        if p:
-            WF = W[:, None] * F if isinstance(F, np.ndarray) else sp.csr_matrix(F.multiply(W[:, None]))
-            if self.n_U:
-                A_U = self.A_U(entry_vals)
-                G = _dense(A_U.T @ WF)
-                both = fac.solve(np.column_stack([b0, G])).reshape(self.n_U, p + 1)  # one solve for both
-                m0, Z_F = both[:, 0], both[:, 1:]
-            else:
-                G, Z_F = np.zeros((0, p)), np.zeros((0, p))
-            S = _dense(F.T @ WF) - G.T @ Z_F
-            S = 0.5 * (S + S.T)
-            # r(beta) = r0 + F' beta, b(beta) = b0 + G beta: quad is least at S beta = G^T m0 - F'^T W r0
-            rhs = G.T @ m0 - np.asarray(WF.T @ r0).reshape(-1)
-            chol_S = self._cholesky_S(S)
-            beta = sla.cho_solve((chol_S, True), rhs)
-            logdet_S = 2.0 * float(np.sum(np.log(np.diag(chol_S))))
-            m = m0 + Z_F @ beta
-            c_full = c_R + F @ beta
-        else:
-            beta, logdet_S, m, c_full = np.zeros(0), 0.0, m0, c_R
-        # residual at the posterior mean, e = A xbar - c'(beta-hat); quad = e^T W e
-        xbar = self.x_R.copy()
-        xbar[self.u_in_R] = m
-        e = xbar - c_full - self._B_times(coef, xbar)
-        quad = float(np.sum(W * e * e))
-        logdet = float(np.sum(np.log(d_R))) + logdet_Q + (logdet_S if self.reml else 0.0)
-        profiled = self.roles.profiled >= 0
-        if profiled:
-            sigma2 = quad / self.dof
-            objective = self.dof * (1.0 + LOG_2PI + math.log(sigma2)) + logdet
-        else:
-            sigma2 = 1.0
-            objective = self.dof * LOG_2PI + logdet + quad
-        cov_beta = sigma2 * sla.cho_solve((chol_S, True), np.eye(p)) if p else np.zeros((0, 0))
-        out = Evaluation(objective, self.natural_theta(th, beta, sigma2), beta, cov_beta, sigma2)
-        t3 = time.perf_counter()
-        if (gradient or moments or curvature) and self.exact_gradient:
-            rows = self._rows_grad if not moments else (self.sd_R >= 0) | self._rows_grad
-            ctx = _Context(fac, entry_vals, A_U, Z_F, chol_S, F, W)
-            h, extra = self._variances(ctx, rows)
-            out.e, out.W, out.h = e, W, h
-            qfac = 1.0 / sigma2 if profiled else 1.0
-            if gradient:
-                out.gradient = self._gradient(th, W, e, h, xbar, entry_vals, extra, qfac)
-            if curvature and self.pure_variance:
-                out.curvature = self._curvature(th, ctx, e, sigma2, out.gradient, v)
-        t4 = time.perf_counter()
-        tm = self.times
-        tm["assemble"] += t1 - t0
-        tm["factor"] += t2 - t1
-        tm["fixed"] += t3 - t2
-        tm["gradient"] += t4 - t3
+            self.n_evaluations += 1
+            with phase("assemble"):
+                pt = self._assemble(self.working_theta(v))
+            with phase("factor"):
+                self._factorize(pt)
+            with phase("fixed"):
+                out = self._profile(pt)
+            if (gradient or moments or curvature) and self.exact_gradient:
+                with phase("gradient"):
+                    self._derivatives(out, pt, v, gradient, curvature, moments)
         return out
+
+    def _assemble(self, th: np.ndarray) -> Point:
+        """The values at working parameters ``th``: ``B'``, ``c'``, ``d``, ``r0``, ``F'``, ``Q`` and ``b0``."""
+        coef, c_R, d_R = self.cond.reduced_values(th)
+        W = 1.0 / d_R
+        r0 = self.gram.residual(coef, c_R, self.x_R)
+        pt = Point(th, coef, c_R, d_R, W, r0, self.fixed_design(th), np.zeros(0))
+        if self.n_U:
+            pt.Q, pt.b, pt.entry_vals = self._gram_values(th, coef, r0, W)
+        return pt
+
+    def _factorize(self, pt: Point) -> None:
+        """Factor ``Q`` (the first time through the conditioning, then in place): ``log|Q|`` and, without fixed effects, ``m``."""
+        if not self.n_U:
+            pt.m = np.zeros(0)
+            return
+        if self._factor is None:
+            self._factor = self.cond.factor(pt.Q, self.factorization)
+        else:
+            self._factor.refactor_inplace(pt.Q)
+        pt.fac = self._factor
+        pt.logdet_Q = self._factor.logdet()
+        if not self.p:  # with fixed effects m is solved together with G (_fixed_effects)
+            pt.m = self._factor.solve(pt.b)
+
+    def _profile(self, pt: Point) -> Evaluation:
+        """-2 log L at ``pt`` with the fixed effects at their GLS values and a profiled scale at its optimum."""
+        beta, logdet_S, c_full = self._fixed_effects(pt) if self.p else (np.zeros(0), 0.0, pt.c)
+        # residual at the posterior mean, e = A xbar - c'(beta-hat); quad = e^T W e
+        pt.xbar = self.x_R.copy()
+        pt.xbar[self.u_in_R] = pt.m
+        pt.e = pt.xbar - c_full - self._B_times(pt.coef, pt.xbar)
+        quad = float(np.sum(pt.W * pt.e * pt.e))
+        logdet = float(np.sum(np.log(pt.d))) + pt.logdet_Q + (logdet_S if self.reml else 0.0)
+        if self.roles.profiled >= 0:
+            pt.sigma2 = quad / self.dof
+            objective = self.dof * (1.0 + LOG_2PI + math.log(pt.sigma2)) + logdet
+        else:
+            objective = self.dof * LOG_2PI + logdet + quad
+        cov_beta = pt.sigma2 * sla.cho_solve((pt.chol_S, True), np.eye(self.p)) if self.p else np.zeros((0, 0))
+        return Evaluation(objective, self.natural_theta(pt.th, beta, pt.sigma2), beta, cov_beta, pt.sigma2)
+
+    def _fixed_effects(self, pt: Point):
+        """GLS: ``beta``, ``log|S|`` and ``c'(beta)``; sets ``m`` and what REML and its gradient reuse."""
+        F, W, p = pt.F, pt.W, self.p
+        WF = W[:, None] * F if isinstance(F, np.ndarray) else sp.csr_matrix(F.multiply(W[:, None]))
+        if self.n_U:
+            pt.A_U = self.A_U(pt.entry_vals)
+            G = dense(pt.A_U.T @ WF)
+            both = pt.fac.solve(np.column_stack([pt.b, G])).reshape(self.n_U, p + 1)  # one solve for both
+            m0, pt.Z_F = both[:, 0], both[:, 1:]
+        else:
+            m0, G, pt.Z_F = pt.m, np.zeros((0, p)), np.zeros((0, p))
+        S = dense(F.T @ WF) - G.T @ pt.Z_F
+        S = 0.5 * (S + S.T)
+        # r(beta) = r0 + F' beta, b(beta) = b0 + G beta: quad is least at S beta = G^T m0 - F'^T W r0
+        rhs = G.T @ m0 - np.asarray(WF.T @ pt.r).reshape(-1)
+        pt.chol_S = self._cholesky_S(S)
+        beta = sla.cho_solve((pt.chol_S, True), rhs)
+        pt.m = m0 + pt.Z_F @ beta
+        return beta, 2.0 * float(np.sum(np.log(np.diag(pt.chol_S)))), pt.c + F @ beta
 
     def _cholesky_S(self, S: np.ndarray) -> np.ndarray:
         """Cholesky factor of the fixed effects' information ``S``; NotIdentifiedError if singular."""
@@ -553,129 +313,63 @@ class Objective:
             raise NotIdentifiedError(not_identified_message([labels[i] for i in involved]))
         return np.linalg.cholesky(S)
 
-    def _variances(self, ctx: "_Context", rows: np.ndarray):
-        """``h_k = Var(e_k | data)`` on ``rows`` (REML: including the fixed effects' uncertainty)."""
-        n_R = self.n_R
-        extra = {}
-        h = np.zeros(n_R)
-        if self.n_U and rows.any():
-            row, first, second, mult, u1, u2 = self.pairs(rows)
-            pair_w = mult * ctx.fac.covariances(u1, u2)
-            h = np.bincount(row, weights=pair_w * ctx.entry_vals[first] * ctx.entry_vals[second], minlength=n_R)
-            extra["pairs"] = (row, first, second, pair_w)
-        if self.reml and self.p:
-            V = ((ctx.A_U @ ctx.Z_F) - _dense(ctx.F)) if self.n_U else -_dense(ctx.F)
-            SinvVt = sla.cho_solve((ctx.chol_S, True), V.T)  # p x |R|
-            h = h + np.einsum("ij,ji->i", V, SinvVt)
-            extra["reml"] = (ctx.Z_F, SinvVt)
-        return h, extra
+    def _derivatives(self, out: Evaluation, pt: Point, v, gradient: bool, curvature: bool, moments: bool) -> None:
+        """Residual moments, gradient and curvature into ``out`` (see :mod:`gdag.fitting.derivatives`)."""
+        rows = self._rows_grad if not moments else (self.sd_R >= 0) | self._rows_grad
+        h, extra = derivatives.residual_variances(self, pt, rows)
+        out.e, out.W, out.h = pt.e, pt.W, h
+        qfac = 1.0 / pt.sigma2 if self.roles.profiled >= 0 else 1.0
+        if gradient:
+            out.gradient = derivatives.gradient(self, pt, h, extra, qfac)
+        if curvature and self.pure_variance:
+            out.curvature = derivatives.curvature(self, pt, out.gradient, v)
 
-    def _gradient(self, th, W, e, h, xbar, entry_vals, extra, qfac) -> np.ndarray:
-        """Gradient w.r.t. the optimizer variables; ``qfac`` weighs the quadratic term (1/sigma^2 if profiled)."""
-        gram, n_R = self.gram, self.n_R
-        sd_rows = self.sd_R >= 0
-        per_row = 1.0 - W * h - qfac * W * e * e
-        sums = np.bincount(self.sd_R[sd_rows], weights=per_row[sd_rows], minlength=self.cm.n_theta)
-        grad = np.zeros(self.free.shape[0])
-        for i, entry in enumerate(self.free):
-            g = 0.0
-            if self.roles.sd[entry]:
-                g += 2.0 / th[entry] * sums[entry]  # d_k = (base theta)^2: dd/d = 2/theta
-            if self.roles.scale[entry]:
-                dcoef = self.coef_derivative(entry)
-                de = -np.bincount(self.rows, weights=dcoef * xbar[self.cols], minlength=n_R)
-                g += 2.0 * qfac * float(np.sum(W * e * de))
-                if "pairs" in extra:
-                    row, first, second, pair_w = extra["pairs"]
-                    da = np.concatenate([np.zeros(gram.diag_U.shape[0]), -dcoef[gram.coef_U]])
-                    dh = np.bincount(row, weights=pair_w * (da[first] * entry_vals[second]
-                                                            + entry_vals[first] * da[second]), minlength=n_R)
-                    if "reml" in extra:  # 2 (dA_U Z_F S^{-1} V^T)_kk, entry by entry
-                        Z_F, SinvVt = extra["reml"]
-                        cross = np.einsum("ij,ji->i", Z_F[gram.entry_col], SinvVt[:, gram.entry_row])
-                        dh = dh + 2.0 * np.bincount(gram.entry_row, weights=da * cross, minlength=n_R)
-                    g += float(np.sum(W * dh))
-            if self.roles.linear[entry]:
-                g -= 2.0 * qfac * float(np.sum(W * e * self.free_offset(entry, th)))
-            grad[i] = g
-        return grad * self.var_scale
+    # ------------------------------------------------------------- assembly
 
-    # ------------------------------------------------------------- curvature
+    def _gram_values(self, th: np.ndarray, coef: np.ndarray, r0: np.ndarray, W: np.ndarray):
+        """Lower triangle of ``Q``, ``b0 = A_U^T W r0`` and the values of ``A_U``'s entries."""
+        gram = self.gram
+        if self.constant_design:
+            if self._entry_vals is None:
+                self._entry_vals = gram.entry_values(coef)
+            entry_vals = self._entry_vals
+            if self._n_classes is None:
+                self._n_classes = np.unique(self.sd_R).size
+            if self._n_classes <= MAX_CLASSES:
+                entries, grams = self._variance_classes(entry_vals)
+                omega = np.ones(entries.size)
+                omega[entries >= 0] = 1.0 / th[entries[entries >= 0]] ** 2
+                s = gram.structure
+                Q = sp.csc_matrix((omega @ grams, s.q_rows, s.q_indptr), shape=(s.n_cols, s.n_cols))
+                return Q, self.A_U(entry_vals).T @ (W * r0), entry_vals
+        Q, b0 = gram.assemble(coef, W, r0 * W)
+        return Q, b0, gram.entry_values(coef)
 
-    def projected_residuals(self, ctx: "_Context", R: np.ndarray) -> np.ndarray:
-        """``P_R R`` for columns of ``R`` (|R| x k), in working units.
+    def _variance_classes(self, entry_vals):
+        """Per-class Gram values for ``Q = sum_c omega_c G_c`` (constant designs only).
 
-        ``P_R r = W (r - A_U m(r) [+ F' beta(r)])``: the data-space residual of
-        treating ``r`` as data (REML also projects out the fixed effects).
+        Class ``c`` holds the rows whose sd is ``sd_base * theta[entries[c]]``
+        (``entries[c] = -1``: a constant sd); ``omega_c = 1 / theta^2`` (or 1).
         """
-        W = ctx.W
-        WR = W[:, None] * R
-        if self.n_U:
-            A_U = ctx.A_U if ctx.A_U is not None else self.A_U(ctx.entry_vals)
-            M = ctx.fac.solve(np.asarray(A_U.T @ WR)).reshape(self.n_U, -1)
-        else:
-            A_U, M = None, np.zeros((0, R.shape[1]))
-        res = R.copy()
-        if self.reml and self.p:
-            G_R = _dense(ctx.F.T @ WR)  # F'^T W R
-            rhs = (ctx.Z_F.T @ np.asarray(A_U.T @ WR) if self.n_U else 0.0) - G_R
-            B = sla.cho_solve((ctx.chol_S, True), rhs)
-            M = M + (ctx.Z_F @ B if self.n_U else 0.0)
-            res = res + np.asarray(ctx.F @ B)
-        if self.n_U:
-            res = res - np.asarray(A_U @ M)
-        return W[:, None] * res
+        if self._classes is None:
+            st = self.gram.structure
+            base = 1.0 / self.cm.sd_base[self.cond.R] ** 2
+            entries, cls = np.unique(self.sd_R, return_inverse=True)
+            grams = assembly.class_gram_values(st, entry_vals, base, cls, entries.size)
+            self._classes = (entries, grams)
+        return self._classes
 
-    def _curvature(self, th, ctx: "_Context", e, sigma2, grad, v) -> np.ndarray:
-        """Average-information approximation of the Hessian w.r.t. the optimizer variables.
+    def _B_times(self, coef, x) -> np.ndarray:
+        """``B' x`` over R (a cached sparse matrix when ``B`` has no parameters)."""
+        if not self.constant_design:
+            return np.bincount(self.rows, weights=coef * x[self.cols], minlength=self.n_R)
+        if self._B is None:
+            self._B = sp.csr_matrix((coef, (self.rows, self.cols)), shape=(self.n_R, self.n_R))
+        return self._B @ x
 
-        Components are variance classes ``psi_c`` (each free sd entry, and the
-        profiled one): ``AI = g^T P g`` with ``g_c = e 1_c / psi_c``; mapped to
-        the variables by the Jacobian of ``psi`` (plus ``max(0, grad/v)``, the
-        part of the transformation's curvature that matters at a boundary),
-        and with the profiled scale's row and column eliminated (Schur).
-        """
-        prof = self.roles.profiled
-        classes = list(self.free) + ([prof] if prof >= 0 else [])
-        k = len(classes)
-        Rm = np.zeros((self.n_R, k))
-        psi_t = np.array([th[c] ** 2 for c in classes])
-        for i, c in enumerate(classes):
-            rows = self.sd_R == c
-            Rm[rows, i] = e[rows] / psi_t[i]
-        PR = self.projected_residuals(ctx, Rm)
-        AI = Rm.T @ PR / sigma2 ** 3 if prof >= 0 else Rm.T @ PR  # natural units: P/s2, g/s2 twice
-        AI = 0.5 * (AI + AI.T)
-        m = self.free.shape[0]
-        # Jacobian of psi (natural) w.r.t. (v or w = v^2, [sigma^2])
-        J = np.zeros((k, m + (1 if prof >= 0 else 0)))
-        s2 = sigma2 if prof >= 0 else 1.0
-        for i in range(m):
-            J[i, i] = 2.0 * s2 * th[self.free[i]] * self.var_scale[i]
-            if prof >= 0:
-                J[i, m] = th[self.free[i]] ** 2
-        if prof >= 0:
-            J[m, m] = 1.0
-        H = J.T @ AI @ J
-        vv = np.maximum(np.asarray(v, float), SD_FLOOR)
-        H[np.arange(m), np.arange(m)] += np.maximum(0.0, grad / vv)
-        if prof >= 0:
-            H = H[:m, :m] - np.outer(H[:m, m], H[m, :m]) / H[m, m]
-        return 0.5 * (H + H.T)
-
-
-def _dense(X) -> np.ndarray:
-    return X.toarray() if sp.issparse(X) else np.asarray(X)
-
-
-@dataclass
-class _Context:
-    """What one evaluation's gradient and curvature reuse."""
-
-    fac: object
-    entry_vals: np.ndarray
-    A_U: sp.csr_matrix | None
-    Z_F: np.ndarray | None
-    chol_S: np.ndarray | None
-    F: object  # F', dense or sparse
-    W: np.ndarray
+    def A_U(self, entry_vals) -> sp.csr_matrix:
+        """``A_U`` (|R| x |U|) as a sparse matrix."""
+        if self._A_U is None or not self.constant_design:
+            gram = self.gram
+            self._A_U = sp.csr_matrix((entry_vals, (gram.entry_row, gram.entry_col)), shape=(self.n_R, self.n_U))
+        return self._A_U

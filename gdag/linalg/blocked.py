@@ -1,6 +1,6 @@
 r"""Blocked Cholesky for crossed designs: an independent head and a dense tail.
 
-Used by :mod:`gdag.fit` (internal).  In a crossed random-effects model the
+Used by fits (:mod:`gdag.fitting`).  In a crossed random-effects model the
 precision of the unobserved variables has the block form
 
 .. math::
@@ -20,9 +20,10 @@ MixedModels.jl exploits (a diagonal first block, dense blocks after it).
   ``(Q^{-1})_TT = Z``, ``(Q^{-1})_{Th} = -Z c_h / q_h`` and
   ``(Q^{-1})_{hh} = 1/q_h + c_h^T Z c_h / q_h^2``.
 
-The split and the index maps are computed once per pattern; each new set of
-values costs one pass over ``C`` (the Schur update), ``dpotrf`` and, for
-gradients, ``dpotri``.
+The split and the index maps are computed once per pattern
+(:func:`analyze_blocked`, a :class:`BlockedAnalysis`); each new set of values
+costs one pass over ``C`` (the Schur update), ``dpotrf`` and, for gradients,
+``dpotri``.  :class:`BlockedFactor` follows :class:`gdag.linalg.factor.Factor`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import lapack
 
-from ..errors import NotIdentifiedError
+from ..timing import timed
+from .factor import not_identified
 from .gram import counting_sort
 
 # Largest dense tail (its K takes 8 |T|^2 bytes, twice when the inverse is needed).
@@ -49,7 +51,7 @@ def choose_split(Q_pattern: sp.csc_matrix, family: np.ndarray) -> tuple[np.ndarr
     ``family`` labels each variable's family.  The head is built greedily from
     whole families, largest first, that have no precision entry inside
     themselves or with the head so far.  None when the tail is too large for a
-    dense factor (:attr:`BlockedFactor.worthwhile` then judges its density).
+    dense factor (:attr:`BlockedAnalysis.worthwhile` then judges its density).
     """
     n = Q_pattern.shape[0]
     if n == 0:
@@ -74,8 +76,25 @@ def choose_split(Q_pattern: sp.csc_matrix, family: np.ndarray) -> tuple[np.ndarr
     return head, tail
 
 
-class BlockedFactor:
-    """Numeric factor of ``Q`` (lower triangle given, fixed pattern) in head/tail blocks.
+@timed("analyze")
+def analyze_blocked(Q_pattern: sp.csc_matrix, family: np.ndarray, required: bool) -> "BlockedAnalysis | None":
+    """The blocked analysis of a pattern, or None when it does not pay (``required``: always, with any split).
+
+    Without ``required`` it is None when :func:`choose_split` finds no split
+    or the tail's Schur complement is too sparse (:attr:`BlockedAnalysis.worthwhile`);
+    with it, a pattern without a split is all tail.
+    """
+    split = choose_split(Q_pattern, family)
+    if split is None:
+        if not required:
+            return None
+        split = (np.zeros(0, np.int64), np.arange(Q_pattern.shape[0]))
+    analysis = BlockedAnalysis(Q_pattern, split[0], split[1])
+    return analysis if required or analysis.worthwhile else None
+
+
+class BlockedAnalysis:
+    """The head/tail split of one pattern and the index maps of its blocks (computed once per pattern).
 
     Parameters
     ----------
@@ -83,65 +102,81 @@ class BlockedFactor:
         Lower triangle of ``Q`` with the pattern every later matrix will have.
     head, tail : int arrays
         From :func:`choose_split`.
-    describe : callable
-        Maps positions of ``Q`` to labels for error messages.
     """
 
-    def __init__(self, Q_pattern: sp.csc_matrix, head: np.ndarray, tail: np.ndarray, describe):
+    def __init__(self, Q_pattern: sp.csc_matrix, head: np.ndarray, tail: np.ndarray):
         n = Q_pattern.shape[0]
-        self.n, self.head, self.tail, self._describe = n, head, tail, describe
+        self.n, self.head, self.tail = n, head, tail
         self.n_H, self.n_T = int(head.shape[0]), int(tail.shape[0])
         Q = sp.csc_matrix(Q_pattern)  # positions below index Q.data of later matrices with this pattern
-        self._nnz = Q.nnz
-        kind = np.zeros(n, np.int8)  # 0 head, 1 tail
-        kind[tail] = 1
-        local = np.empty(n, np.int64)
-        local[head] = np.arange(self.n_H)
-        local[tail] = np.arange(self.n_T)
-        (self._pos_qh, self._c_indptr, self._c_rows, self._c_pos, self._tt_pos, self._tt_i,
-         self._tt_j) = _split_indices(Q.indptr.astype(np.int64), Q.indices.astype(np.int64), kind, local, self.n_H)
-        self._local, self._kind = local, kind
-        self._L = None
-        self._Z = None
+        self.nnz = Q.nnz
+        self.kind = np.zeros(n, np.int8)  # 0 head, 1 tail
+        self.kind[tail] = 1
+        self.local = np.empty(n, np.int64)
+        self.local[head] = np.arange(self.n_H)
+        self.local[tail] = np.arange(self.n_T)
+        (self.pos_qh, self.c_indptr, self.c_rows, self.c_pos, self.tt_pos, self.tt_i,
+         self.tt_j) = _split_indices(Q.indptr.astype(np.int64), Q.indices.astype(np.int64), self.kind, self.local,
+                                     self.n_H)
 
     @property
     def worthwhile(self) -> bool:
         """Whether the tail's Schur complement is dense enough for LAPACK to beat a sparse factor."""
         if self.n_T <= SMALL_TAIL:
             return True
-        nnz = _schur_pattern_size(self._c_indptr, self._c_rows, self.n_T, self._tt_i, self._tt_j)
+        nnz = _schur_pattern_size(self.c_indptr, self.c_rows, self.n_T, self.tt_i, self.tt_j)
         return nnz >= MIN_DENSITY * self.n_T * (self.n_T + 1) / 2
 
+    def factor(self, Q: sp.csc_matrix, describe) -> "BlockedFactor":
+        """A new numeric factor of ``Q`` (this pattern)."""
+        return BlockedFactor(self, Q, describe)
+
+
+class BlockedFactor:
+    """Numeric factor of ``Q`` (lower triangle given, fixed pattern) in head/tail blocks (a :class:`Factor`).
+
+    Parameters
+    ----------
+    analysis : BlockedAnalysis
+        The split of ``Q``'s pattern (shared by every factor of it).
+    Q : csc_matrix
+        The matrix, with the analysed pattern.
+    describe : callable
+        Maps positions of ``Q`` to labels for error messages.
+    """
+
+    def __init__(self, analysis: BlockedAnalysis, Q: sp.csc_matrix, describe):
+        self._a, self._describe = analysis, describe
+        self.n = analysis.n
+        self.refactor_inplace(Q)
+
+    @timed("factor")
     def refactor_inplace(self, Q: sp.csc_matrix) -> None:
-        """Factor new values on the pattern given at construction."""
-        data = Q.data
-        if Q.nnz != self._nnz:  # pragma: no cover - guarded by the caller
+        """Factor new values on the analysed pattern."""
+        a, data = self._a, Q.data
+        if Q.nnz != a.nnz:  # pragma: no cover - guarded by the caller
             raise ValueError("pattern changed")
-        self.q_h = data[self._pos_qh]
+        self.q_h = data[a.pos_qh]
         bad = np.flatnonzero(~(self.q_h > 0))
         if bad.size:
-            self._not_identified(self.head[bad[0]])
-        self.c_data = data[self._c_pos]
-        K = np.zeros((self.n_T, self.n_T), order="F")
-        K[self._tt_j, self._tt_i] = data[self._tt_pos]  # upper triangle: column-major friendly
-        if self.n_T and self.n_H:
-            _schur_update(self._c_indptr, self._c_rows, self.c_data, self.q_h, K)
+            self._not_identified(a.head[bad[0]])
+        self.c_data = data[a.c_pos]
+        K = np.zeros((a.n_T, a.n_T), order="F")
+        K[a.tt_j, a.tt_i] = data[a.tt_pos]  # upper triangle: column-major friendly
+        if a.n_T and a.n_H:
+            _schur_update(a.c_indptr, a.c_rows, self.c_data, self.q_h, K)
         self._Z = None
-        if self.n_T:
+        if a.n_T:
             L, info = lapack.dpotrf(K, lower=0, overwrite_a=1, clean=0)  # K = U^T U
             if info != 0:
-                self._not_identified(self.tail[max(info - 1, 0)])
+                self._not_identified(a.tail[max(info - 1, 0)])
             self._L = L
             self._logdet_T = 2.0 * float(np.sum(np.log(np.diag(L))))
         else:
             self._L, self._logdet_T = None, 0.0
 
     def _not_identified(self, position: int):
-        label = self._describe(np.array([position]))[0]
-        raise NotIdentifiedError(
-            f"The posterior is not proper: `{label}` is not identified (its pivot in the Cholesky "
-            "factorization is not positive). Give it a prior with finite sd or observe data that informs it."
-        )
+        raise not_identified(self._describe(np.array([position]))[0])
 
     def logdet(self) -> float:
         """``log det Q``."""
@@ -149,28 +184,35 @@ class BlockedFactor:
 
     def solve(self, b: np.ndarray) -> np.ndarray:
         """``Q^{-1} b`` for a vector or a matrix of columns."""
+        an = self._a
         b = np.asarray(b, dtype=float)
         vec = b.ndim == 1
         B = b.reshape(self.n, -1)
-        bH, bT = B[self.head] / self.q_h[:, None], B[self.tail].copy()
-        if self.n_T:
-            if self.n_H:
-                bT -= _c_times(self._c_indptr, self._c_rows, self.c_data, bH, self.n_T)
+        bH, bT = B[an.head] / self.q_h[:, None], B[an.tail].copy()
+        if an.n_T:
+            if an.n_H:
+                bT -= _c_times(an.c_indptr, an.c_rows, self.c_data, bH, an.n_T)
             xT, info = lapack.dpotrs(self._L, bT, lower=0)
-            xH = bH - _ct_times(self._c_indptr, self._c_rows, self.c_data, xT) / self.q_h[:, None]
+            xH = bH - _ct_times(an.c_indptr, an.c_rows, self.c_data, xT) / self.q_h[:, None]
         else:
             xT, xH = bT, bH
         out = np.empty_like(B)
-        out[self.head], out[self.tail] = xH, xT
+        out[an.head], out[an.tail] = xH, xT
         return out.reshape(-1) if vec else out
 
     def covariances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``(Q^{-1})[a[k], b[k]]`` for pairs of positions (see the module docstring)."""
-        if self.n_T and self._Z is None:
+        an = self._a
+        if an.n_T and self._Z is None:
             self._Z, info = lapack.dpotri(self._L, lower=0)  # upper triangle of K^{-1}
-        Z = self._Z if self.n_T else np.zeros((0, 0), order="F")
-        return _pair_values(a, b, self._kind, self._local, self.q_h, self._c_indptr, self._c_rows,
-                            self.c_data, Z)
+        Z = self._Z if an.n_T else np.zeros((0, 0), order="F")
+        return _pair_values(a, b, an.kind, an.local, self.q_h, an.c_indptr, an.c_rows, self.c_data, Z)
+
+    @timed("variances")
+    def inverse_diagonal(self) -> np.ndarray:
+        """``diag(Q^{-1})`` (see the module docstring)."""
+        every = np.arange(self.n, dtype=np.int64)
+        return self.covariances(every, every)
 
 
 @numba.njit(cache=True)

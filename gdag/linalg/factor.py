@@ -1,17 +1,24 @@
-"""Sparse Cholesky factorization through CHOLMOD (scikit-sparse).
+"""Numeric factors of symmetric positive definite matrices: the one :class:`Factor` protocol.
 
-``Q[p][:, p] = L L^T`` with CHOLMOD's fill-reducing permutation ``p``.  The
-symbolic analysis depends only on the sparsity pattern, so it is done once
-per pattern (:func:`analyze`) and each new set of values refactors a copy of
-it.  CHOLMOD failures are translated into :class:`NotIdentifiedError` naming
-the scalar variable whose pivot failed.  :class:`PaddedFactor` is the factor of
-``Q_UU`` cut out of a factor of the padded ``[[Q_UU, 0], [0, I]]``.
+Every factor gdag uses is built from an analysis of a pattern (done once per
+pattern) and a matrix's values, and is refactored in place for new values on
+that pattern; it solves, gives ``log det Q``, ``diag(Q^{-1})`` and entries of
+``Q^{-1}`` on ``Q``'s pattern (:class:`Factor`).  The implementations:
+
+* :class:`CholeskyFactor`: CHOLMOD (scikit-sparse), ``Q[p][:, p] = L L^T``
+  with a fill-reducing permutation ``p`` chosen by :func:`analyze`;
+* :class:`PaddedFactor`: the factor of ``Q_UU`` cut out of a factor of the
+  padded ``[[Q_UU, 0], [0, I]]``;
+* :class:`gdag.linalg.blocked.BlockedFactor`: a diagonal head and a dense tail.
+
+Failed pivots become :class:`NotIdentifiedError` naming the scalar variable
+(:func:`not_identified`, the one wording for every factor).
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Callable, Protocol
 
 import numba
 import numpy as np
@@ -39,6 +46,43 @@ FEW_COLUMNS = 8
 ILL_CONDITIONED = 1e-14
 
 
+class Factor(Protocol):
+    """A numeric factor of a symmetric positive definite ``Q`` (n x n), refreshed in place for new values.
+
+    Built from an analysis of ``Q``'s pattern and a first set of values;
+    :meth:`refactor_inplace` takes later values on the same pattern.
+    """
+
+    n: int
+
+    def refactor_inplace(self, Q: sp.csc_matrix) -> None:
+        """Factor new values (lower triangle) on the analysed pattern."""
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        """``Q^{-1} b`` for a vector or a dense matrix of columns."""
+
+    def logdet(self) -> float:
+        """``log det Q``."""
+
+    def inverse_diagonal(self) -> np.ndarray:
+        """``diag(Q^{-1})``."""
+
+    def covariances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``(Q^{-1})[a[k], b[k]]`` for pairs of positions on ``Q``'s pattern."""
+
+
+def not_identified(label: str) -> NotIdentifiedError:
+    """The error for a variable whose Cholesky pivot is not positive (every factor's wording)."""
+    return NotIdentifiedError(
+        f"The posterior is not proper: `{label}` is not identified (its pivot in the Cholesky "
+        "factorization is not positive). Give it a prior with finite sd or observe data that informs it. "
+        # (reliability) for a valid model Q_UU is positive definite in exact arithmetic, so in practice
+        # this is rounding: say what causes it.
+        "In double precision this happens when the sds around it span too many orders of magnitude: "
+        "a vague prior over barely informed children, or a near-deterministic node (use sd=0 for it)."
+    )
+
+
 def _cholmod_analyze(Q: sp.csc_matrix, mode: str = "auto", ordering_method: str = "default"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", cholmod.CholmodTypeConversionWarning)
@@ -50,7 +94,7 @@ class Analysis:
 
     The ordering is gdag's static degree ordering, applied to the values before
     CHOLMOD sees them (``reorder``), or CHOLMOD's own (``reorder`` is None);
-    :func:`gdag.ordering.choose_ordering` measures which factors faster.
+    :func:`gdag.linalg.ordering.choose_ordering` measures which factors faster.
     """
 
     def __init__(self, symbolic, reorder=None, counts: tuple[int, float] | None = None):
@@ -71,6 +115,10 @@ class Analysis:
             raise ValueError("internal error: a matrix with another pattern than the analysed one")
         return self.reorder.apply(Q)
 
+    def factor(self, Q: sp.csc_matrix, describe: Callable[[np.ndarray], list[str]]) -> "CholeskyFactor":
+        """A new numeric factor of ``Q`` (this pattern) on a copy of the symbolic factor."""
+        return CholeskyFactor(self, Q, describe)
+
 
 @timed("analyze")
 def analyze(Q: sp.csc_matrix) -> Analysis:
@@ -87,8 +135,59 @@ def analyze(Q: sp.csc_matrix) -> Analysis:
     return Analysis(symbolic if symbolic is not None else _cholmod_analyze(Q), reorder, counts)
 
 
-class CholeskyFactor:
-    """The numeric factor of one symmetric positive definite matrix.
+class TriangularFactor:
+    """What a factor ``Q[p][:, p] = L L^T`` answers from ``L`` and ``p`` alone (selected inversion).
+
+    Subclasses set ``n`` and ``_P`` (the permutation) and provide :meth:`L`.
+    """
+
+    n: int
+    _P: np.ndarray
+    _pairs: tuple | None = None  # (a, b, nnz(L), positions of the pairs in the selected inverse's data)
+
+    def L(self) -> sp.csc_matrix:
+        raise NotImplementedError
+
+    @property
+    def permutation(self) -> np.ndarray:
+        """``p`` with ``Q[p][:, p] = L L^T``."""
+        return self._P
+
+    @timed("variances")
+    def inverse_diagonal(self) -> np.ndarray:
+        """``diag(Q^{-1})`` by selected inversion over the factor's pattern."""
+        if self.n == 0:
+            return np.zeros(0)
+        z = selected_inverse_diag(self.L())
+        out = np.empty_like(z)
+        out[self._P] = z
+        return out
+
+    def selected_inverse(self) -> sp.csc_matrix:
+        """``Q^{-1}`` on the pattern of :meth:`L`, in the permuted order (see :attr:`permutation`)."""
+        return selected_inverse(self.L())
+
+    def covariances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``(Q^{-1})[a[k], b[k]]`` for pairs on the pattern of ``Q`` (hence of ``L``), by selected inversion.
+
+        Where the pairs sit in the selected inverse is found once for the
+        arrays ``a`` and ``b`` (kept while they are the ones asked for).
+        """
+        L = self.L()
+        if self._pairs is None or self._pairs[0] is not a or self._pairs[1] is not b or self._pairs[2] != L.nnz:
+            n = L.shape[0]
+            pinv = np.empty(n, np.int64)
+            pinv[self._P] = np.arange(n)
+            i, j = pinv[a], pinv[b]
+            Lc = sp.csc_matrix(L)
+            Lc.sort_indices()
+            keys = np.repeat(np.arange(n, dtype=np.int64), np.diff(Lc.indptr)) * n + Lc.indices
+            self._pairs = (a, b, L.nnz, np.searchsorted(keys, np.minimum(i, j) * n + np.maximum(i, j)))
+        return selected_inverse(L).data[self._pairs[3]]
+
+
+class CholeskyFactor(TriangularFactor):
+    """The numeric factor of one symmetric positive definite matrix (a :class:`Factor`).
 
     Parameters
     ----------
@@ -137,20 +236,7 @@ class CholeskyFactor:
     def _raise_not_identified(self, column: int | None):
         if column is None or column >= self.n:
             raise NotIdentifiedError("The posterior precision is not positive definite.")
-        label = self._describe(np.array([self._P[column]]))[0]
-        raise NotIdentifiedError(
-            f"The posterior is not proper: `{label}` is not identified (its pivot in the Cholesky "
-            "factorization is not positive). Give it a prior with finite sd or observe data that informs it. "
-            # (reliability) for a valid model Q_UU is positive definite in exact arithmetic, so in practice
-            # this is rounding: say what causes it.
-            "In double precision this happens when the sds around it span too many orders of magnitude: "
-            "a vague prior over barely informed children, or a near-deterministic node (use sd=0 for it)."
-        ) from None
-
-    @property
-    def permutation(self) -> np.ndarray:
-        """``p`` with ``Q[p][:, p] = L L^T``."""
-        return self._P
+        raise not_identified(self._describe(np.array([self._P[column]]))[0]) from None
 
     def L(self) -> sp.csc_matrix:
         """The lower-triangular factor (of the permuted matrix) as a CSC matrix."""
@@ -194,27 +280,12 @@ class CholeskyFactor:
         out[self._P] = y
         return out
 
-    @timed("variances")
-    def inverse_diagonal(self) -> np.ndarray:
-        """``diag(Q^{-1})`` by selected inversion over the factor's pattern."""
-        if self.n == 0:
-            return np.zeros(0)
-        z = selected_inverse_diag(self.L())
-        out = np.empty_like(z)
-        out[self._P] = z
-        return out
 
-    def selected_inverse(self) -> sp.csc_matrix:
-        """``Q^{-1}`` on the pattern of ``L``, in the permuted order (see :attr:`permutation`)."""
-        return selected_inverse(self.L())
-
-
-
-class PaddedFactor:
+class PaddedFactor(TriangularFactor):
     """A factor of ``Q_UU`` obtained by factoring the padded ``Q' = [[Q_UU, 0], [0, I]]``.
 
     ``Q'`` lives over R (all stochastic variables) with ``U`` at positions
-    ``keep``; its values come from :class:`gdag.conditioning.PaddedConditioning`
+    ``keep``; its values come from :class:`gdag.pattern.PaddedConditioning`
     and its analysis is the shared one of the all-unobserved pattern.  With
     ``P Q' P^T = L' L'^T``, ``L'`` is exactly zero between the elimination
     steps that fall in ``U`` and the others (every product touching an
@@ -260,11 +331,6 @@ class PaddedFactor:
         self._L = L
         self._indptr, self._rows = L.indptr.astype(np.int64), L.indices.astype(np.int64)
 
-    @property
-    def permutation(self) -> np.ndarray:
-        """``p`` (over U) with ``Q_UU[p][:, p] = L L^T`` for :meth:`L`."""
-        return self._P
-
     def L(self) -> sp.csc_matrix:
         """The Cholesky factor of ``Q_UU[p][:, p]``: ``L'`` restricted to the steps in U."""
         return self._L
@@ -304,20 +370,6 @@ class PaddedFactor:
         out = np.empty_like(y)
         out[self._P] = y
         return out[:, 0] if vector else out
-
-    @timed("variances")
-    def inverse_diagonal(self) -> np.ndarray:
-        """``diag(Q_UU^{-1})`` by selected inversion over the restricted factor's pattern."""
-        if self.n == 0:
-            return np.zeros(0)
-        z = selected_inverse_diag(self._L)
-        out = np.empty_like(z)
-        out[self._P] = z
-        return out
-
-    def selected_inverse(self) -> sp.csc_matrix:
-        """``Q_UU^{-1}`` on the pattern of :meth:`L`, in the permuted order (see :attr:`permutation`)."""
-        return selected_inverse(self._L)
 
 
 @numba.njit(cache=True)

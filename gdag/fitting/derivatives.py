@@ -1,0 +1,183 @@
+r"""Derivatives of the profiled ML and REML objectives: residual variances, gradient and curvature.
+
+Notation is that of :mod:`gdag.fitting.objective`.  Gradient (Fisher's
+identity, ``e`` at the posterior mean, ``h_k = Var(e_k | data)``, for REML
+under the posterior that includes ``beta``):
+
+.. math::
+
+    \frac{\partial(-2\log L)}{\partial\phi} = \sum_k \frac{\partial d_k}{d_k}
+        \Big(1 - \frac{h_k + e_k^2}{d_k}\Big) + \sum_k W_k (\partial h_k + 2 e_k\, \partial e_k)
+
+``h_k`` is a quadratic form in ``Q^{-1}`` over pairs of unobserved variables
+sharing row ``k`` of ``A`` (:mod:`gdag.linalg.pairs`): entries of ``Q``'s
+pattern, read from the factor's :meth:`~gdag.linalg.factor.Factor.covariances`.
+Curvature for variance components is the average information
+``AI_ij = y^T P dV_i P dV_j P y = g_i^T P_R g_j``, ``g_i = dD_i W e`` (one
+solve per component).
+
+Each function takes the :class:`~gdag.fitting.objective.Objective` (``obj``,
+for its per-pattern constants) and the :class:`Point` of one evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+
+from ..linalg.factor import Factor
+from .roles import SD_FLOOR
+
+
+@dataclass
+class Point:
+    """One evaluation's values (working units, over R unless said), filled stage by stage.
+
+    :meth:`~gdag.fitting.objective.Objective.evaluate` assembles (the first
+    block), factors (``fac``, ``logdet_Q``, ``m``) and profiles (the rest);
+    the derivatives reuse all of it.
+    """
+
+    th: np.ndarray  # working parameters
+    coef: np.ndarray  # B' on the coefficient pattern
+    c: np.ndarray  # c' (fixed effects at 0)
+    d: np.ndarray  # variances
+    W: np.ndarray  # 1 / d
+    r: np.ndarray  # r0 = c' - A_O x_O
+    F: object  # F' of the fixed effects (|R| x p), dense or sparse
+    entry_vals: np.ndarray  # values of A_U's entries
+    Q: sp.csc_matrix | None = None  # lower triangle of Q (None when nothing is unobserved)
+    b: np.ndarray | None = None  # A_U^T W r0
+    fac: Factor | None = None  # the factor of Q
+    logdet_Q: float = 0.0
+    m: np.ndarray | None = None  # posterior mean over U (fixed effects at their GLS values once profiled)
+    A_U: sp.csr_matrix | None = None
+    Z_F: np.ndarray | None = None  # Q^{-1} G (|U| x p)
+    chol_S: np.ndarray | None = None  # Cholesky factor of the fixed effects' information S
+    xbar: np.ndarray | None = None  # the posterior mean, observed values included
+    e: np.ndarray | None = None  # the residual at the posterior mean
+    sigma2: float = 1.0  # the profiled scale's square (1 when nothing is profiled)
+
+
+def dense(X) -> np.ndarray:
+    """``X`` as a dense array (sparse or not)."""
+    return X.toarray() if sp.issparse(X) else np.asarray(X)
+
+
+def residual_variances(obj, pt: Point, rows: np.ndarray):
+    """``h_k = Var(e_k | data)`` on ``rows`` (REML: including the fixed effects' uncertainty), and its parts."""
+    n_R = obj.n_R
+    extra = {}
+    h = np.zeros(n_R)
+    if obj.n_U and rows.any():
+        pairs = obj.pairs(rows)
+        pair_w = pairs.mult * pt.fac.covariances(pairs.col_first, pairs.col_second)
+        values = pt.entry_vals
+        h = np.bincount(pairs.row, weights=pair_w * values[pairs.first] * values[pairs.second], minlength=n_R)
+        extra["pairs"] = (pairs, pair_w)
+    if obj.reml and obj.p:
+        V = ((pt.A_U @ pt.Z_F) - dense(pt.F)) if obj.n_U else -dense(pt.F)
+        SinvVt = sla.cho_solve((pt.chol_S, True), V.T)  # p x |R|
+        h = h + np.einsum("ij,ji->i", V, SinvVt)
+        extra["reml"] = (pt.Z_F, SinvVt)
+    return h, extra
+
+
+def gradient(obj, pt: Point, h: np.ndarray, extra: dict, qfac: float) -> np.ndarray:
+    """Gradient w.r.t. the optimizer variables; ``qfac`` weighs the quadratic term (1/sigma^2 if profiled)."""
+    gram, n_R, roles = obj.gram, obj.n_R, obj.roles
+    th, W, e, xbar, entry_vals = pt.th, pt.W, pt.e, pt.xbar, pt.entry_vals
+    sd_rows = obj.sd_R >= 0
+    per_row = 1.0 - W * h - qfac * W * e * e
+    sums = np.bincount(obj.sd_R[sd_rows], weights=per_row[sd_rows], minlength=obj.cm.n_theta)
+    grad = np.zeros(obj.free.shape[0])
+    for i, entry in enumerate(obj.free):
+        g = 0.0
+        if roles.sd[entry]:
+            g += 2.0 / th[entry] * sums[entry]  # d_k = (base theta)^2: dd/d = 2/theta
+        if roles.scale[entry]:
+            dcoef = obj.coef_derivative(entry)
+            de = -np.bincount(obj.rows, weights=dcoef * xbar[obj.cols], minlength=n_R)
+            g += 2.0 * qfac * float(np.sum(W * e * de))
+            if "pairs" in extra:
+                pairs, pair_w = extra["pairs"]
+                first, second = pairs.first, pairs.second
+                da = np.concatenate([np.zeros(gram.diag_U.shape[0]), -dcoef[gram.coef_U]])
+                dh = np.bincount(pairs.row, weights=pair_w * (da[first] * entry_vals[second]
+                                                              + entry_vals[first] * da[second]), minlength=n_R)
+                if "reml" in extra:  # 2 (dA_U Z_F S^{-1} V^T)_kk, entry by entry
+                    Z_F, SinvVt = extra["reml"]
+                    cross = np.einsum("ij,ji->i", Z_F[gram.entry_col], SinvVt[:, gram.entry_row])
+                    dh = dh + 2.0 * np.bincount(gram.entry_row, weights=da * cross, minlength=n_R)
+                g += float(np.sum(W * dh))
+        if roles.linear[entry]:
+            g -= 2.0 * qfac * float(np.sum(W * e * obj.free_offset(entry, th)))
+        grad[i] = g
+    return grad * obj.scales
+
+
+def projected_residuals(obj, pt: Point, R: np.ndarray) -> np.ndarray:
+    """``P_R R`` for columns of ``R`` (|R| x k), in working units.
+
+    ``P_R r = W (r - A_U m(r) [+ F' beta(r)])``: the data-space residual of
+    treating ``r`` as data (REML also projects out the fixed effects).
+    """
+    W = pt.W
+    WR = W[:, None] * R
+    if obj.n_U:
+        A_U = pt.A_U if pt.A_U is not None else obj.A_U(pt.entry_vals)
+        M = pt.fac.solve(np.asarray(A_U.T @ WR)).reshape(obj.n_U, -1)
+    else:
+        A_U, M = None, np.zeros((0, R.shape[1]))
+    res = R.copy()
+    if obj.reml and obj.p:
+        G_R = dense(pt.F.T @ WR)  # F'^T W R
+        rhs = (pt.Z_F.T @ np.asarray(A_U.T @ WR) if obj.n_U else 0.0) - G_R
+        B = sla.cho_solve((pt.chol_S, True), rhs)
+        M = M + (pt.Z_F @ B if obj.n_U else 0.0)
+        res = res + np.asarray(pt.F @ B)
+    if obj.n_U:
+        res = res - np.asarray(A_U @ M)
+    return W[:, None] * res
+
+
+def curvature(obj, pt: Point, grad: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Average-information approximation of the Hessian w.r.t. the optimizer variables.
+
+    Components are variance classes ``psi_c`` (each free sd entry, and the
+    profiled one): ``AI = g^T P g`` with ``g_c = e 1_c / psi_c``; mapped to
+    the variables by the Jacobian of ``psi`` (plus ``max(0, grad/v)``, the
+    part of the transformation's curvature that matters at a boundary),
+    and with the profiled scale's row and column eliminated (Schur).
+    """
+    th, e, sigma2 = pt.th, pt.e, pt.sigma2
+    prof = obj.roles.profiled
+    classes = list(obj.free) + ([prof] if prof >= 0 else [])
+    k = len(classes)
+    Rm = np.zeros((obj.n_R, k))
+    psi_t = np.array([th[c] ** 2 for c in classes])
+    for i, c in enumerate(classes):
+        rows = obj.sd_R == c
+        Rm[rows, i] = e[rows] / psi_t[i]
+    PR = projected_residuals(obj, pt, Rm)
+    AI = Rm.T @ PR / sigma2 ** 3 if prof >= 0 else Rm.T @ PR  # natural units: P/s2, g/s2 twice
+    AI = 0.5 * (AI + AI.T)
+    m = obj.free.shape[0]
+    # Jacobian of psi (natural) w.r.t. (v or w = v^2, [sigma^2])
+    J = np.zeros((k, m + (1 if prof >= 0 else 0)))
+    s2 = sigma2 if prof >= 0 else 1.0
+    for i in range(m):
+        J[i, i] = 2.0 * s2 * th[obj.free[i]] * obj.scales[i]
+        if prof >= 0:
+            J[i, m] = th[obj.free[i]] ** 2
+    if prof >= 0:
+        J[m, m] = 1.0
+    H = J.T @ AI @ J
+    vv = np.maximum(np.asarray(v, float), SD_FLOOR)
+    H[np.arange(m), np.arange(m)] += np.maximum(0.0, grad / vv)
+    if prof >= 0:
+        H = H[:m, :m] - np.outer(H[:m, m], H[m, :m]) / H[m, m]
+    return 0.5 * (H + H.T)

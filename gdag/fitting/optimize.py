@@ -1,0 +1,210 @@
+"""Optimizers of the profiled objective: Fisher scoring, L-BFGS-B and EM, and the fit log.
+
+Each runner takes an :class:`~gdag.fitting.objective.Objective`, a starting
+point of its optimizer variables (:func:`starting_point`), a tolerance, an
+iteration limit and a :class:`FitLog`, which records every evaluation and
+keeps the best; it returns ``(converged, iterations, message)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+from ..compiler import CompiledModel
+from ..errors import FitError, NotIdentifiedError, ParamError
+from ..pattern import Conditioning
+from ..spec import ModelSpec, check_param_value
+from .objective import Evaluation, Objective
+from .roles import Roles
+
+
+class FitLog:
+    """Every evaluation's ``(theta, objective)`` and the best point so far."""
+
+    def __init__(self):
+        self.entries: list = []
+        self.best: Evaluation | None = None
+        self.v_best: np.ndarray | None = None
+
+    def record(self, v, ev: Evaluation) -> Evaluation:
+        self.entries.append((ev.theta.copy(), ev.objective))
+        if self.best is None or ev.objective < self.best.objective:
+            self.best, self.v_best = ev, np.array(v, dtype=float)
+        return ev
+
+    def best_text(self, labels, shown: int = 8) -> str:
+        """The best point's parameters, the first ``shown`` of them, for messages."""
+        pairs = list(zip(labels, self.best.theta))[:shown]
+        return "{" + ", ".join(f"{k}: {v:.6g}" for k, v in pairs) + ("..." if len(labels) > shown else "") + "}"
+
+
+def starting_point(spec: ModelSpec, cm: CompiledModel, cond: Conditioning, x: np.ndarray, roles: Roles,
+                   init: Mapping | None) -> tuple[np.ndarray, np.ndarray]:
+    """The optimizer's starting variables and their scales (one each per entry of ``roles.optimized``).
+
+    Default starting values are the values given to ``m.param``, else relative
+    sds ``1/sqrt(k)`` for ``k`` variance components (together as much variance
+    as the residual; lme4 starts each at 1, which took more steps on our
+    cases), sds equal to the data's spread when nothing is profiled, and
+    coefficients 0.
+    """
+    given = np.full(cm.n_theta, np.nan)
+    for i, name in enumerate(cm.param_names):
+        if cm.param_default[i] is not None:
+            given[cm.param_span(name)] = cm.param_default[i]
+    if init is not None:
+        if not isinstance(init, Mapping):
+            raise FitError(f"`init` must be a mapping from parameter names to values; got {type(init).__name__}.")
+        for name, value in init.items():
+            if name not in spec.params:
+                raise ParamError(f"`init` names `{name}`, which is not a parameter of model `{spec.name}`.")
+            given[cm.param_span(name)] = check_param_value(spec.params[name], value)
+    x_R = x[cond.R]
+    observed = x_R[np.isfinite(x_R)] if cond.n_unobserved else x_R
+    spread = float(np.std(observed)) if observed.size > 1 else 1.0
+    spread = spread if spread > 0 else 1.0
+    prof = roles.profiled
+    sigma0 = given[prof] if prof >= 0 and np.isfinite(given[prof]) else None
+    free = roles.optimized
+    ratio0 = 1.0 / math.sqrt(max(1, int(np.count_nonzero(roles.sd[free]))))
+    v0, scales = np.zeros(free.shape[0]), np.ones(free.shape[0])
+    for i, entry in enumerate(free):
+        g = given[entry]
+        if roles.sd[entry]:
+            if prof >= 0:  # ratio to the profiled sd (lme4's theta)
+                v0[i] = g / sigma0 if (sigma0 is not None and np.isfinite(g)) else ratio0
+            else:  # sd over the data's spread
+                scales[i] = g if np.isfinite(g) else spread
+                v0[i] = 1.0
+        elif roles.positive[entry]:
+            scales[i] = g if np.isfinite(g) else 1.0
+            v0[i] = 1.0
+        else:
+            v0[i] = g if np.isfinite(g) else 0.0
+    return v0, scales
+
+
+def run_lbfgs(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: FitLog):
+    """L-BFGS-B on the profiled objective (exact gradients, or finite differences where they are not)."""
+
+    memo: dict = {}
+
+    def fun(v):
+        key = np.asarray(v, dtype=float).tobytes()
+        if key not in memo:
+            memo.clear()
+            memo[key] = log.record(v, obj.evaluate(v, gradient=obj.exact_gradient))
+        ev = memo[key]
+        return (ev.objective, ev.gradient) if obj.exact_gradient else ev.objective
+
+    bounds = [(lo if np.isfinite(lo) else None, None) for lo in obj.lower]
+    v0 = np.maximum(np.asarray(v0, dtype=float), obj.lower)
+    fun(v0)
+    scale = max(1.0, abs(log.best.objective))
+    options = {"maxiter": max_iter, "maxfun": 4 * max_iter, "ftol": tol * 1e-3, "gtol": 1e-7 * scale, "maxcor": 20}
+    import scipy.optimize as so  # here, not at import: it is most of `import gdag`'s time otherwise
+
+    res = so.minimize(fun, v0, jac=obj.exact_gradient, method="L-BFGS-B", bounds=bounds, options=options)
+    return bool(res.success), int(res.nit), str(res.message)
+
+
+def run_scoring(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: FitLog):
+    """Projected, damped Fisher scoring with the average-information matrix.
+
+    The variables are the (relative) sds ``v >= 0``.  Each iteration solves
+    ``H d = -g`` over the variables not held at 0 (held: at 0 with a gradient
+    pushing outwards), caps the step at 10 times the variables' size, and
+    halves it until the objective falls (Armijo).  Converged when the
+    predicted decrease ``g^T H^{-1} g / 2`` is below ``tol * max(1, |objective|)``;
+    when it is already below ``1000 tol`` the last step is checked by the
+    objective alone (no gradient).
+    """
+    v = np.maximum(np.asarray(v0, dtype=float), 0.0)
+    ev = log.record(v, obj.evaluate(v, gradient=True, curvature=True))
+    for it in range(1, max_iter + 1):
+        g = ev.gradient
+        d = _scoring_step(v, g, ev.curvature)
+        decrease = -0.5 * float(g @ d)
+        size = max(1.0, abs(ev.objective))
+        if decrease <= tol * size:
+            return True, it - 1, "predicted decrease below tolerance"
+        if decrease <= 1e3 * tol * size and np.all(v + d >= 0):
+            # Close enough that one more full step leaves an error far below tol:
+            # take it, checking only that the objective falls as predicted.
+            ev_new = log.record(v + d, obj.evaluate(v + d))
+            if ev.objective - ev_new.objective >= 0.5 * decrease:
+                return True, it, "final Newton step"
+        cap = 10.0 * np.maximum(v, 1.0)
+        alpha = min(1.0, float(np.min(cap / np.maximum(np.abs(d), 1e-300))))
+        for _ in range(40):
+            v_new = np.maximum(v + alpha * d, 0.0)
+            try:
+                ev_new = log.record(v_new, obj.evaluate(v_new, gradient=True, curvature=True))
+            except NotIdentifiedError:  # a trial point too extreme to factor: shorten the step
+                alpha *= 0.5
+                continue
+            if ev_new.objective <= ev.objective + 1e-4 * float(g @ (v_new - v)):
+                break
+            alpha *= 0.5
+        else:
+            return False, it, "line search failed"
+        v, ev = v_new, ev_new
+    return False, max_iter, "iteration limit reached"
+
+
+def _scoring_step(v: np.ndarray, g: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """``-H^{-1} g`` over the variables not held at 0 (scaled steepest descent where that is no descent)."""
+    held = (v <= 0) & (g > 0)
+    free = ~held
+    d = np.zeros_like(v)
+    if free.any():
+        Hf, gf = H[np.ix_(free, free)], g[free]
+        ridge = 1e-12 * max(1e-300, float(np.max(np.abs(np.diag(Hf)))))
+        try:
+            df = np.linalg.solve(Hf + ridge * np.eye(Hf.shape[0]), -gf)
+        except np.linalg.LinAlgError:
+            df = None
+        if df is None or not np.all(np.isfinite(df)) or gf @ df >= 0:  # scaled steepest descent
+            df = -gf / np.maximum(np.abs(np.diag(Hf)), ridge)
+        d[free] = df
+    return d
+
+
+def run_em(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: FitLog):
+    """Expectation-maximization for variance components (nothing profiled).
+
+    E-step: at the current sds (fixed effects at their GLS values), the
+    posterior mean residual ``e_k`` and variance ``h_k`` of every stochastic
+    variable's noise (REML: under the posterior that includes the fixed
+    effects).  M-step, closed form: ``theta_j^2 = mean_{k governed by j}
+    (e_k^2 + h_k) / base_k^2``.  Each iteration cannot lower the likelihood;
+    stops when its relative change is below ``tol``.
+    """
+    if not (obj.pure_variance and obj.exact_gradient):
+        others = [obj.roles.labels[k] for k in obj.free if not obj.roles.pure_variance[k]]
+        raise FitError(
+            "EM estimates variance components only, and "
+            + ", ".join(f"`{x}`" for x in others[:6])
+            + (" is not one" if len(others) == 1 else " are not")
+            + " (a fixed effect in a mean, or a coefficient scaling a node term). Use method='ml' or method='reml'."
+        )
+    cm = obj.cm
+    base2 = cm.sd_base[obj.cond.R] ** 2
+    counts = np.bincount(obj.sd_R[obj.sd_R >= 0], minlength=cm.n_theta)
+    v = np.asarray(v0, dtype=float)
+    previous = None
+    for it in range(1, max_iter + 1):
+        ev = log.record(v, obj.evaluate(v, moments=True))
+        loglik = -0.5 * ev.objective
+        if previous is not None and abs(loglik - previous) <= tol * max(1.0, abs(loglik)):
+            return True, it - 1, "relative change of the log-likelihood below tolerance"
+        previous = loglik
+        rows = obj.sd_R >= 0
+        second = np.bincount(obj.sd_R[rows], weights=(ev.e[rows] ** 2 + ev.h[rows]) / base2[rows],
+                             minlength=cm.n_theta)
+        theta2 = second[obj.free] / counts[obj.free]
+        v = np.sqrt(theta2) / obj.scales
+    return False, max_iter, "iteration limit reached"
