@@ -2,7 +2,7 @@
 
 One :class:`QueryCache` serves one version of a model's declarations; a new
 declaration replaces it with an empty one, so nothing here is ever stale.
-It keeps the compiled model, the shared all-unobserved conditioning and the
+It keeps the model's graph, the compiled model, the shared all-unobserved conditioning and the
 few most recent observed patterns (each holds a Gram structure and a symbolic
 analysis).  Which mode a new pattern gets is :meth:`QueryCache.query_conditioning`.
 """
@@ -14,7 +14,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .compiler import CompiledModel, compile_model
-from .graph import check_acyclic
+from .graph import ModelGraph, build_graph, check_acyclic
 from .pattern import Conditioning, PaddedConditioning
 from .spec import ModelSpec
 from .timing import phase
@@ -33,6 +33,7 @@ class QueryCache:
     """Compiled model and conditionings of one version of a model's declarations."""
 
     def __init__(self):
+        self._graph: ModelGraph | None = None
         self._compiled: CompiledModel | None = None
         self._shared: Conditioning | None = None
         self._patterns: OrderedDict = OrderedDict()  # (mode, packed mask) -> conditioning
@@ -43,12 +44,18 @@ class QueryCache:
         """Number of cached conditionings (for tests of the cache's bound)."""
         return len(self._patterns) + (self._shared is not None)
 
+    def graph(self, spec: ModelSpec) -> ModelGraph:
+        """The family graph of ``spec`` (one walk of its edges, shared by drawings, dicts and the compiler)."""
+        if self._graph is None:
+            self._graph = build_graph(spec)
+        return self._graph
+
     def compiled(self, spec: ModelSpec) -> CompiledModel:
         """The compiled form of ``spec`` (built once, acyclicity checked)."""
         if self._compiled is None:
             with phase("compile"):
                 result = compile_model(spec)
-                check_acyclic(spec)
+                check_acyclic(self.graph(spec))
             self._compiled = result
         return self._compiled
 

@@ -205,14 +205,14 @@ class Model:
         if not isinstance(expanded, (bool, np.bool_)):
             raise ModelSpecError(f"graph(expanded=...) takes True or False; got {expanded!r}.")
         spec = self.spec()
-        return expanded_graph(spec, self._queries.compiled(spec)) if expanded else family_graph(spec)
+        return expanded_graph(spec, self._queries.compiled(spec)) if expanded else family_graph(self._queries.graph(spec))
 
     def render(self, path=None, **options):
         """Draw the model with graphviz; see :func:`gdag.render.render`."""
         spec = self.spec()
         if options.get("expanded") is True and "compiled" not in options:
             options["compiled"] = self._queries.compiled(spec)
-        return render_model(spec, path, **options)
+        return render_model(self._queries.graph(spec), path, **options)
 
     def describe(self) -> str:
         """Family sizes, and the sizes of the sparse system gdag factors.
@@ -243,7 +243,7 @@ class Model:
         >>> m2.to_dict() == m.to_dict()
         True
         """
-        return model_to_dict(self.spec())
+        return model_to_dict(self._queries.graph(self.spec()))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Model":
