@@ -409,9 +409,13 @@ class PaddedConditioning:
         Q = sp.csc_matrix((Q_pad.data[self._take], self._U_rows, self._U_indptr), shape=(self.n_unobserved,) * 2)
         return LinearSystem(Q, b_pad[self.u_in_R], r, d_R, g, M, Q_pad)
 
+    def factor(self, Q_padded: sp.csc_matrix) -> "factors.PaddedFactor":
+        """A new factor of ``Q_UU`` through the padded ``Q'`` (lower triangle over R) and the shared analysis."""
+        return factors.PaddedFactor(self.analysis(), Q_padded, self.u_in_R, self.shared.label_unobserved)
+
     def factorize(self, system: LinearSystem) -> "factors.PaddedFactor":
-        """A posterior's factor of ``Q_UU``, through the padded ``system.Q_padded`` and the shared analysis."""
-        return factors.PaddedFactor(self.analysis(), system.Q_padded, self.u_in_R, self.shared.label_unobserved)
+        """A posterior's factor: :meth:`factor` of ``system.Q_padded``."""
+        return self.factor(system.Q_padded)
 
 
 def _over_R(cond, values: np.ndarray) -> np.ndarray:
