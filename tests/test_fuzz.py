@@ -65,7 +65,7 @@ ANY = st.one_of(JUNK, NEAR)
 
 # Junk that happens to be a valid but extreme value (an sd of 1e7 over children with
 # sd 0.5) may be ill-conditioned; the AccuracyWarning it then raises is right (see
-# test_extremes.py) and not what these tests are about.
+# test_accuracy.py) and not what these tests are about.
 pytestmark = pytest.mark.filterwarnings("ignore::gdag.errors.AccuracyWarning")
 
 

@@ -73,23 +73,3 @@ def test_chosen_ordering_reports_the_size_of_its_factor():
         counts = np.count_nonzero(L, axis=0)
         assert nnz == counts.sum()
         assert flops == float(np.sum(counts.astype(float) ** 2))
-
-
-def test_solves_with_gdags_ordering_match_dense_for_any_number_of_columns():
-    from gdag.linalg.factor import FEW_COLUMNS, CholeskyFactor
-
-    n = 60
-    hub = np.zeros(n - 1, dtype=int)
-    rng = np.random.default_rng(0)
-    rows, cols = np.r_[np.arange(n), np.arange(1, n)], np.r_[np.arange(n), hub]
-    vals = np.r_[n + rng.uniform(1, 2, n), rng.uniform(-1, 1, n - 1)]
-    lower = sp.csc_matrix((vals, (rows, cols)), shape=(n, n))
-    analysis = analyze(lower)
-    assert analysis.reorder is not None  # the arrow takes gdag's static ordering
-    factor = CholeskyFactor(analysis, lower, lambda k: [str(i) for i in k])
-    dense = lower.toarray() + np.tril(lower.toarray(), -1).T
-    for k in (1, 3, FEW_COLUMNS, FEW_COLUMNS + 1, 25):
-        b = rng.normal(size=(n, k))
-        np.testing.assert_allclose(factor.solve(b), np.linalg.solve(dense, b), rtol=1e-12, atol=1e-14)
-    b = rng.normal(size=n)
-    np.testing.assert_allclose(factor.solve(b), np.linalg.solve(dense, b), rtol=1e-12, atol=1e-14)

@@ -15,10 +15,8 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from sksparse import cholmod
 
 import gdag
-from gdag.linalg import factor
 
 from exact import exact_posterior
 from reference import build_gdag, draw, kalman_smoother, observe_some, random_spec
@@ -292,55 +290,6 @@ def test_no_accuracy_warning_on_well_conditioned_models():
 
 
 # --------------------------------------------------- NotIdentifiedError naming
-
-
-def labels(positions):
-    return [f"v{int(p)}" for p in positions]
-
-
-def first_failing_pivot(Q: np.ndarray, P: np.ndarray) -> int:
-    """Dense LDL^T of Q[P][:, P]: the original index of the first pivot that is not positive."""
-    A = Q[np.ix_(P, P)].copy()
-    for j in range(A.shape[0]):
-        if not A[j, j] > 0:
-            return int(P[j])
-        A[j + 1 :, j + 1 :] -= np.outer(A[j + 1 :, j], A[j + 1 :, j]) / A[j, j]
-    raise AssertionError("Q is positive definite")
-
-
-def singular_matrices():
-    rng = np.random.default_rng(0)
-    yield "zero diagonal", np.diag([1.0, 2.0, 0.0, 3.0])
-    yield "negative diagonal", np.diag([1.0, 2.0, -1.0, 3.0])
-    # an arrow whose hub (index 0) has a zero Schur complement; the ordering moves the hub last
-    n = 7
-    arrow = np.eye(n)
-    arrow[0, :] = arrow[:, 0] = 1.0
-    arrow[0, 0] = n - 1.0
-    yield "arrow", arrow
-    # a dense block (supernodal factorization) with a hub that makes it indefinite, shuffled
-    m = 300
-    X = rng.normal(size=(m, m))
-    M = X @ X.T / m + np.eye(m)
-    a = rng.normal(size=m)
-    dense = np.zeros((m + 1, m + 1))
-    dense[:m, :m] = M
-    dense[:m, m] = dense[m, :m] = a
-    dense[m, m] = a @ np.linalg.solve(M, a) * (1 - 1e-6)
-    perm = rng.permutation(m + 1)
-    yield "dense indefinite", dense[np.ix_(perm, perm)]
-
-
-@pytest.mark.parametrize("mode", ["simplicial", "supernodal"])
-@pytest.mark.parametrize("name, Q", list(singular_matrices()))
-def test_cholesky_failure_names_the_variable_through_the_permutation(name, Q, mode):
-    lower = sp.csc_matrix(np.tril(Q))
-    symbolic = cholmod.analyze(lower, mode=mode)
-    expected = f"v{first_failing_pivot(Q, symbolic.P())}"
-    with pytest.raises(gdag.NotIdentifiedError, match=re.escape(f"`{expected}` is not identified")):
-        factor.CholeskyFactor(factor.Analysis(symbolic), lower, labels)
-    if name == "arrow":
-        assert expected == "v0"  # the hub, although CHOLMOD eliminates it last
 
 
 def test_numerically_singular_model_names_its_node():

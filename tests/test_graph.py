@@ -1,29 +1,9 @@
-"""The DSL and the family graph: expressions, edges, kinds, expanded graphs."""
+"""Model graphs (gdag.graph): family edges and kinds, expanded graphs of scalar variables."""
 
 import numpy as np
 import pytest
 
 import gdag
-from gdag.expr import Expr
-
-
-def test_numpy_array_on_the_left_builds_an_expression():
-    m = gdag.Model()
-    u = m.normal("u", plate=m.plate("g", 3))
-    offset = np.array([1.0, 2.0, 3.0])
-    for expr in (offset + u, offset * u, offset - u, u * offset):
-        assert isinstance(expr, Expr) and expr.length == 3
-
-
-def test_single_integer_gather_broadcasts():
-    m = gdag.Model()
-    u = m.normal("u", mean=np.array([0.0, 5.0]), sd=1.0, plate=m.plate("g", 2))
-    y = m.normal("y", mean=u[1], sd=1.0, plate=m.plate("obs", 4))
-    post = m.posterior({})
-    np.testing.assert_allclose(post.mean(y), 5.0)
-    np.testing.assert_allclose(post.cov(y, u)[:, 1], 1.0)
-    np.testing.assert_allclose(post.cov(y, u)[:, 0], 0.0)
-
 
 GRAPH_CASES = [
     (
@@ -101,33 +81,6 @@ def test_expanded_graph_refuses_large_models():
     m.normal("u", plate=m.plate("g", 6000))
     with pytest.raises(gdag.ModelSpecError, match="use m.graph\\(\\) for the family-level graph"):
         m.graph(expanded=True)
-
-
-def test_describe_lists_families():
-    m = gdag.Model("d")
-    m.normal("a", plate=m.plate("p", 4))
-    text = m.describe()
-    assert "Model `d`: 4 scalar variables" in text and "a" in text and "p" in text
-
-
-def test_declaration_site_is_recorded():
-    m = gdag.Model()
-    a = m.normal("a")
-    assert a.site.startswith("test_dsl.py:")
-
-
-def test_node_names_cannot_collide_with_compiled_caches():
-    # the compiled model caches derived arrays; a node may have any valid name
-    for name in ("deterministic", "sd_entries", "B_scale", "__sd_entries"):
-        m = gdag.Model("names")
-        s = m.param("s", value=3.0, positive=True)
-        a = m.normal("a", mean=0.0, sd=s)
-        m.normal(name, mean=a, sd=1.0)
-        post = m.posterior({name: 1.0})
-        # a ~ N(0, 9), y | a ~ N(a, 1): E[a | y = 1] = 9 / 10
-        assert post.mean("a") == pytest.approx(0.9, rel=1e-12)
-        with pytest.raises(gdag.ModelError):
-            post.mean("B_scale" if name != "B_scale" else "sd_entries")
 
 
 def test_expanded_graph_sums_a_parent_that_enters_a_mean_twice():
