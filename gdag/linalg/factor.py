@@ -183,7 +183,7 @@ class TriangularFactor:
             Lc.sort_indices()
             keys = np.repeat(np.arange(n, dtype=np.int64), np.diff(Lc.indptr)) * n + Lc.indices
             self._pairs = (a, b, L.nnz, np.searchsorted(keys, np.minimum(i, j) * n + np.maximum(i, j)))
-        return selected_inverse(L).data[self._pairs[3]]
+        return self.selected_inverse().data[self._pairs[3]]
 
 
 class CholeskyFactor(TriangularFactor):
