@@ -18,7 +18,8 @@ import gdag
 from gdag.data import data_vector
 from gdag.fitting.objective import Objective
 from gdag.fitting.roles import infer_roles
-from reference import dense_joint, random_spec, build_gdag
+
+from reference import build_gdag, dense_joint, random_spec
 
 DATA = Path(__file__).parent / "data"
 RTOL_LOGLIK = 1e-6
