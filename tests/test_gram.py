@@ -87,7 +87,7 @@ def test_posteriors_are_the_same_with_64_bit_indices(seed, monkeypatch):
     dense = DensePosterior(spec, x)
     monkeypatch.setattr(assembly, "INT32_MAX", 0)
     post = build_gdag(spec).posterior(data)
-    if post._cond.n_unobserved:
+    if post._cond.n_unobserved:  # internals: the posterior's Gram structure took the int64 path
         assert post._cond.gram.structure.csr_entry.dtype == np.int64
     scale, vscale = 1.0 + np.max(np.abs(dense.full_mean)), 1.0 + np.max(np.diag(dense.prior_cov))
     assert_matches_dense(post, dense, spec.families, scale, vscale)

@@ -34,6 +34,7 @@ def test_factor_nonzeros_match_cholmod_exactly(n, density):
 def test_factor_size_of_a_posterior_matches_its_factor():
     m, y = crossed()
     post = m.posterior({"y": y})
+    # internals: the estimate from the symbolic analysis against the posterior's own Q_UU and factor
     size = post._cond.factor_size()
     L = post._factor.L()  # supernodal or not: explicit zeros are padding
     assert size.nnz_L == L.count_nonzero() or size.nnz_L <= L.nnz
