@@ -1,10 +1,10 @@
 """The dense oracle: every dense Gaussian computation the tests compare gdag against.
 
-numpy and scipy only.  gdag enters solely through its public DSL, in
-:func:`build_gdag`, which declares a random spec as a gdag model; everything
-else here works on the spec itself, with loops where they make the model's
-meaning plain, and never touches gdag's compiler, conditioning or factors.
-Small models only.  (The exact rational oracle for extreme sds is
+numpy and scipy only.  gdag enters solely through its public API: the DSL in
+:func:`build_gdag`, which declares a random spec as a gdag model, and a
+posterior's queries in the comparison helpers.  The oracle itself works on the
+spec, with loops where they make the model's meaning plain, and never touches
+gdag's compiler, conditioning or factors.  Small models only.  (The exact rational oracle for extreme sds is
 tests/exact.py; matrix-level checks of gdag's linear algebra compare with
 ``np.linalg`` in their own test files.)
 
@@ -193,7 +193,7 @@ def dense_joint(spec: ModelSpec):
 
 
 def draw(B, c, d, rng: np.random.Generator):
-    """One draw of ``x = c + B x + e`` by solving ``(I - B) x = c + e`` (exact for sd 0 entries)."""
+    """One draw of ``x = c + B x + e``, solving ``(I - B) x = c + e``: sd 0 entries follow their parents."""
     n = len(c)
     return np.linalg.solve(np.eye(n) - B, c + np.sqrt(d) * rng.normal(size=n))
 
