@@ -80,7 +80,7 @@ class GramEntries:
 class GramAssembler(GramEntries):
     """Maps from coefficient values to ``Q_UU = A_U^T W A_U`` and ``b``, built once per pattern.
 
-    The pattern of ``Q_UU`` is analysed once (:mod:`gdag.assembly`); each
+    The pattern of ``Q_UU`` is analysed once (:mod:`gdag.linalg.gram`); each
     theta then costs one pass.  Parameters as for :class:`GramEntries`.
     """
 

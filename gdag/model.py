@@ -190,7 +190,7 @@ class Model:
         return Posterior(cm, conditioning, theta, x)
 
     def fit(self, data, method: str = "reml", **options):
-        """Estimate unknown parameters by ``"reml"``, ``"ml"`` or ``"em"``; see :func:`gdag.fit.fit`."""
+        """Estimate unknown parameters by ``"reml"``, ``"ml"`` or ``"em"``; see :func:`gdag.fitting.fit.fit`."""
         known = set(inspect.signature(fit_model).parameters) - {"spec", "queries", "data", "method"}
         unknown = sorted(set(options) - known)
         if unknown:

@@ -143,11 +143,11 @@ class Conditioning:
         return self.factor(system.Q)
 
     # ------------------------------------------------------------------
-    # Accessors for gdag.fit, which re-evaluates this system for many theta.
+    # Accessors for gdag.fitting, which re-evaluates this system for many theta.
 
     @property
     def gram(self) -> "GramAssembler":
-        """The assembly maps of ``Q_UU`` and ``b`` for this pattern (used by :mod:`gdag.fit`)."""
+        """The assembly maps of ``Q_UU`` and ``b`` for this pattern (used by :mod:`gdag.fitting`)."""
         return self._gram
 
     @property

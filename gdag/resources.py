@@ -77,7 +77,7 @@ class FactorSize:
 
 
 def factor_size(cond) -> FactorSize:
-    """The :class:`FactorSize` of a :class:`~gdag.conditioning.Conditioning` (cached on it by its ``factor_size``)."""
+    """The :class:`FactorSize` of a :class:`~gdag.pattern.Conditioning` (cached on it by its ``factor_size``)."""
     pattern = cond.gram.pattern
     if cond.n_unobserved == 0:
         return FactorSize(0, 0, 0, 0.0, cond.cm.n)
