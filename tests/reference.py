@@ -14,6 +14,7 @@ tests/exact.py; matrix-level checks of gdag's linear algebra compare with
 - :func:`draw`, :func:`sample_truth`, :func:`observe`, :func:`observe_some`: values and data.
 - :func:`dense_condition`, :class:`DensePosterior`: textbook Gaussian conditioning,
   answering gdag.Posterior's queries (mean, var, cov, log_evidence).
+- :func:`gls_deviance`: -2 log L (ML) or -2 log L_R (REML) of a linear Gaussian model at its GLS fixed effects.
 - :func:`kalman_smoother`: the scalar state-space chain by Kalman filter and RTS smoother, in longdouble.
 - :func:`assert_close`, :func:`assert_matches_dense`: the comparisons the random-model tests share.
 """
@@ -278,6 +279,26 @@ class DensePosterior:
 
     def cov(self, a: str, b: str | None = None) -> np.ndarray:
         return self.full_cov[self._slices[a], self._slices[a if b is None else b]]
+
+
+# ------------------------------------------------------------ likelihood
+
+
+def gls_deviance(V, X, r, reml=False):
+    """``(deviance, beta)`` of ``r ~ N(X beta, V)`` at the GLS ``beta``: -2 log L, or with ``reml`` -2 log L_R.
+
+    REML integrates ``beta`` out under a flat prior: ``-2 log L_R = -2 log L + log|X^T V^{-1} X| - p log 2 pi``.
+    """
+    n, p = X.shape
+    solved = np.linalg.solve(V, np.column_stack([X, r]))
+    Vi_X, Vi_r = solved[:, :p], solved[:, p]
+    XtViX = X.T @ Vi_X
+    beta = np.linalg.solve(XtViX, X.T @ Vi_r) if p else np.zeros(0)
+    res = r - X @ beta
+    out = np.linalg.slogdet(V)[1] + res @ np.linalg.solve(V, res) + n * math.log(2 * math.pi)
+    if reml:
+        out += np.linalg.slogdet(XtViX)[1] - p * math.log(2 * math.pi)
+    return out, beta
 
 
 # ------------------------------------------------------------ state space

@@ -9,17 +9,19 @@ import gzip
 import json
 import math
 import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.linalg as sla
 
 import gdag
 from gdag.data import data_vector
 from gdag.fitting.objective import Objective
 from gdag.fitting.roles import infer_roles
 
-from reference import build_gdag, dense_joint, random_spec
+from reference import build_gdag, gls_deviance, joint_moments, observe_some, random_spec, spec_matrices
 
 DATA = Path(__file__).parent / "data"
 RTOL_LOGLIK = 1e-6
@@ -294,100 +296,223 @@ def test_fixed_effects_only_is_ordinary_least_squares(method):
 # ------------------------------------------------------------ dense oracle
 
 
-def dense_objective(spec, observed, x, fixed_entries, reml):
-    """-2 log L (ML) or -2 log L_R (REML) at GLS beta, by dense numpy, and beta-hat.
+@dataclass(frozen=True)
+class SpecRoles:
+    """What each parameter entry of a random spec does, read from the spec (see :func:`spec_roles`).
 
-    The mean of the observed values is mu0 + X beta with X the mean's columns
-    for the fixed-effect entries (the joint mean is linear in them).
+    Entries are numbered as in gdag's ``theta``: the spec's parameters in
+    declaration order, each one's entries in turn.
     """
-    names = list(spec.params)
-    sizes = [spec.params[k][0] for k in names]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
 
-    def at(beta):
-        for k, name in enumerate(names):
-            size, pos, val = spec.params[name]
-            val = np.array(val, dtype=float)
-            for e in range(size):
-                g = offsets[k] + e
-                if g in fixed_entries:
-                    val[e] = beta[fixed_entries.index(g)]
-            spec.params[name] = (size, pos, val)
-        mu, Sigma, _, _ = dense_joint(spec)
-        return mu, Sigma
-
-    p = len(fixed_entries)
-    O = np.flatnonzero(observed)
-    mu0, Sigma = at(np.zeros(p))
-    X = np.column_stack([at(np.eye(p)[j])[0][O] - mu0[O] for j in range(p)]) if p else np.zeros((O.size, 0))
-    V = Sigma[np.ix_(O, O)]
-    r = x[O] - mu0[O]
-    Vi_X, Vi_r = np.linalg.solve(V, X), np.linalg.solve(V, r)
-    XtViX = X.T @ Vi_X
-    beta = np.linalg.solve(XtViX, X.T @ Vi_r) if p else np.zeros(0)
-    res = r - X @ beta
-    out = np.linalg.slogdet(V)[1] + res @ np.linalg.solve(V, res) + O.size * math.log(2 * math.pi)
-    if reml:
-        out += np.linalg.slogdet(XtViX)[1] - p * math.log(2 * math.pi)
-    return out, beta
+    n: int
+    fixed: list  # entries profiled by GLS
+    optimized: list  # one per optimizer variable, in order
+    sd: list  # entries used as an sd
+    profiled: int  # the sd entry whose scale is profiled out, -1 for none
 
 
-def random_case(seed):
-    """A random small model (gathers, design matrices, rho, deterministic nodes) with data."""
-    rng = np.random.default_rng(seed)
-    spec = random_spec(rng)
-    m = build_gdag(spec)
-    mu, Sigma, offsets, d = dense_joint(spec)
-    truth = rng.multivariate_normal(mu, Sigma + 1e-12 * np.eye(mu.size), method="svd")
-    data = {}
+def spec_roles(spec, observed, profile):
+    """The roles of ``spec``'s parameter entries as gdag's docs define them, or None when one is used nowhere.
+
+    A fixed effect is an entry in a mean (a ``param`` term) that is not
+    positive and not also an sd or a scale; the other used entries are
+    optimized.  When every stochastic entry's sd is a parameter entry used only
+    as an sd (and ``profile``), the scale of the sd entry of most observed
+    entries (the first on ties) is profiled out: it is not optimized and is 1
+    in working units.
+    """
+    where, n = {}, 0
+    for name, (size, _, _) in spec.params.items():
+        for e in range(size):
+            where[name, e] = n
+            n += 1
+    positive = {where[name, e] for name, (size, pos, _) in spec.params.items() if pos for e in range(size)}
+    mean, scale, sd = set(), set(), set()
+    counts = np.zeros(n)
+    o = 0
     for fam in spec.families:
-        o = offsets[fam.name]
-        seen = (d[o : o + fam.size] > 0) & (rng.random(fam.size) < 0.7)
-        if seen.any():
-            data[fam.name] = np.where(seen, truth[o : o + fam.size], np.nan)
-    return rng, spec, m, data
+        for kind, source, index, coef, scale_param in fam.terms:
+            if kind == "param":
+                mean.update(where[source, int(i)] for i in index)
+            if scale_param is not None and np.any((index if kind in ("dense", "sparse") else coef) != 0):
+                scale.add(where[scale_param, 0])
+        if fam.sd_param is not None:
+            pname, _, pidx = fam.sd_param
+            sd.update(where[pname, int(i)] for i in pidx)
+            for i in range(fam.size):
+                counts[where[pname, int(pidx[i])]] += observed[o + i]
+        o += fam.size
+    if len(mean | scale | sd) < n:
+        return None
+    fixed = sorted(mean - sd - scale - positive)
+    free = sorted((mean | scale | sd) - set(fixed))
+    every_sd_a_param = all(fam.sd_param is not None or not np.any(fam.sd > 0) for fam in spec.families)
+    profiled = -1
+    if profile and every_sd_a_param and sd and not sd & (mean | scale) and observed.any():
+        profiled = int(np.argmax(counts))
+    return SpecRoles(n, fixed, [k for k in free if k != profiled], sorted(sd), profiled)
 
 
-def conditioned_case(seed):
-    """A random case compiled and conditioned on its data, or None when it observes nothing."""
-    rng, spec, m, data = random_case(seed)
+def with_values(spec, theta):
+    """A copy of ``spec`` with its parameter entries set to ``theta`` (numbered as in :class:`SpecRoles`)."""
+    params, k = {}, 0
+    for name, (size, pos, _) in spec.params.items():
+        params[name] = (size, pos, np.array(theta[k : k + size], dtype=float))
+        k += size
+    return replace(spec, params=params)
+
+
+def dense_objective(spec, roles, v, x, reml):
+    """``(objective, beta, theta)`` at optimizer variables ``v`` by dense numpy; None when ``beta`` is not identified.
+
+    ``objective`` is -2 log L (ML) or -2 log L_R (REML) of the observed
+    entries of ``x`` (NaN: unobserved) at the GLS ``beta`` and, when
+    ``roles.profiled`` names one, at the optimal common scale of the sds;
+    ``theta`` the natural parameters there.  The mean of the observed values is
+    ``mu0 + X beta``, ``X`` the mean's columns for the fixed effects (the joint
+    mean is linear in them).
+    """
+    O = ~np.isnan(x)
+    theta = np.zeros(roles.n)
+    theta[roles.optimized] = v
+    if roles.profiled >= 0:
+        theta[roles.profiled] = 1.0
+
+    def joint(th):
+        """``B``, ``c`` and the observed entries' mean and covariance at parameters ``th``."""
+        B, c, d, _ = spec_matrices(with_values(spec, th))
+        mu, Sigma = joint_moments(B, c, d)
+        return B, c, mu[O], Sigma[np.ix_(O, O)]
+
+    B, c0, mu0, V = joint(theta)
+    # x = (I - B)^{-1} c and beta enters c only: X's columns are (I - B)^{-1} dc/dbeta, by triangular
+    # solves (families and lags refer back only), so a column the data do not see is exactly 0
+    p = len(roles.fixed)
+    dc = np.zeros((len(c0), p))
+    for j, k in enumerate(roles.fixed):
+        dc[:, j] = joint(theta + np.eye(roles.n)[k])[1] - c0
+    X = sla.solve_triangular(np.eye(len(c0)) - B, dc, lower=True)[O]
+    dof = O.sum() - (p if reml else 0)
+    if dof <= 0 or (p and not identified(X.T @ np.linalg.solve(V, X))):
+        return None
+    r = x[O] - mu0
+    out, beta = gls_deviance(V, X, r, reml)
+    if roles.profiled >= 0:  # sigma^2 = quad / dof; every sd scales by sigma
+        res = r - X @ beta
+        theta[roles.sd] *= math.sqrt(res @ np.linalg.solve(V, res) / dof)
+        V = joint(theta)[3]
+        out, beta = gls_deviance(V, X, r, reml)
+    theta[roles.fixed] = beta
+    return out, beta, theta
+
+
+def identified(S):
+    """Whether the information ``S`` of the fixed effects is nonsingular (relative to its diagonal, as gdag judges it).
+
+    The random cases have a wide gap: a smallest ratio of eigenvalues of at least 0.08 or an exactly zero diagonal entry.
+    """
+    diag = np.diag(S)
+    if not np.all(diag > 0):
+        return False
+    w = np.linalg.eigvalsh(S / np.sqrt(np.outer(diag, diag)))
+    return w[0] > 1e-11 * w[-1]
+
+
+def random_case(seed, sds_are_params=False):
+    """A random small model (gathers, design matrices, rho, deterministic nodes) with data: ``(rng, spec, m, data, x)``.
+
+    ``x`` holds the data over all of ``spec``'s entries (NaN: unobserved) in
+    :func:`reference.dense_joint`'s order.  With ``sds_are_params`` every sd
+    is a multiple of a ``sigma`` entry (no deterministic nodes), so that a fit
+    can profile out their common scale.
+    """
+    rng = np.random.default_rng(seed)
+    spec = random_spec(rng, allow_deterministic=not sds_are_params)
+    if sds_are_params:
+        for fam in spec.families:
+            if fam.sd_param is None:
+                fam.sd_param, fam.sd = ("sigma", fam.sd, rng.integers(0, 2, size=fam.size)), None
+    data, x, *_ = observe_some(spec, rng, 0.7)
+    return rng, spec, build_gdag(spec), data, x
+
+
+def conditioned_case(seed, sds_are_params=False):
+    """A random case compiled and conditioned on its data, or None when it observes nothing.
+
+    ``(rng, spec, cm, x_gdag, cond, x)``: ``x_gdag`` is gdag's data vector; the oracle reads ``x``.
+    """
+    rng, spec, m, data, x = random_case(seed, sds_are_params)
     if not data:
         return None
     cm = m._queries.compiled(m.spec())
-    x, observed = data_vector(m.spec(), cm, data)
-    return rng, spec, m, cm, x, observed, m._queries.conditioning_for(cm, observed)
+    x_gdag, observed = data_vector(m.spec(), cm, data)
+    return rng, spec, cm, x_gdag, m._queries.conditioning_for(cm, observed), x
 
 
-def test_objective_equals_dense_formula_on_random_models():
-    checked = 0
+def roles_of_case(spec, cm, cond, x, profile):
+    """gdag's roles and the spec's (:func:`spec_roles`), checked to agree; ``(None, None)`` when gdag rightly refuses."""
+    own = spec_roles(spec, ~np.isnan(x), profile)
+    if own is None:
+        with pytest.raises(gdag.NotIdentifiedError, match="appears? in no mean and no sd"):
+            infer_roles(cm, cond, profile=profile)
+        return None, None
+    roles = infer_roles(cm, cond, profile=profile)
+    assert (list(roles.fixed), list(roles.optimized), roles.profiled) == (own.fixed, own.optimized, own.profiled)
+    return roles, own
+
+
+# Random cases (every sd a parameter; seed, reml) where a fixed effect the data do not see is let through:
+# at the point drawn its information S_kk is round-off (~1e-17), not 0, and gdag returns a beta with a
+# variance of ~1e16 instead of a NotIdentifiedError.  See the xfail test below.
+UNREFUSED = ((38, False), (932, False))
+
+
+@pytest.mark.parametrize("sds_are_params", [False, True])
+def test_objective_equals_dense_formula_on_random_models(sds_are_params):
+    """gdag's objective, GLS fixed effects and natural parameters at random points equal the dense oracle's.
+
+    With every sd a parameter entry, odd seeds profile out the sds' common scale.
+    """
+    checked = profiled = 0
     for seed in range(1000):
-        case = conditioned_case(seed)
+        case = conditioned_case(seed, sds_are_params)
         if case is None:
             continue
-        rng, spec, m, cm, x, observed, cond = case
-        try:
-            roles = infer_roles(cm, cond, profile=bool(seed % 2))
-        except gdag.NotIdentifiedError:
+        rng, spec, cm, x_gdag, cond, x = case
+        roles, own = roles_of_case(spec, cm, cond, x, profile=bool(seed % 2))
+        if roles is None:
             continue  # a parameter the random model does not use
         for reml in (False, True):
-            try:
-                obj = Objective(cm, cond, x, roles, reml)
-                v = rng.uniform(0.5, 1.5, size=obj.free.size)
-                ev = obj.evaluate(v)
-            except gdag.NotIdentifiedError:
+            v = rng.uniform(0.5, 1.5, size=len(own.optimized))
+            expected = dense_objective(spec, own, v, x, reml)
+            if expected is None:  # the fixed effects are not identified by the data
+                if not (sds_are_params and (seed, reml) in UNREFUSED):
+                    with pytest.raises(gdag.NotIdentifiedError):
+                        Objective(cm, cond, x_gdag, roles, reml).evaluate(v)
                 continue
-            # put the natural parameters (scale profiled, fixed effects at GLS) into the spec
-            theta = ev.theta
-            for name in spec.params:
-                size, pos, _ = spec.params[name]
-                spec.params[name] = (size, pos, theta[cm.param_span(name)].copy())
-            dense, beta = dense_objective(spec, observed, x, list(roles.fixed), reml)
+            dense, beta, theta = expected
+            ev = Objective(cm, cond, x_gdag, roles, reml).evaluate(v)
             assert ev.objective == pytest.approx(dense, rel=1e-8, abs=1e-8), seed
             np.testing.assert_allclose(ev.beta, beta, rtol=1e-6, atol=1e-6 * (1 + np.abs(beta).max(initial=0)))
+            np.testing.assert_allclose(ev.theta, theta, rtol=1e-6, atol=1e-6 * (1 + np.abs(theta).max()))
             checked += 1
-        if checked >= 60:
+            profiled += own.profiled >= 0
+        if checked >= 60 and profiled >= 20 * sds_are_params:
             break
-    assert checked >= 60
+    assert checked >= 60 and profiled >= 20 * sds_are_params
+
+
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
+                   reason="gdag's identification check misses a fixed effect whose information is round-off, not 0")
+@pytest.mark.parametrize("seed, reml", UNREFUSED)
+def test_a_fixed_effect_without_data_is_refused_at_every_point(seed, reml):
+    rng, spec, cm, x_gdag, cond, x = conditioned_case(seed, sds_are_params=True)
+    roles, own = roles_of_case(spec, cm, cond, x, profile=bool(seed % 2))
+    for _ in range(1 + reml):  # the point the random test draws for this criterion
+        v = rng.uniform(0.5, 1.5, size=len(own.optimized))
+    assert dense_objective(spec, own, v, x, reml) is None
+    with pytest.raises(gdag.NotIdentifiedError):
+        Objective(cm, cond, x_gdag, roles, reml).evaluate(v)
 
 
 def test_gradient_matches_finite_differences_on_random_models():
@@ -396,21 +521,25 @@ def test_gradient_matches_finite_differences_on_random_models():
         case = conditioned_case(seed)
         if case is None:
             continue
-        rng, spec, m, cm, x, observed, cond = case
-        try:
-            roles = infer_roles(cm, cond, profile=bool(seed % 2))
-            obj = Objective(cm, cond, x, roles, reml=bool(seed % 3 == 0), factorization=("sparse", "blocked")[seed % 2])
-            if not obj.exact_gradient or obj.free.size == 0:
-                continue
-            v = rng.uniform(0.5, 1.5, size=obj.free.size)
-            grad = obj.evaluate(v, gradient=True).gradient
-            fd = np.zeros_like(v)
-            for i in range(v.size):
-                step = np.zeros_like(v)
-                step[i] = 1e-6
-                fd[i] = (obj.evaluate(v + step).objective - obj.evaluate(v - step).objective) / 2e-6
-        except gdag.NotIdentifiedError:
+        rng, spec, cm, x_gdag, cond, x = case
+        roles, own = roles_of_case(spec, cm, cond, x, profile=bool(seed % 2))
+        if roles is None:
             continue
+        reml = bool(seed % 3 == 0)
+        v = rng.uniform(0.5, 1.5, size=len(own.optimized))
+        if dense_objective(spec, own, v, x, reml) is None:  # the fixed effects are not identified by the data
+            with pytest.raises(gdag.NotIdentifiedError):
+                Objective(cm, cond, x_gdag, roles, reml).evaluate(v)
+            continue
+        obj = Objective(cm, cond, x_gdag, roles, reml=reml, factorization=("sparse", "blocked")[seed % 2])
+        if not obj.exact_gradient or obj.free.size == 0:
+            continue
+        grad = obj.evaluate(v, gradient=True).gradient
+        fd = np.zeros_like(v)
+        for i in range(v.size):
+            step = np.zeros_like(v)
+            step[i] = 1e-6
+            fd[i] = (obj.evaluate(v + step).objective - obj.evaluate(v - step).objective) / 2e-6
         np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-5 * (1 + np.abs(fd).max()))
         checked += 1
         if checked >= 30:
@@ -438,14 +567,7 @@ def test_fit_reaches_the_dense_optimum():
         def dense(sa, sb, se):
             Za, Zb = np.eye(n_a)[a], np.eye(n_b)[b]
             V = sa**2 * Za @ Za.T + sb**2 * Zb @ Zb.T + se**2 * np.eye(n)
-            X = np.eye(2)[group]
-            Vi = np.linalg.inv(V)
-            beta = np.linalg.solve(X.T @ Vi @ X, X.T @ Vi @ y)
-            r = y - X @ beta
-            out = np.linalg.slogdet(V)[1] + r @ Vi @ r + n * math.log(2 * math.pi)
-            if method == "reml":
-                out += np.linalg.slogdet(X.T @ Vi @ X)[1] - 2 * math.log(2 * math.pi)
-            return out, beta
+            return gls_deviance(V, np.eye(2)[group], y, reml=method == "reml")
 
         best, beta = dense(p["sa"], p["sb"], p["se"])
         assert -2 * fit.loglik == pytest.approx(best, rel=1e-10)
@@ -630,16 +752,11 @@ def test_known_measurement_sds_are_not_profiled():
 
     def dense(tau):
         Z = np.eye(n_f)[who]
-        V = tau**2 * Z @ Z.T + np.diag(s**2)
-        Vi = np.linalg.inv(V)
-        one = np.ones(n)
-        R = one @ Vi @ x / (one @ Vi @ one)
-        r = x - R
-        return np.linalg.slogdet(V)[1] + r @ Vi @ r + n * math.log(2 * math.pi), R
+        return gls_deviance(tau**2 * Z @ Z.T + np.diag(s**2), np.ones((n, 1)), x)
 
     best, R = dense(fit.params["tau"])
     assert -2 * fit.loglik == pytest.approx(best, rel=1e-12)
-    assert fit.params["R"] == pytest.approx(R, rel=1e-10)
+    assert fit.params["R"] == pytest.approx(R[0], rel=1e-10)
     assert dense(fit.params["tau"] * 1.001)[0] > best and dense(fit.params["tau"] * 0.999)[0] > best
     assert em.loglik == pytest.approx(fit.loglik, rel=1e-9)
     assert em.params["tau"] == pytest.approx(fit.params["tau"], rel=1e-4)
