@@ -772,3 +772,39 @@ def test_positive_parameter_in_a_mean_is_optimized_with_its_bound():
     b = float(x @ y / (x @ x))
     assert fit.converged and fit.params["k"] == pytest.approx(b, rel=1e-6)
     assert fit.stderr == {}  # k is optimized, not a GLS fixed effect
+
+
+# ------------------------------------------------------------------ BLAS threads
+
+
+def test_a_fit_holds_one_blas_thread_throughout_and_restores_the_count(monkeypatch):
+    """The optimizer's own steps run on one thread too (not only each evaluation); nesting restores once."""
+    import scipy.optimize as so
+
+    from gdag.linalg import blas
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    guard = blas.OneBlasThread()
+    if not guard._libs:
+        pytest.skip("no OpenBLAS whose thread count can be set")
+    counts = lambda: [get() for get, _ in guard._libs]  # noqa: E731
+    before = counts()
+    monkeypatch.setattr(blas, "_ONE_THREAD", guard)
+    try:
+        for _, put in guard._libs:
+            put(2)
+        with guard:
+            with guard:
+                assert counts() == [1] * len(before)
+            assert counts() == [1] * len(before)  # the inner exit leaves the outer one's setting
+        assert counts() == [2] * len(before)
+        seen = []
+        minimize = so.minimize
+        monkeypatch.setattr(so, "minimize", lambda *a, **k: seen.append(counts()) or minimize(*a, **k))
+        m, data = sleepstudy()  # rho is a coefficient: L-BFGS-B
+        assert m.fit(data, method="ml").converged
+        assert seen == [[1] * len(before)]
+        assert counts() == [2] * len(before)
+    finally:
+        for (_, put), n in zip(guard._libs, before):
+            put(n)

@@ -32,6 +32,7 @@ from ..cache import QueryCache
 from ..compiler import CompiledModel
 from ..data import data_vector
 from ..errors import ConvergenceWarning, FitError, warn
+from ..linalg.blas import one_blas_thread
 from ..posterior import Posterior
 from ..spec import ModelSpec
 from .objective import Objective
@@ -237,7 +238,8 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
         raise FitError(f"`optimizer` must be 'auto', 'scoring' or 'lbfgs'; got {optimizer!r}.")
     if tol is None:
         tol = 1e-10 if method == "em" else 1e-12
-    with timing.record() as phases:
+    # One BLAS thread for the whole fit, the optimizer's own work included (OneBlasThread)
+    with one_blas_thread(), timing.record() as phases:
         t_start = time.perf_counter()
         cm = queries.compiled(spec)
         if cm.n_theta == 0:
