@@ -260,26 +260,48 @@ def ss_gdag(T: int) -> dict:
     return _finish(t0, {"declare": declare, **phases}, _check(mean), sd_check=_check(sd))
 
 
-def ss_rts(T: int) -> dict:
-    """Kalman filter + Rauch-Tung-Striebel smoother, a Python loop over time."""
+def ss_statsmodels(T: int) -> dict:
+    """statsmodels' Kalman filter and smoother (SARIMAX(1, 0, 0) with measurement error), the same model.
+
+    The state starts known, ``x_0 ~ N(0, SS_P0)``, as gdag's first entry does;
+    the smoother is asked for the smoothed states and their variances only.
+    """
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
+
     y = ss_data(T)
     t0 = time.perf_counter()
-    mf, pf, mp, pp = (np.empty(T) for _ in range(4))
-    m, p = 0.0, SS_P0
-    for t in range(T):
-        if t:
-            m, p = SS_PHI * m, SS_PHI * SS_PHI * p + SS_Q
-        mp[t], pp[t] = m, p
-        if y[t] == y[t]:
-            k = p / (p + SS_R)
-            m, p = m + k * (y[t] - m), (1 - k) * p
-        mf[t], pf[t] = m, p
-    ms, ps = mf.copy(), pf.copy()
-    for t in range(T - 2, -1, -1):
-        g = pf[t] * SS_PHI / pp[t + 1]
-        ms[t] = mf[t] + g * (ms[t + 1] - mp[t + 1])
-        ps[t] = pf[t] + g * g * (ps[t + 1] - pp[t + 1])
-    return _finish(t0, {}, _check(ms), sd_check=_check(np.sqrt(ps)))
+    model = SARIMAX(y, order=(1, 0, 0), measurement_error=True, trend="n")
+    model.ssm.initialize_known(np.zeros(1), np.array([[SS_P0]]))
+    model.ssm.set_smoother_output(0, smoother_state=True, smoother_state_cov=True)
+    values = {"ar.L1": SS_PHI, "var.measurement_error": SS_R, "sigma2": SS_Q}
+    result = model.smooth(np.array([values[name] for name in model.param_names]), cov_type="none")
+    mean, var = result.smoothed_state[0], result.smoothed_state_cov[0, 0]
+    return _finish(t0, {}, _check(mean), sd_check=_check(np.sqrt(var)))
+
+
+def ss_floor(T: int) -> dict:
+    """The floor: a banded Cholesky solve (LAPACK pbsv) of the tridiagonal posterior precision, means only.
+
+    With ``x_t = phi x_{t-1} + e_t`` (variance ``q``, ``x_0`` variance ``p0``)
+    and ``y_t = x_t + eps_t`` (variance ``r``) where observed, ``Q`` has
+    ``1/d_t + phi^2/q [t < T-1] + [y_t observed]/r`` on its diagonal and
+    ``-phi/q`` beside it, and ``b_t = y_t / r`` where observed.
+    """
+    from scipy.linalg import solveh_banded
+
+    y = ss_data(T)
+    t0 = time.perf_counter()
+    observed = ~np.isnan(y)
+    bands = np.empty((2, T))
+    bands[0] = 1.0 / SS_Q
+    bands[0, 0] = 1.0 / SS_P0
+    bands[0, :-1] += SS_PHI**2 / SS_Q
+    bands[0] += observed / SS_R
+    bands[1, :-1] = -SS_PHI / SS_Q
+    bands[1, -1] = 0.0
+    b = np.where(observed, y, 0.0) / SS_R
+    mean = solveh_banded(bands, b, lower=True, overwrite_ab=True, overwrite_b=True, check_finite=False)
+    return _finish(t0, {}, _check(mean))
 
 
 # -------------------------------------------------------------- many queries
@@ -421,7 +443,7 @@ WARM_UP = {"romcom": 10, "app": 1000, "state_space": 100, "queries": 2, "insteva
 CASES = {
     "romcom": {"gdag": romcom_gdag, "floor": romcom_floor, "dense numpy": romcom_dense, "pgmpy": romcom_pgmpy},
     "app": {"gdag": app_gdag, "floor": app_floor},
-    "state_space": {"gdag": ss_gdag, "RTS smoother": ss_rts},
+    "state_space": {"gdag": ss_gdag, "statsmodels": ss_statsmodels, "floor": ss_floor},
     "queries": {"gdag": queries_gdag},
     "insteval": {"gdag": insteval_gdag, "lme4": insteval_lme4, "statsmodels": insteval_statsmodels},
     "movielens": {"gdag": movielens_gdag, "lme4": movielens_lme4},
