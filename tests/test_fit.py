@@ -774,6 +774,31 @@ def test_positive_parameter_in_a_mean_is_optimized_with_its_bound():
     assert fit.stderr == {}  # k is optimized, not a GLS fixed effect
 
 
+def test_flat_likelihood_is_fit_to_its_optimum():
+    """The Nile local level: scoring reaches statsmodels' MLE to 1e-6, though the likelihood is very flat there.
+
+    The average information is about twice the curvature at this optimum, so
+    plain scoring only halves the distance per step and stopped 3e-4
+    (relative) short.  statsmodels' exact diffuse likelihood is gdag's REML of
+    the same model with the initial level a fixed effect, less ``log(2 pi)/2``
+    (tests/data/make_nile_reference.py, which also refines statsmodels' estimates).
+    """
+    ref = reference("nile")
+    y = load_csv("nile.csv")["volume"]
+    first = np.zeros(y.size)
+    first[0] = 1.0
+    m = gdag.Model("nile")
+    time = m.plate("time", y.size)
+    level = m.normal("level", mean=lambda x: x.lag(1) + m.param("level0") * first,
+                     sd=m.param("sd_level", positive=True), plate=time)
+    m.normal("y", mean=level, sd=m.param("sigma", positive=True), plate=time)
+    fit = m.fit({"y": y}, method="reml")
+    assert fit.converged
+    assert fit.params["sigma"] ** 2 == pytest.approx(ref["sigma2_irregular"], rel=1e-6)
+    assert fit.params["sd_level"] ** 2 == pytest.approx(ref["sigma2_level"], rel=1e-6)
+    assert fit.loglik - 0.5 * math.log(2 * math.pi) == pytest.approx(ref["llf"], rel=1e-12)
+
+
 # ------------------------------------------------------------------ BLAS threads
 
 

@@ -36,15 +36,12 @@ from ..linalg.blas import one_blas_thread
 from ..posterior import Posterior
 from ..spec import ModelSpec
 from .objective import Objective
-from .optimize import FitLog, run_em, run_lbfgs, run_scoring, starting_point
+from .optimize import SINGULAR_TOL, FitLog, run_em, run_lbfgs, run_scoring, starting_point
 from .roles import infer_roles
 
 __all__ = ["Fit", "fit"]
 
 METHODS = ("reml", "ml", "em")
-# A variance component whose sd, relative to its scale, ends below this is at
-# its boundary (lme4's isSingular tolerance on theta).
-SINGULAR_TOL = 1e-4
 
 
 # ---------------------------------------------------------------- the result
@@ -200,9 +197,11 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
         profiled, coefficients 0.  Changes speed, rarely results.
     tol : float, optional
         Convergence tolerance, relative to the objective: the predicted
-        decrease of a scoring step, L-BFGS-B's relative reduction (times
-        1e-3), or EM's relative change of the log-likelihood.  Default 1e-12
-        (1e-10 for EM).  Smaller is slower and more exact.
+        decrease of a scoring step (which also ends only once the variables
+        are within about ``sqrt(tol)``, relative, of the optimum its step
+        predicts), L-BFGS-B's relative reduction (times 1e-3), or EM's
+        relative change of the log-likelihood.  Default 1e-12 (1e-10 for
+        EM).  Smaller is slower and more exact.
     max_iter : int, optional
         Iteration limit (default 200 scoring / 1000 L-BFGS-B iterations, 10000 for EM).
     criterion : ``"ml"`` or ``"reml"``, EM only

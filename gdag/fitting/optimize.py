@@ -20,6 +20,11 @@ from ..spec import ModelSpec, check_param_value
 from .objective import Evaluation, Objective
 from .roles import Roles
 
+# An sd below this, relative to its scale, is at its boundary 0 (lme4's isSingular tolerance on theta).
+SINGULAR_TOL = 1e-4
+# Scoring corrects its curvature by the secant of the last full step when that step moved no variable by more than this (relative).
+SECANT_STEP = 0.1
+
 
 class FitLog:
     """Every evaluation's ``(theta, objective)`` and the best point so far."""
@@ -112,31 +117,48 @@ def run_lbfgs(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: Fi
 
 
 def run_scoring(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: FitLog):
-    """Projected, damped Fisher scoring with the average-information matrix.
+    """Projected, damped Fisher scoring with the average-information matrix, corrected by secants.
 
     The variables are the (relative) sds ``v >= 0``.  Each iteration solves
     ``H d = -g`` over the variables not held at 0 (held: at 0 with a gradient
     pushing outwards), caps the step at 10 times the variables' size, and
-    halves it until the objective falls (Armijo).  Converged when the
-    predicted decrease ``g^T H^{-1} g / 2`` is below ``tol * max(1, |objective|)``;
-    when it is already below ``1000 tol`` the last step is checked by the
-    objective alone (no gradient).
+    halves it until the objective falls (Armijo).  ``H`` is the
+    average-information matrix, corrected after a full step so that it
+    reproduces the change of the gradient along that step (a symmetric rank-one
+    secant update): where the likelihood is flat the average information can
+    be twice the true curvature (the Nile local level), and scoring then only
+    halves the distance to the optimum per step.
+
+    Stopping: once the predicted decrease ``g^T d / 2`` is below
+    ``1000 tol * max(1, |objective|)``, the full step is taken, checked by the
+    objective alone (no gradient), and ends the fit when the decrease it
+    brought agrees with the prediction closely enough that the distance left
+    to the optimum, about ``|actual / predicted - 1|`` times the step, is
+    below ``sqrt(tol)`` relative to the variables (or when the step itself is
+    that small).  A predicted decrease below ``tol * max(1, |objective|)``
+    with no such step ends it too.
     """
     v = np.maximum(np.asarray(v0, dtype=float), 0.0)
     ev = log.record(v, obj.evaluate(v, gradient=True, curvature=True))
+    xtol = math.sqrt(tol)
+    secant = None  # (step, change of the gradient) of the last full step
     for it in range(1, max_iter + 1):
         g = ev.gradient
-        d = _scoring_step(v, g, ev.curvature)
+        H = _secant_update(ev.curvature, *secant) if secant is not None else ev.curvature
+        d = _scoring_step(v, g, H)
         decrease = -0.5 * float(g @ d)
         size = max(1.0, abs(ev.objective))
-        if decrease <= tol * size:
-            return True, it - 1, "predicted decrease below tolerance"
+        moves = _relative_step(v, d)
+        if decrease <= tol * size and moves <= xtol:
+            return True, it - 1, "predicted decrease and step below tolerance"
         if decrease <= 1e3 * tol * size and np.all(v + d >= 0):
-            # Close enough that one more full step leaves an error far below tol:
-            # take it, checking only that the objective falls as predicted.
+            # Close: take the full step, checking only that the objective falls as predicted.
             ev_new = log.record(v + d, obj.evaluate(v + d))
-            if ev.objective - ev_new.objective >= 0.5 * decrease:
+            actual = ev.objective - ev_new.objective
+            if actual >= 0.5 * decrease and abs(actual - decrease) * moves <= xtol * decrease:
                 return True, it, "final Newton step"
+            if decrease <= tol * size and actual >= -tol * size:
+                return True, it, "predicted decrease below tolerance"
         cap = 10.0 * np.maximum(v, 1.0)
         alpha = min(1.0, float(np.min(cap / np.maximum(np.abs(d), 1e-300))))
         for _ in range(40):
@@ -151,6 +173,8 @@ def run_scoring(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: 
             alpha *= 0.5
         else:
             return False, it, "line search failed"
+        near = alpha == 1.0 and moves <= SECANT_STEP  # a full step small enough for a quadratic model
+        secant = (v_new - v, ev_new.gradient - g) if near else None
         v, ev = v_new, ev_new
     return False, max_iter, "iteration limit reached"
 
@@ -171,6 +195,25 @@ def _scoring_step(v: np.ndarray, g: np.ndarray, H: np.ndarray) -> np.ndarray:
             df = -gf / np.maximum(np.abs(np.diag(Hf)), ridge)
         d[free] = df
     return d
+
+
+def _relative_step(v: np.ndarray, d: np.ndarray) -> float:
+    """The largest step relative to its variable (at least SINGULAR_TOL, the size below which an sd is at 0)."""
+    return float(np.max(np.abs(d) / np.maximum(np.abs(v), SINGULAR_TOL), initial=0.0))
+
+
+def _secant_update(H: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``H`` plus the symmetric rank-one term that makes ``H s = y``, if that keeps it positive definite."""
+    r = y - H @ s
+    denom = float(r @ s)
+    if not (float(s @ y) > 0 and abs(denom) > 1e-8 * np.linalg.norm(r) * np.linalg.norm(s)):
+        return H
+    H_new = H + np.outer(r, r) / denom
+    try:
+        np.linalg.cholesky(H_new)
+    except np.linalg.LinAlgError:
+        return H
+    return H_new
 
 
 def run_em(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: FitLog):
