@@ -15,6 +15,7 @@ import numpy as np
 
 from .compiler import CompiledModel, compile_model
 from .graph import ModelGraph, build_graph, check_acyclic
+from .observations import LeafRows, ReducedConditioning, latent_spec
 from .pattern import Conditioning, PaddedConditioning
 from .spec import ModelSpec
 from .timing import phase
@@ -38,6 +39,7 @@ class QueryCache:
         self._shared: Conditioning | None = None
         self._patterns: OrderedDict = OrderedDict()  # (mode, packed mask) -> conditioning
         self._queries_with_fill = False
+        self._latent: dict = {}  # leaf families -> (QueryCache, ModelSpec) of the model without them
         self.last_conditioning = None  # the pattern of the last posterior (for Model.describe)
 
     def __len__(self) -> int:
@@ -58,6 +60,21 @@ class QueryCache:
                 check_acyclic(self.graph(spec))
             self._compiled = result
         return self._compiled
+
+    def latent(self, spec: ModelSpec, leaves: tuple[str, ...]) -> tuple["QueryCache", ModelSpec]:
+        """The cache and spec of ``spec`` without the leaf families (their rows are summed apart)."""
+        key = tuple(sorted(leaves))
+        if key not in self._latent:
+            check_acyclic(self.graph(spec))
+            self._latent[key] = (QueryCache(), latent_spec(spec, key))
+        return self._latent[key]
+
+    def reduced_conditioning(self, spec: ModelSpec, cm: CompiledModel, observed: np.ndarray,
+                             leaves: tuple[str, ...]) -> ReducedConditioning:
+        """The latent model's per-mask conditioning plus the leaves' row sums (structure only; data per query)."""
+        key = ("reduced", tuple(sorted(leaves)), np.packbits(observed).tobytes())
+        return self._remember(key, lambda: ReducedConditioning(
+            self.conditioning_for(cm, observed), [LeafRows(spec.nodes[name], cm) for name in sorted(leaves)]))
 
     def shared_conditioning(self, cm: CompiledModel) -> Conditioning:
         """The all-unobserved conditioning, whose analysis every padded query shares."""

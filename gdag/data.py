@@ -71,6 +71,37 @@ def data_vector(model: ModelSpec, cm: CompiledModel, data: Mapping[str, Any]) ->
     return x, ~np.isnan(x)
 
 
+@timed("pattern")
+def fully_observed(model: ModelSpec, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The families ``data`` observes at every entry, validated: name -> values (a new array).
+
+    Anything malformed is left for :func:`data_vector` to report, with its usual message.
+    """
+    if not isinstance(data, Mapping):
+        return {}
+    full = {}
+    for key, value in data.items():
+        try:
+            name = _key_name(model, key, DataError, "data")
+            node = model.nodes.get(name) if isinstance(name, str) else None
+            values = None if node is None else node_values(node, value)
+        except DataError:
+            continue
+        if values is not None and not np.isnan(values).any():
+            full[name] = values
+    return full
+
+
+def without(model: ModelSpec, data: Mapping[str, Any], names) -> dict:
+    """``data`` less the entries that name (by name or node) one of ``names``."""
+    out = {}
+    for key, value in data.items():
+        name = _key_name(model, key, DataError, "data")
+        if name not in names:
+            out[key] = value
+    return out
+
+
 def node_values(node: Node, value) -> np.ndarray:
     if isinstance(value, (str, bytes)) or value is None:
         raise DataError(f"Data for node `{node.name}` must be numeric; got {value!r:.60}.")

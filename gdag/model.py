@@ -18,11 +18,12 @@ import numpy as np
 
 from . import expr as terms
 from .cache import QueryCache
-from .data import data_vector, parameter_vector
+from .data import data_vector, fully_observed, parameter_vector, without
 from .errors import FitError, ModelSpecError, declaration_site
 from .expr import Expr, Operand
 from .fitting.fit import fit as fit_model
 from .graph import check_self_reference, expanded_graph, family_graph
+from .observations import reducible_families
 from .posterior import Posterior
 from .render import render as render_model
 from .resources import check_memory
@@ -181,10 +182,21 @@ class Model:
         Posterior
         """
         spec = self.spec()
-        cm = self._queries.compiled(spec)
+        data = {} if data is None else data
+        full = fully_observed(spec, data)
+        leaves = reducible_families(self._queries.graph(spec), full) if full else ()
+        if leaves:  # observed leaf families enter as sums over their rows (gdag.observations)
+            queries, spec_used = self._queries.latent(spec, leaves)
+            data = without(spec, data, leaves)
+        else:
+            queries, spec_used = self._queries, spec
+        cm = queries.compiled(spec_used)
         theta = parameter_vector(spec, cm, {} if params is None else params)
-        x, observed = data_vector(spec, cm, {} if data is None else data)
-        conditioning = self._queries.query_conditioning(cm, observed)
+        x, observed = data_vector(spec_used, cm, data)
+        if leaves:
+            conditioning = queries.reduced_conditioning(spec, cm, observed, leaves).with_data(full)
+        else:
+            conditioning = queries.query_conditioning(cm, observed)
         self._queries.last_conditioning = conditioning
         check_memory(conditioning.factor_size(), self.name)
         return Posterior(cm, conditioning, theta, x)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import cached_property
+from types import MappingProxyType
 
 import numpy as np
 import scipy.sparse as sp
@@ -61,6 +62,8 @@ class Conditioning:
     observed : bool array of length n
         True where a value is given.  Deterministic variables are never observed.
     """
+
+    leaf_data = MappingProxyType({})  # families summed over their rows (gdag.observations): none here
 
     @timed("pattern")
     def __init__(self, cm: CompiledModel, observed: np.ndarray):
@@ -98,6 +101,11 @@ class Conditioning:
     def n_unobserved(self) -> int:
         """Number of stochastic variables not observed."""
         return int(self.U.shape[0])
+
+    @property
+    def n_observed(self) -> int:
+        """Number of observed stochastic variables (the log evidence's count)."""
+        return int(self.O.shape[0])
 
     def label_unobserved(self, positions: np.ndarray) -> list[str]:
         """Labels of positions in U (for messages)."""
@@ -251,6 +259,8 @@ class PaddedConditioning:
     :class:`Conditioning`; :attr:`gram` holds the index maps of ``A_U`` only.
     """
 
+    leaf_data = MappingProxyType({})
+
     @timed("pattern")
     def __init__(self, shared: Conditioning, observed: np.ndarray):
         if shared.O.shape[0]:
@@ -287,6 +297,11 @@ class PaddedConditioning:
     def coefficient_pattern(self) -> tuple[np.ndarray, np.ndarray]:
         """As :attr:`Conditioning.coefficient_pattern` (the shared one)."""
         return self._pattern
+
+    @property
+    def n_observed(self) -> int:
+        """Number of observed stochastic variables."""
+        return int(self.O.shape[0])
 
     def label_unobserved(self, positions: np.ndarray) -> list[str]:
         """Labels of positions in U (for messages)."""

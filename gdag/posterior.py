@@ -23,7 +23,7 @@ from .errors import AccuracyWarning, DataError, ModelError, NotIdentifiedError, 
 from .linalg import LOG_2PI
 from .pattern import Conditioning, LinearSystem
 from .resources import available_memory, gigabytes
-from .spec import Node, Param
+from .spec import Node, Param, label
 from .timing import timed
 
 # Dense covariance blocks beyond this many solved entries are refused.
@@ -74,14 +74,19 @@ class Posterior:
         (an observation with sd 1e-8 made it lose every digit).
         """
         s, cond = self._system, self._cond
-        if cond.O.shape[0] == 0:
+        if cond.n_observed == 0:
             return 0.0  # exactly: the unobserved variables integrate to one
         self._check_variance_accuracy("log evidence")
         logdet = self._factor.logdet() if self._factor is not None else 0.0
         with np.errstate(over="ignore", invalid="ignore"):
             e = self._fitted_residual()
             quad = float(e @ (e / s.d))
-            value = -0.5 * (cond.O.shape[0] * LOG_2PI + float(np.sum(np.log(s.d))) + logdet + quad)
+            log_d = float(np.sum(np.log(s.d)))
+            if cond.leaf_data:  # families summed over their rows: their residuals at the mean
+                for e_leaf, d_leaf in cond.leaf_residuals(self._theta, self._x, self._mean_U):
+                    quad += float(e_leaf @ (e_leaf / d_leaf))
+                    log_d += float(np.sum(np.log(d_leaf)))
+            value = -0.5 * (cond.n_observed * LOG_2PI + log_d + logdet + quad)
         if not np.isfinite(value):
             raise ModelError(
                 f"The log evidence of `{self._cm.name}` overflows double precision ({value}): the data lie "
@@ -91,11 +96,16 @@ class Posterior:
 
     def mean(self, node) -> np.ndarray | float:
         """Posterior mean of every entry of ``node`` (a float for a scalar node)."""
+        node = self._node(node)
+        if node.name in self._cond.leaf_data:
+            return self._leaf_shaped(node, self._cond.leaf_data[node.name])
         return self._shaped(node, self._mean)
 
     def var(self, node) -> np.ndarray | float:
         """Posterior marginal variances, exact, by selected inversion of the factor."""
         node = self._node(node)
+        if node.name in self._cond.leaf_data:
+            return self._leaf_shaped(node, np.zeros(node.size))
         if self._var is None:
             self._var = self._full_variance()
         return self._shaped(node, self._var)
@@ -112,6 +122,8 @@ class Posterior:
         """
         a = self._node(a)
         b = a if b is None else self._node(b)
+        if a.name in self._cond.leaf_data or b.name in self._cond.leaf_data:
+            return np.zeros((a.size, b.size))  # observed: known exactly
         G = self._affine_map()
         Ga, Gb = G[self._cm.span(a.name)], G[self._cm.span(b.name)]
         if self._factor is None:
@@ -138,7 +150,7 @@ class Posterior:
                 f"sample(seed=...) takes None, a non-negative integer or a numpy Generator; got {seed!r:.60}."
             ) from None
         if nodes is None:
-            names = list(self._cm.family_names)
+            names = list(self._cm.family_names) + list(self._cond.leaf_data)
         elif isinstance(nodes, (str, Node, _NodeView)):
             names = [self._node(nodes).name]
         elif isinstance(nodes, (list, tuple)):
@@ -146,7 +158,7 @@ class Posterior:
         else:
             raise DataError(f"sample(nodes=...) takes a node, a name or a list of them; got {type(nodes).__name__}.")
         n_U = self._cond.n_unobserved
-        draw_entries = (n_U + sum(int(self._cm.family_size[self._cm.family(v)]) for v in names)) * int(n)
+        draw_entries = (n_U + sum(self._node(v).size for v in names)) * int(n)
         if draw_entries * 8 > available_memory():
             raise ModelError(
                 f"sample({n}) would need {gigabytes(draw_entries * 8):.3g} GB for the draws, more than the "
@@ -159,6 +171,9 @@ class Posterior:
         G = self._affine_map()
         out = {}
         for name in names:
+            if name in self._cond.leaf_data:
+                out[name] = np.tile(self._cond.leaf_data[name], (n, 1))
+                continue
             span = self._cm.span(name)
             out[name] = (self._mean[span][:, None] + G[span] @ draws_U).T.copy()
         return out
@@ -170,10 +185,15 @@ class Posterior:
             raise ModelError(f"summary(max_rows=...) needs a non-negative integer; got {max_rows!r:.60}.")
         mean = np.atleast_1d(self.mean(node))
         sd = np.atleast_1d(self.sd(node))
-        span = self._cm.span(node.name)
-        observed = ~np.isnan(self._x[span])
         lines = [f"{'entry':<16}{'mean':>12}{'sd':>12}"]
-        entries = self._cm.labels(np.arange(span.start, span.start + min(node.size, max_rows)))  # u[subj=3]
+        if node.name in self._cond.leaf_data:
+            observed = np.ones(node.size, dtype=bool)
+            plate = None if node.is_scalar else self._leaf_plate(node.name)
+            entries = [label(node.name, plate, k) for k in range(min(node.size, max_rows))]
+        else:
+            span = self._cm.span(node.name)
+            observed = ~np.isnan(self._x[span])
+            entries = self._cm.labels(np.arange(span.start, span.start + min(node.size, max_rows)))  # u[subj=3]
         for i, entry in enumerate(entries):
             note = "  (observed)" if observed[i] else ""
             lines.append(f"{entry:<16}{mean[i]:>12.4f}{sd[i]:>12.4f}{note}")
@@ -182,7 +202,7 @@ class Posterior:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"<gdag.Posterior of `{self._cm.name}`: {self._cond.O.shape[0]} observed, "
+        return (f"<gdag.Posterior of `{self._cm.name}`: {self._cond.n_observed} observed, "
                 f"{self._cond.n_unobserved} unobserved, {self._cond.S.shape[0]} deterministic>")
 
     # ------------------------------------------------------------ internals
@@ -191,6 +211,8 @@ class Posterior:
         if isinstance(node, _NodeView):
             return node
         name = node.name if isinstance(node, (Node, Param)) else node
+        if isinstance(name, str) and name in self._cond.leaf_data:
+            return node if isinstance(node, Node) else _LeafView(name, self._cond.leaf_data[name], self._cond)
         if isinstance(node, Param) or (isinstance(name, str) and name in self._cm.param_names
                                        and name not in self._cm._index):
             raise DataError(f"`{name}` is a parameter, not a random node; see Posterior.params for its value.")
@@ -205,6 +227,12 @@ class Posterior:
         node = self._node(node)
         out = values[self._cm.span(node.name)].copy()
         return float(out[0]) if node.is_scalar else out
+
+    def _leaf_shaped(self, node, values: np.ndarray):
+        return float(values[0]) if node.is_scalar else values.copy()
+
+    def _leaf_plate(self, name: str) -> str | None:
+        return self._cond.leaf_plates[name]
 
     def _param_value(self, name: str):
         value = self._theta[self._cm.param_span(name)].copy()
@@ -368,3 +396,12 @@ class _NodeView:
         self.name = name
         self.size = int(cm.family_size[i])
         self.is_scalar = cm.family_plate[i] is None
+
+
+class _LeafView:
+    """Name, size and scalar flag of a family summed over its rows (see :mod:`gdag.observations`)."""
+
+    def __init__(self, name: str, values: np.ndarray, cond):
+        self.name = name
+        self.size = int(values.shape[0])
+        self.is_scalar = cond.leaf_plates[name] is None

@@ -1,0 +1,373 @@
+"""Observed leaf families as sums over their rows, never as rows of the joint system.
+
+A family that is observed everywhere, whose sds are positive, and that no
+other variable depends on (a leaf: ratings, test scores, installs) enters the
+posterior of the rest only through its likelihood rows.  With ``Z`` the
+coefficients of those rows on the unobserved variables, ``W`` their inverse
+variances and ``r = c - x + B_O x_O`` their residual at the observed parents,
+
+    Q_UU += Z^T W Z,      b += -Z^T W r,
+
+and the log evidence gains their count, ``sum log d`` and ``e^T W e`` with
+``e = r + Z m``.  These are additive over any split of the rows: each chunk
+of rows gives its part, and the parts are added in a fixed pairwise order,
+so a given chunking always gives the same bits (the seam for data that do
+not fit in memory).
+
+:func:`reducible_families` picks the families; a :class:`LeafRows` reads one
+of them straight from its declaration (its mean's terms, its sds and the
+data), so no per-row index structure of the joint system is ever built for
+it; a :class:`ReducedConditioning` wraps the conditioning of the remaining
+(latent) model, adds the leaves' sums to its system, and answers the
+posterior's questions about the leaves (observed: their data, variance 0).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from types import MappingProxyType
+
+import numpy as np
+import scipy.sparse as sp
+
+from .compiler import CompiledModel
+from .graph import ModelGraph
+from .linalg import factor as factors
+from .pattern import Conditioning, LinearSystem
+from .resources import factor_size
+from .spec import ModelSpec, Node
+from .timing import timed
+
+# Rows per chunk of the reduction when the caller sets none: bounds the temporaries.
+CHUNK_ROWS = 1 << 20
+# Families with fewer rows keep the general path: there the joint system costs little, and its
+# rounding (the same for every size) is what the accuracy checks were calibrated on.
+MIN_ROWS = 4096
+
+
+def reducible_families(graph: ModelGraph, full: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """Names of the families that can be summed over their rows, given fully observed ``full`` data.
+
+    A family qualifies when every entry is observed (``full``), every sd is
+    positive, nothing else depends on it, it does not refer to itself, each
+    of its node terms gives a row at most one entry (gathers, broadcasts,
+    ``take``/``lag`` of another node) and the nodes it reads have no
+    deterministic entries.  Anything else keeps the general path.
+    """
+    spec = graph.spec
+    parents = {e.source for e in graph.edges if e.role == "mean" and e.source != e.target}
+    names = []
+    for name in full:
+        node = spec.nodes[name]
+        if node.size < MIN_ROWS or name in parents or graph.kinds[name] != "random" or np.any(node.sd.base <= 0):
+            continue
+        if all(_term_ok(t, node, graph) for t in node.mean.terms):
+            names.append(name)
+    return tuple(names)
+
+
+def _term_ok(term, node: Node, graph: ModelGraph) -> bool:
+    if term.source.is_param:
+        return term.scale is None
+    if term.source is node or graph.kinds[term.source.name] != "random":
+        return False
+    rows = term.rows
+    return rows.shape[0] <= 1 or bool(np.all(rows[1:] > rows[:-1]))  # one entry per row at most
+
+
+def latent_spec(spec: ModelSpec, leaves: tuple[str, ...]) -> ModelSpec:
+    """``spec`` without the leaf families (every parameter kept, so theta is laid out as before)."""
+    nodes = {k: v for k, v in spec.nodes.items() if k not in leaves}
+    return ModelSpec.of(spec.name, spec.plates, nodes, spec.params, spec.version)
+
+
+class LeafRows:
+    """One leaf family's likelihood rows, read from its declaration and data.
+
+    Node terms become row-aligned arrays: for term ``a``, ``parent[a][i]`` is
+    the latent variable row ``i`` reads (-1 for none) and ``coef[a][i]`` its
+    coefficient (before a scale parameter).  Parameter terms and the offset
+    make the constant part of the mean.
+    """
+
+    def __init__(self, node: Node, cm: CompiledModel):
+        self.name, self.size, self.is_scalar = node.name, node.size, node.plate is None
+        self.plate = None if node.plate is None else node.plate.name
+        self.offset = node.mean.offset
+        self.parent, self.coef, self.scale = [], [], []
+        self.fixed = []  # (rows, theta index, vals) of parameter terms
+        for t in node.mean.terms:
+            if t.source.is_param:
+                self.fixed.append((t.rows, t.cols + _param_start(cm, t.source.name), t.vals))
+                continue
+            start = int(cm.family_offset[cm.family(t.source.name)])
+            parent = np.full(self.size, -1, dtype=np.int64)
+            coef = np.zeros(self.size)
+            parent[t.rows] = t.cols + start
+            coef[t.rows] = t.vals
+            self.parent.append(parent)
+            self.coef.append(coef)
+            self.scale.append(-1 if t.scale is None else _param_start(cm, t.scale.name))
+        self.sd_base = node.sd.base
+        self.sd_theta = None if node.sd.param is None else node.sd.param_index + _param_start(cm, node.sd.param.name)
+
+    def values(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray, rows: slice, parents_seen=None):
+        """``(coefs, r, d)`` over ``rows`` for data ``y``: coefficients per term, residual ``c - y + B_O x_O``
+        (observed parents from the latent ``x``, NaN elsewhere) and variances.
+
+        ``parents_seen[a]`` False says term ``a`` reads no observed parent (skips its gathers from ``x``).
+        """
+        d = self.sd_base[rows] if self.sd_theta is None else self.sd_base[rows] * theta[self.sd_theta[rows]]
+        r = np.array(np.broadcast_to(self.offset, (self.size,))[rows], dtype=float)
+        r -= y[rows]
+        start = rows.start
+        for t_rows, t_theta, t_vals in self.fixed:
+            keep = (t_rows >= start) & (t_rows < rows.stop)
+            np.add.at(r, t_rows[keep] - start, t_vals[keep] * theta[t_theta[keep]])
+        coefs = []
+        for a, (parent, coef, scale) in enumerate(zip(self.parent, self.coef, self.scale)):
+            c = coef[rows] if scale < 0 else coef[rows] * theta[scale]
+            if parents_seen is not None and not parents_seen[a]:
+                coefs.append(c)
+                continue
+            seen = x[np.maximum(parent[rows], 0)]
+            known = (parent[rows] >= 0) & ~np.isnan(seen)
+            r[known] += c[known] * seen[known]
+            coefs.append(np.where(known, 0.0, c))
+        return coefs, r, d * d
+
+
+def _param_start(cm: CompiledModel, name: str) -> int:
+    return int(cm.param_offset[cm.param_names.index(name)])
+
+
+class ReducedConditioning:
+    """The conditioning of the latent model plus the sums of the leaf families' rows.
+
+    Answers what :class:`~gdag.posterior.Posterior` asks of a conditioning
+    (index sets, ``system``, ``factorize``, ``gram``); ``Q_UU`` lives on the
+    union of the latent pattern and the pairs of unobserved variables that
+    share a leaf row, analysed once.
+    """
+
+    def __init__(self, latent: Conditioning, leaves: list[LeafRows], chunk_rows: int = CHUNK_ROWS):
+        self.latent = latent
+        self.leaves = tuple(leaves)
+        self.leaf_data = MappingProxyType({})  # name -> observed values, set by with_data()
+        self.leaf_plates = MappingProxyType({leaf.name: leaf.plate for leaf in leaves})
+        self.chunk_rows = int(chunk_rows)
+        self.cm, self.S, self.R, self.U, self.O = latent.cm, latent.S, latent.R, latent.U, latent.O
+        self.pos_R, self.pos_U = latent.pos_R, latent.pos_U
+        self.n_unobserved = latent.n_unobserved
+        self._unobserved = [[self.pos_U[np.maximum(p, 0)] * (p >= 0) - (p < 0) for p in leaf.parent]
+                            for leaf in leaves]  # per leaf and term: the U column each row reads, -1 for none
+        # per leaf and term: does some row read an observed parent (whose value enters the residual)?
+        # the same with "none" sent to a spare column n_U, so sums need no masks (the spare is dropped)
+        self._columns = [[np.where(u >= 0, u, self.n_unobserved) for u in cols] for cols in self._unobserved]
+        self._parents_seen = [[bool(np.any((p >= 0) & (u < 0))) for p, u in zip(leaf.parent, cols)]
+                              for leaf, cols in zip(leaves, self._unobserved)]
+        self._rows_values = {}  # (leaf, chunk) -> (coefs, r, d) at the posterior's theta and data
+        self._union_pattern()
+        self._analysis = None
+        self._size = None
+        self.gram = _ReducedGram(self)
+
+    def with_data(self, full: dict[str, np.ndarray]) -> "ReducedConditioning":
+        """This structure with the leaves' observed values (a shallow copy: pattern and analysis shared)."""
+        other = copy.copy(self)
+        other.leaf_data = MappingProxyType({leaf.name: full[leaf.name] for leaf in self.leaves})
+        other.gram = _ReducedGram(other)
+        other._rows_values = {}
+        return other
+
+    @property
+    def n_observed(self) -> int:
+        """Observed stochastic variables, the leaves' rows included (the log evidence's count)."""
+        return int(self.O.shape[0]) + sum(leaf.size for leaf in self.leaves)
+
+    def label_unobserved(self, positions):
+        return self.latent.label_unobserved(positions)
+
+    def reduced_values(self, theta):
+        return self.latent.reduced_values(theta)
+
+    def factor_size(self):
+        """The size of what is factored: the union pattern, from its analysis."""
+        if self._size is None:
+            self._size = factor_size(self)
+        return self._size
+
+    @timed("pattern")
+    def _union_pattern(self) -> None:
+        """Pattern of ``Q_UU``: the latent one plus each pair of U variables one leaf row reads."""
+        base = self.latent.gram.pattern
+        n = base.shape[0]
+        pairs_r, pairs_c = [], []
+        for cols in self._unobserved:
+            for a in range(len(cols)):
+                for b in range(a + 1, len(cols)):
+                    both = (cols[a] >= 0) & (cols[b] >= 0)
+                    pairs_r.append(np.maximum(cols[a][both], cols[b][both]))
+                    pairs_c.append(np.minimum(cols[a][both], cols[b][both]))
+        if not pairs_r:
+            self.pattern, self._base_position = base, None
+            return
+        coo = base.tocoo()
+        rows = np.concatenate([coo.row.astype(np.int64)] + pairs_r)
+        cols = np.concatenate([coo.col.astype(np.int64)] + pairs_c)
+        union = sp.csc_matrix((np.ones(rows.shape[0]), (rows, cols)), shape=(n, n))
+        union.sum_duplicates()
+        union.sort_indices()
+        union.data[:] = 1.0
+        keys = _keys(union)
+        self._base_position = np.searchsorted(keys, _keys(base))
+        self.pattern = union
+        self._keys = keys
+
+    def _pair_positions(self, a_cols: np.ndarray, b_cols: np.ndarray) -> np.ndarray:
+        n = self.pattern.shape[0]
+        return np.searchsorted(self._keys, np.minimum(a_cols, b_cols) * n + np.maximum(a_cols, b_cols))
+
+    @timed("assemble")
+    def system(self, theta: np.ndarray, x: np.ndarray) -> LinearSystem:
+        """The latent system plus the leaves' sums, chunk by chunk in a fixed pairwise order."""
+        s = self.latent.system(theta, x)
+        self.gram.theta, self.gram.x = theta, x  # the mean refinement re-reads the leaves' rows
+        parts = [self._chunk_sums(theta, x, leaf, i, rows)
+                 for i, leaf in enumerate(self.leaves) for rows in _chunks(leaf.size, self.chunk_rows)]
+        diag, b_add, pairs = _pairwise_sum(parts)
+        if self._base_position is None:
+            data = s.Q.data.copy()
+        else:
+            data = np.zeros(self.pattern.nnz)
+            data[self._base_position] = s.Q.data
+        if pairs is not None:
+            data += pairs
+        data[self.pattern.indptr[:-1]] += diag  # each column's diagonal comes first
+        Q = sp.csc_matrix((data, self.pattern.indices, self.pattern.indptr), shape=self.pattern.shape)
+        return replace(s, Q=Q, b=s.b + b_add)
+
+    def _chunk_sums(self, theta, x, leaf: LeafRows, index: int, rows: slice):
+        """This chunk's ``diag(Z^T W Z)``, ``-Z^T W r`` and the off-diagonal pairs (on the union pattern)."""
+        coefs, r, d = self._values(theta, x, leaf, rows)
+        w = 1.0 / d
+        n_U = self.n_unobserved
+        diag, b, q = np.zeros(n_U), np.zeros(n_U), None
+        cols = self._unobserved[index]
+        for a, c_a in enumerate(coefs):
+            spare = self._columns[index][a][rows]
+            wc = w * c_a
+            diag += np.bincount(spare, weights=wc * c_a, minlength=n_U + 1)[:n_U]
+            b -= np.bincount(spare, weights=wc * r, minlength=n_U + 1)[:n_U]
+            for c_b, u_b in zip(coefs[a + 1 :], cols[a + 1 :]):
+                u, v = cols[a][rows], u_b[rows]
+                both = (u >= 0) & (v >= 0)
+                ua, vb = u[both], v[both]
+                # a pair off the diagonal stands for both of its symmetric entries; on it, it counts twice
+                weight = (wc * c_b)[both] * np.where(ua == vb, 2.0, 1.0)
+                pairs = np.bincount(self._pair_positions(ua, vb), weights=weight, minlength=self.pattern.nnz)
+                q = pairs if q is None else q + pairs
+        return diag, b, q
+
+    def _values(self, theta: np.ndarray, x: np.ndarray, leaf: LeafRows, rows: slice):
+        """``leaf.values`` for one chunk, kept for the posterior's theta and data (the refinement re-reads them)."""
+        key = (leaf.name, rows.start)
+        kept = self._rows_values.get(key)
+        if kept is not None and kept[0] is theta and kept[1] is x:
+            return kept[2]
+        i = self.leaves.index(leaf)
+        found = leaf.values(theta, x, self.leaf_data[leaf.name], rows, self._parents_seen[i])
+        self._rows_values[key] = (theta, x, found)
+        return found
+
+    def leaf_residuals(self, theta: np.ndarray, x: np.ndarray, m: np.ndarray):
+        """Per leaf: ``e = r + Z m`` and ``d`` over all its rows."""
+        out = []
+        m = np.append(m, 0.0)  # the spare column reads 0
+        for leaf, cols in zip(self.leaves, self._columns):
+            e_parts, d_parts = [], []
+            for rows in _chunks(leaf.size, self.chunk_rows):
+                coefs, r, d = self._values(theta, x, leaf, rows)
+                r = r.copy()
+                for c_a, u_a in zip(coefs, cols):
+                    r += c_a * m[u_a[rows]]
+                e_parts.append(r)
+                d_parts.append(d)
+            out.append((np.concatenate(e_parts), np.concatenate(d_parts)))
+        return out
+
+    def leaf_transpose(self, theta: np.ndarray, x: np.ndarray, weighted: list[np.ndarray]) -> np.ndarray:
+        """``A_U^T`` of the leaves' rows applied to ``weighted`` (one array per leaf): ``-Z^T y``."""
+        out = np.zeros(self.n_unobserved)
+        for leaf, cols, y in zip(self.leaves, self._columns, weighted):
+            for rows in _chunks(leaf.size, self.chunk_rows):
+                coefs, _, _ = self._values(theta, x, leaf, rows)
+                for c_a, u_a in zip(coefs, cols):
+                    out -= np.bincount(u_a[rows], weights=c_a * y[rows], minlength=self.n_unobserved + 1)[:-1]
+        return out
+
+    def analysis(self, factorization: str = "sparse"):
+        """CHOLMOD's analysis of the union pattern (once; timed as "analyze")."""
+        if self._analysis is None:
+            self._analysis = factors.analyze(self.pattern)
+        return self._analysis
+
+    def factor(self, Q: sp.csc_matrix, factorization: str = "sparse"):
+        return self.analysis().factor(Q, self.label_unobserved)
+
+    def factorize(self, system: LinearSystem):
+        return self.factor(system.Q)
+
+
+class _ReducedGram:
+    """The latent gram's products, with the leaves' rows appended after R (for the mean refinement)."""
+
+    def __init__(self, cond: ReducedConditioning):
+        self._cond = cond
+        self._latent = cond.latent.gram
+        self.pattern = cond.pattern
+        self.theta = self.x = None  # set by the posterior before use
+
+    def entry_values(self, coef):
+        return self._latent.entry_values(coef)
+
+    def times(self, values, m):
+        return self._latent.times(values, m)
+
+    def weighted_residual(self, values, m, r, d):
+        e, w, f = self._latent.weighted_residual(values, m, r, d)
+        leaf_w = []
+        for e_leaf, d_leaf in self._cond.leaf_residuals(self.theta, self.x, m):
+            w_leaf = e_leaf / d_leaf
+            f += float(e_leaf @ w_leaf)
+            leaf_w.append(w_leaf)
+        return e, (w, leaf_w), f
+
+    def transpose_times(self, values, w):
+        w_latent, leaf_w = w
+        return self._latent.transpose_times(values, w_latent) + self._cond.leaf_transpose(self.theta, self.x, leaf_w)
+
+
+def _keys(pattern: sp.csc_matrix) -> np.ndarray:
+    """``col * n + row`` of each stored entry, ascending for a canonical CSC lower triangle."""
+    n = pattern.shape[0]
+    cols = np.repeat(np.arange(n, dtype=np.int64), np.diff(pattern.indptr))
+    return cols * n + pattern.indices.astype(np.int64)
+
+
+def _chunks(n: int, size: int):
+    return [slice(start, min(start + size, n)) for start in range(0, n, max(size, 1))]
+
+
+def _pairwise_sum(parts: list):
+    """Sum tuples of arrays (None: nothing) in a fixed tree order (the same chunking gives the same bits)."""
+    def add(p, q):
+        return tuple(a if b is None else b if a is None else a + b for a, b in zip(p, q))
+
+    while len(parts) > 1:
+        merged = [add(p, q) for p, q in zip(parts[0::2], parts[1::2])]
+        if len(parts) % 2:
+            merged.append(parts[-1])
+        parts = merged
+    return parts[0]
