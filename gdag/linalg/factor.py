@@ -20,15 +20,15 @@ from __future__ import annotations
 import warnings
 from typing import Callable, Protocol
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 
 from ..errors import AccuracyWarning, NotIdentifiedError, warn
 from ..timing import timed
 from . import gram
-from .ordering import choose_ordering
-from .selinv import selected_inverse, selected_inverse_diag
+from .ordering import choose_ordering, zero_fill_order
+from .selinv import selected_inverse
+from .simplicial import BACKWARD, FORWARD, NotPositiveDefinite, ZeroFillAnalysis, ZeroFillFactor, is_closed, solve_copy
 
 try:
     from sksparse import cholmod
@@ -41,6 +41,10 @@ except ImportError as err:  # pragma: no cover - depends on the installation
 # Right-hand sides up to this many are solved one column at a time on gdag's simplicial
 # factors (see CholeskyFactor.solve); more go to CHOLMOD as one block.
 FEW_COLUMNS = 8
+
+# Patterns that do not fill in are factored by gdag's own simplicial kernel while their flops stay
+# below this many per nonzero of L (CHOLMOD's own switch from simplicial to supernodal).
+SIMPLICIAL_FLOPS = 40.0
 
 # Relative pivot size below which answers lose most of their digits.
 ILL_CONDITIONED = 1e-14
@@ -124,15 +128,29 @@ class Analysis:
 def analyze(Q: sp.csc_matrix) -> Analysis:
     """Symbolic analysis (fill-reducing ordering and pattern of ``L``) of ``Q``'s pattern.
 
-    ``Q`` is the lower triangle.  Patterns on which gdag's static degree
-    ordering fills little are reordered by it and factored in CHOLMOD's
-    simplicial mode (measured faster there, since a natural-order analysis
-    forms no postordered supernodes); otherwise CHOLMOD orders and chooses.
+    ``Q`` is the lower triangle.  An order in which ``Q`` does not fill in
+    (the given one or its reverse: chains, trees, nested models) needs no
+    ordering and no symbolic factorization; such patterns, when thin
+    (:data:`SIMPLICIAL_FLOPS`), are factored by gdag's own left-looking
+    kernel (:mod:`gdag.linalg.simplicial`).  Patterns on which gdag's static
+    degree ordering fills little are reordered by it and factored in
+    CHOLMOD's simplicial mode (measured faster there, since a natural-order
+    analysis forms no postordered supernodes); otherwise CHOLMOD orders and chooses.
     """
-    reorder, symbolic, counts = choose_ordering(Q, _cholmod_analyze)
-    if reorder is not None:
-        symbolic = _cholmod_analyze(reorder.apply(Q), mode="simplicial", ordering_method="natural")
-    return Analysis(symbolic if symbolic is not None else _cholmod_analyze(Q), reorder, counts)
+    zero = zero_fill_order(Q)
+    if zero is not None:
+        reorder, symbolic, counts = zero.reorder, None, (int(Q.nnz), zero.flops)
+    else:
+        reorder, symbolic, counts = choose_ordering(Q, _cholmod_analyze)
+        if reorder is None:  # CHOLMOD's own ordering (or nothing to order)
+            return Analysis(symbolic if symbolic is not None else _cholmod_analyze(Q), None, counts)
+    pattern = (Q.indptr, Q.indices) if reorder is None else (reorder.indptr, reorder.indices)
+    nnz_L, flops = counts
+    if nnz_L == Q.nnz and flops < SIMPLICIAL_FLOPS * nnz_L and (zero is not None or is_closed(*pattern)):
+        return Analysis(ZeroFillAnalysis(*pattern), reorder, counts)
+    mode = "simplicial" if zero is None else "auto"  # a dense pattern that does not fill: supernodes pay
+    prepared = Q if reorder is None else reorder.apply(Q)
+    return Analysis(_cholmod_analyze(prepared, mode=mode, ordering_method="natural"), reorder, counts)
 
 
 class TriangularFactor:
@@ -158,7 +176,8 @@ class TriangularFactor:
         """``diag(Q^{-1})`` by selected inversion over the factor's pattern."""
         if self.n == 0:
             return np.zeros(0)
-        z = selected_inverse_diag(self.L())
+        Z = self.selected_inverse()
+        z = Z.data[Z.indptr[:-1]]  # each column of the selected inverse starts with its diagonal
         out = np.empty_like(z)
         out[self._P] = z
         return out
@@ -213,9 +232,10 @@ class CholeskyFactor(TriangularFactor):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", cholmod.CholmodTypeConversionWarning)
             self._P = self._analysis.P()
+            prepared = self._analysis.prepare(Q)
             try:
-                self._factor.cholesky_inplace(self._analysis.prepare(Q))
-            except cholmod.CholmodNotPositiveDefiniteError as err:
+                self._factor.cholesky_inplace(prepared)
+            except (cholmod.CholmodNotPositiveDefiniteError, NotPositiveDefinite) as err:
                 column = getattr(err, "column", None)
                 self._raise_not_identified(None if column is None else int(column))
         self._L = None
@@ -224,7 +244,7 @@ class CholeskyFactor(TriangularFactor):
         if bad.size:
             self._raise_not_identified(int(bad[0]))
         # The ratio of a pivot to the diagonal it came from measures lost digits.
-        diag = Q.diagonal()[self._P]
+        diag = prepared.diagonal() if self._analysis.reorder is not None else Q.diagonal()[self._P]
         worst = float(np.min(pivots / diag)) if self.n else 1.0
         if worst < ILL_CONDITIONED:
             warn(
@@ -243,6 +263,13 @@ class CholeskyFactor(TriangularFactor):
         if self._L is None:
             self._L = self._factor.L()
         return self._L
+
+    def selected_inverse(self) -> sp.csc_matrix:
+        """``Q^{-1}`` on the pattern of :meth:`L` (gdag's own factors: from ``L~`` and ``D``, without forming ``L``)."""
+        if not isinstance(self._factor, ZeroFillFactor):
+            return super().selected_inverse()
+        a = self._analysis.symbolic
+        return sp.csc_matrix((self._factor.selected_inverse_values(), a.indices, a.indptr), shape=(self.n, self.n))
 
     def logdet(self) -> float:
         """``log det Q = 2 sum log L_jj``."""
@@ -339,62 +366,25 @@ class PaddedFactor(TriangularFactor):
         """``log det Q_UU = log det Q'``."""
         return self._logdet if self.n else 0.0
 
-    @staticmethod
-    def _columns(b: np.ndarray, rows) -> tuple[np.ndarray, bool]:
-        """A new C-ordered (n, k) copy of ``b[rows]`` for the in-place kernels, and whether ``b`` is a vector."""
-        b = np.asarray(b, dtype=float)
-        vector = b.ndim == 1
-        return np.array((b[:, None] if vector else b)[rows], dtype=float, order="C", copy=True), vector
-
     def solve(self, b: np.ndarray) -> np.ndarray:
         """``Q_UU^{-1} b`` for a vector or a dense matrix of columns."""
         if self.n == 0:
             return np.zeros_like(b, dtype=float)
-        x, vector = self._columns(b, self._P)
-        _lower_solve(self._indptr, self._rows, self._L.data, x)
-        _upper_solve(self._indptr, self._rows, self._L.data, x)
+        x = self._solve(np.asarray(b, dtype=float)[self._P], FORWARD | BACKWARD)
         out = np.empty_like(x)
         out[self._P] = x
-        return out[:, 0] if vector else out
+        return out
 
     def half_solve(self, b: np.ndarray) -> np.ndarray:
         """``L^{-1} (b[p])``: columns whose squared norms are ``b^T Q_UU^{-1} b``."""
-        x, vector = self._columns(b, self._P)
-        _lower_solve(self._indptr, self._rows, self._L.data, x)
-        return x[:, 0] if vector else x
+        return self._solve(np.asarray(b, dtype=float)[self._P], FORWARD)
 
     def sample(self, z: np.ndarray) -> np.ndarray:
         """Map standard normals ``z`` (n x k) to draws with covariance ``Q_UU^{-1}``."""
-        y, vector = self._columns(z, slice(None))
-        _upper_solve(self._indptr, self._rows, self._L.data, y)
+        y = self._solve(z, BACKWARD)
         out = np.empty_like(y)
         out[self._P] = y
-        return out[:, 0] if vector else out
+        return out
 
-
-@numba.njit(cache=True)
-def _lower_solve(indptr, rows, values, x):
-    """``x <- L^{-1} x`` in place (``L`` CSC, diagonal first in each column; ``x`` n x k, C order)."""
-    n, k = x.shape
-    for j in range(n):
-        d = values[indptr[j]]
-        for c in range(k):
-            x[j, c] /= d
-        for p in range(indptr[j] + 1, indptr[j + 1]):
-            i, l = rows[p], values[p]
-            for c in range(k):
-                x[i, c] -= l * x[j, c]
-
-
-@numba.njit(cache=True)
-def _upper_solve(indptr, rows, values, x):
-    """``x <- L^{-T} x`` in place (as :func:`_lower_solve`)."""
-    n, k = x.shape
-    for j in range(n - 1, -1, -1):
-        for p in range(indptr[j] + 1, indptr[j + 1]):
-            i, l = rows[p], values[p]
-            for c in range(k):
-                x[j, c] -= l * x[i, c]
-        d = values[indptr[j]]
-        for c in range(k):
-            x[j, c] /= d
+    def _solve(self, b: np.ndarray, steps: int) -> np.ndarray:
+        return solve_copy(self._indptr, self._rows, self._L.data, b, steps)

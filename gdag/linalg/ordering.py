@@ -1,4 +1,12 @@
-"""Fill-reducing orderings: a cheap static one from the model's structure, or CHOLMOD's.
+"""Fill-reducing orderings: none where none is needed, a cheap static one from the model's structure, or CHOLMOD's.
+
+Many models need no fill-reducing ordering at all: a chain, a tree or a
+nested model declared parents first has a Cholesky factor with exactly the
+pattern of ``Q`` when its variables are eliminated children first, that is
+in reverse declaration order (for a chain, either order).
+:func:`zero_fill_order` checks the declaration order and its reverse in
+O(nnz(Q)) (:func:`gdag.linalg.simplicial.is_closed`) before anything else;
+computing AMD or METIS over a million-step chain is wasted work.
 
 Multilevel models have a simple shape: many low-degree variables (one per
 app, student or time step) hang off a few high-degree ones (publishers,
@@ -21,11 +29,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
 from ._kernels import column_counts
 from .gram import bucket
+from .simplicial import column_flops, is_closed
 
 # Accept the static ordering without trying CHOLMOD's when nnz(L) <= ACCEPT_FILL * nnz(Q).
 ACCEPT_FILL = 2.0
@@ -48,6 +58,64 @@ class Permutation:
         """The permuted lower triangle of a matrix with the analysed pattern."""
         n = self.perm.shape[0]
         return sp.csc_matrix((lower.data[self.source], self.indices, self.indptr), shape=(n, n))
+
+
+@dataclass(frozen=True)
+class ZeroFill:
+    """An order in which ``Q``'s lower triangle is its own Cholesky pattern.
+
+    ``reorder`` is None for the given order; ``indptr``/``indices`` are the
+    pattern of the (permuted) lower triangle, and of ``L``.
+    """
+
+    reorder: Permutation | None
+    indptr: np.ndarray
+    indices: np.ndarray
+    flops: float
+
+
+def zero_fill_order(lower: sp.csc_matrix) -> ZeroFill | None:
+    """The given order or its reverse, if one of them does not fill in (checked exactly), else None.
+
+    ``lower`` must store its diagonal first in each column, rows sorted (as
+    gdag's patterns do); otherwise None.
+    """
+    if lower.shape[0] == 0:
+        return None
+    if is_closed(lower.indptr, lower.indices):
+        return ZeroFill(None, lower.indptr, lower.indices, column_flops(lower.indptr))
+    moved = reversed_permutation(lower)
+    if is_closed(moved.indptr, moved.indices):
+        return ZeroFill(moved, moved.indptr, moved.indices, column_flops(moved.indptr))
+    return None
+
+
+def reversed_permutation(lower: sp.csc_matrix) -> Permutation:
+    """The :class:`Permutation` that reverses the order (one transpose of the pattern)."""
+    n = lower.shape[0]
+    indptr, indices, source = _reversed(lower.indptr, lower.indices, n)
+    return Permutation(np.arange(n - 1, -1, -1, dtype=np.int64), indices, indptr, source)
+
+
+@numba.njit(cache=True)
+def _reversed(indptr, indices, n):
+    """Entry ``(i, j)`` moves to column ``n-1-i``, row ``n-1-j``; rows come out sorted."""
+    new_indptr = np.zeros(n + 1, dtype=indptr.dtype)
+    for p in range(indptr[n]):
+        new_indptr[n - indices[p]] += 1
+    for j in range(n):
+        new_indptr[j + 1] += new_indptr[j]
+    fill = new_indptr[:-1].copy()
+    rows = np.empty(indptr[n], dtype=indices.dtype)
+    source = np.empty(indptr[n], dtype=np.int64)
+    for j in range(n - 1, -1, -1):
+        for p in range(indptr[j], indptr[j + 1]):
+            c = n - 1 - indices[p]
+            k = fill[c]
+            rows[k] = n - 1 - j
+            source[k] = p
+            fill[c] = k + 1
+    return new_indptr, rows, source
 
 
 def static_degree_order(lower: sp.csc_matrix) -> np.ndarray:

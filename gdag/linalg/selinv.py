@@ -44,7 +44,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["selected_inverse", "selected_inverse_diag"]
+__all__ = ["selected_inverse", "selected_inverse_diag", "selected_inverse_ldl"]
 
 # Status codes of the pattern checker.
 _OK = 0
@@ -127,6 +127,19 @@ def selected_inverse_diag(L) -> np.ndarray:
     return values[indptr[:-1]]
 
 
+def selected_inverse_ldl(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+    r"""Values of :math:`(\tilde L D \tilde L^T)^{-1}` on the pattern of a trusted ``L~ D L~^T`` factor.
+
+    ``values`` holds ``L~`` below the diagonal and ``D`` on it, in CSC
+    columns that start with their diagonal, rows sorted, pattern closed
+    under fill (gdag's own factors, :mod:`gdag.linalg.simplicial`, which
+    guarantee all of it; nothing is checked or copied).  The recurrences
+    are the module's, read with ``L~`` and ``D`` directly (no square roots).
+    Returns the values, laid out like ``values``.
+    """
+    return _run_kernel(indptr, indices, values, unit=True)
+
+
 # --------------------------------------------------------------------------
 # Input handling
 # --------------------------------------------------------------------------
@@ -199,10 +212,10 @@ def _int64_index_arrays(factor: sp.csc_matrix):
     )
 
 
-def _run_kernel(indptr, indices, data) -> np.ndarray:
-    """Run the Takahashi sweep on a validated canonical factor."""
+def _run_kernel(indptr, indices, data, unit: bool = False) -> np.ndarray:
+    """Run the Takahashi sweep on a validated canonical factor (``unit``: ``L~`` and ``D``, see :func:`selected_inverse_ldl`)."""
     values = np.empty(data.size, dtype=np.float64)
-    column, row_i, row_k = _takahashi_sweep(indptr, indices, data, values)
+    column, row_i, row_k = _takahashi_sweep(indptr, indices, data, values, unit)
     if column >= 0:
         raise ValueError(
             "the pattern of L is not closed under fill: column "
@@ -276,7 +289,7 @@ def _seek(indices, lo, hi, target):
 
 
 @numba.njit(cache=True)
-def _takahashi_sweep(indptr, indices, data, z):
+def _takahashi_sweep(indptr, indices, data, z, unit):
     """Fill ``z`` (laid out like ``data``) with the selected inverse.
 
     Columns run right to left.  For column ``j`` the below-diagonal slots
@@ -290,7 +303,7 @@ def _takahashi_sweep(indptr, indices, data, z):
     for j in range(n - 1, -1, -1):
         diag_pos = indptr[j]
         end = indptr[j + 1]
-        inv_ljj = 1.0 / data[diag_pos]
+        inv_ljj = 1.0 if unit else 1.0 / data[diag_pos]  # unit: data holds L~ and, on the diagonal, D
         for q in range(diag_pos + 1, end):
             z[q] = 0.0
         for q in range(diag_pos + 1, end):
@@ -318,5 +331,8 @@ def _takahashi_sweep(indptr, indices, data, z):
         for q in range(diag_pos + 1, end):
             z[q] *= -inv_ljj
             diag_sum += data[q] * z[q]
-        z[diag_pos] = inv_ljj * inv_ljj - inv_ljj * diag_sum
+        if unit:
+            z[diag_pos] = 1.0 / data[diag_pos] - diag_sum
+        else:
+            z[diag_pos] = inv_ljj * inv_ljj - inv_ljj * diag_sum
     return -1, -1, -1
