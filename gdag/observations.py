@@ -34,6 +34,7 @@ import scipy.sparse as sp
 from .compiler import CompiledModel
 from .graph import ModelGraph
 from .linalg import factor as factors
+from .linalg import rows as rows_kernels
 from .pattern import Conditioning, LinearSystem
 from .resources import factor_size
 from .spec import ModelSpec, Node
@@ -135,7 +136,7 @@ class LeafRows:
             known = (parent[rows] >= 0) & ~np.isnan(seen)
             r[known] += c[known] * seen[known]
             coefs.append(np.where(known, 0.0, c))
-        return coefs, r, d * d
+        return _stacked(coefs, r.shape[0], float), r, d * d
 
 
 def _param_start(cm: CompiledModel, name: str) -> int:
@@ -164,10 +165,12 @@ class ReducedConditioning:
                             for leaf in leaves]  # per leaf and term: the U column each row reads, -1 for none
         # per leaf and term: does some row read an observed parent (whose value enters the residual)?
         # the same with "none" sent to a spare column n_U, so sums need no masks (the spare is dropped)
-        self._columns = [[np.where(u >= 0, u, self.n_unobserved) for u in cols] for cols in self._unobserved]
+        self._columns = [_stacked([np.where(u >= 0, u, self.n_unobserved) for u in cols], leaf.size, np.int64)
+                         for cols, leaf in zip(self._unobserved, leaves)]
         self._parents_seen = [[bool(np.any((p >= 0) & (u < 0))) for p, u in zip(leaf.parent, cols)]
                               for leaf, cols in zip(leaves, self._unobserved)]
         self._rows_values = {}  # (leaf, chunk) -> (coefs, r, d) at the posterior's theta and data
+        self._buffers = {}  # leaf -> residual buffers (see _residual_buffers)
         self._union_pattern()
         self._analysis = None
         self._size = None
@@ -179,6 +182,7 @@ class ReducedConditioning:
         other.leaf_data = MappingProxyType({leaf.name: full[leaf.name] for leaf in self.leaves})
         other.gram = _ReducedGram(other)
         other._rows_values = {}
+        other._buffers = {}
         return other
 
     @property
@@ -234,41 +238,33 @@ class ReducedConditioning:
         """The latent system plus the leaves' sums, chunk by chunk in a fixed pairwise order."""
         s = self.latent.system(theta, x)
         self.gram.theta, self.gram.x = theta, x  # the mean refinement re-reads the leaves' rows
-        parts = [self._chunk_sums(theta, x, leaf, i, rows)
-                 for i, leaf in enumerate(self.leaves) for rows in _chunks(leaf.size, self.chunk_rows)]
-        diag, b_add, pairs = _pairwise_sum(parts)
+        n_U = self.n_unobserved
+        diag, b_add = np.zeros(n_U + 1), np.zeros(n_U + 1)  # the spare column last
         if self._base_position is None:
             data = s.Q.data.copy()
         else:
             data = np.zeros(self.pattern.nnz)
             data[self._base_position] = s.Q.data
-        if pairs is not None:
-            data += pairs
-        data[self.pattern.indptr[:-1]] += diag  # each column's diagonal comes first
+        for i, leaf in enumerate(self.leaves):  # chunks in row order: a given chunking, the same bits
+            for rows in _chunks(leaf.size, self.chunk_rows):
+                self._add_chunk_sums(theta, x, leaf, i, rows, diag, b_add, data)
+        data[self.pattern.indptr[:-1]] += diag[:n_U]  # each column's diagonal comes first
+        b_add = b_add[:n_U]
         Q = sp.csc_matrix((data, self.pattern.indices, self.pattern.indptr), shape=self.pattern.shape)
         return replace(s, Q=Q, b=s.b + b_add)
 
-    def _chunk_sums(self, theta, x, leaf: LeafRows, index: int, rows: slice):
-        """This chunk's ``diag(Z^T W Z)``, ``-Z^T W r`` and the off-diagonal pairs (on the union pattern)."""
+    def _add_chunk_sums(self, theta, x, leaf: LeafRows, index: int, rows: slice, diag, b, q) -> None:
+        """Add this chunk's ``diag(Z^T W Z)``, ``-Z^T W r`` and off-diagonal pairs (union pattern) in place."""
         coefs, r, d = self._values(theta, x, leaf, rows)
         w = 1.0 / d
-        n_U = self.n_unobserved
-        diag, b, q = np.zeros(n_U), np.zeros(n_U), None
+        rows_kernels.row_sums(self._columns[index][:, rows], coefs, w, r, diag, b)
         cols = self._unobserved[index]
-        for a, c_a in enumerate(coefs):
-            spare = self._columns[index][a][rows]
-            wc = w * c_a
-            diag += np.bincount(spare, weights=wc * c_a, minlength=n_U + 1)[:n_U]
-            b -= np.bincount(spare, weights=wc * r, minlength=n_U + 1)[:n_U]
-            for c_b, u_b in zip(coefs[a + 1 :], cols[a + 1 :]):
-                u, v = cols[a][rows], u_b[rows]
-                both = (u >= 0) & (v >= 0)
-                ua, vb = u[both], v[both]
-                # a pair off the diagonal stands for both of its symmetric entries; on it, it counts twice
-                weight = (wc * c_b)[both] * np.where(ua == vb, 2.0, 1.0)
-                pairs = np.bincount(self._pair_positions(ua, vb), weights=weight, minlength=self.pattern.nnz)
-                q = pairs if q is None else q + pairs
-        return diag, b, q
+        for a in range(len(cols)):
+            for t in range(a + 1, len(cols)):
+                u, v = cols[a][rows], cols[t][rows]
+                both = (u >= 0) & (v >= 0) & (u != v)  # a column read twice is on the diagonal (above)
+                weight = (w * coefs[a] * coefs[t])[both]
+                q += np.bincount(self._pair_positions(u[both], v[both]), weights=weight, minlength=q.shape[0])
 
     def _values(self, theta: np.ndarray, x: np.ndarray, leaf: LeafRows, rows: slice):
         """``leaf.values`` for one chunk, kept for the posterior's theta and data (the refinement re-reads them)."""
@@ -286,16 +282,27 @@ class ReducedConditioning:
         out = []
         m = np.append(m, 0.0)  # the spare column reads 0
         for leaf, cols in zip(self.leaves, self._columns):
-            e_parts, d_parts = [], []
+            e, we = self._residual_buffers(leaf)
             for rows in _chunks(leaf.size, self.chunk_rows):
                 coefs, r, d = self._values(theta, x, leaf, rows)
-                r = r.copy()
-                for c_a, u_a in zip(coefs, cols):
-                    r += c_a * m[u_a[rows]]
-                e_parts.append(r)
-                d_parts.append(d)
-            out.append((np.concatenate(e_parts), np.concatenate(d_parts)))
+                rows_kernels.row_residual(cols[:, rows], coefs, r, d, m, e[rows], we[rows])
+            out.append((e, we))
         return out
+
+    def _residual_buffers(self, leaf: LeafRows):
+        """Two ``(e, e/d)`` buffers per leaf, used in turn: a refinement step keeps the accepted one
+        while it evaluates a candidate, and fresh pages of this size cost as much as the pass itself."""
+        pair = self._buffers.setdefault(leaf.name, [None, None, 0])
+        turn = pair[2]
+        if pair[turn] is None:
+            pair[turn] = (np.empty(leaf.size), np.empty(leaf.size))
+        pair[2] = 1 - turn
+        return pair[turn]
+
+    def leaf_log_variances(self, theta: np.ndarray, x: np.ndarray) -> float:
+        """``sum log d`` over the leaves' rows."""
+        return float(sum(np.sum(np.log(self._values(theta, x, leaf, rows)[2]))
+                         for leaf in self.leaves for rows in _chunks(leaf.size, self.chunk_rows)))
 
     def leaf_transpose(self, theta: np.ndarray, x: np.ndarray, weighted: list[np.ndarray]) -> np.ndarray:
         """``A_U^T`` of the leaves' rows applied to ``weighted`` (one array per leaf): ``-Z^T y``."""
@@ -303,8 +310,7 @@ class ReducedConditioning:
         for leaf, cols, y in zip(self.leaves, self._columns, weighted):
             for rows in _chunks(leaf.size, self.chunk_rows):
                 coefs, _, _ = self._values(theta, x, leaf, rows)
-                for c_a, u_a in zip(coefs, cols):
-                    out -= np.bincount(u_a[rows], weights=c_a * y[rows], minlength=self.n_unobserved + 1)[:-1]
+                out += rows_kernels.row_transpose(cols[:, rows], coefs, y[rows], self.n_unobserved)[:-1]
         return out
 
     def analysis(self, factorization: str = "sparse"):
@@ -338,8 +344,7 @@ class _ReducedGram:
     def weighted_residual(self, values, m, r, d):
         e, w, f = self._latent.weighted_residual(values, m, r, d)
         leaf_w = []
-        for e_leaf, d_leaf in self._cond.leaf_residuals(self.theta, self.x, m):
-            w_leaf = e_leaf / d_leaf
+        for e_leaf, w_leaf in self._cond.leaf_residuals(self.theta, self.x, m):
             f += float(e_leaf @ w_leaf)
             leaf_w.append(w_leaf)
         return e, (w, leaf_w), f
@@ -360,14 +365,8 @@ def _chunks(n: int, size: int):
     return [slice(start, min(start + size, n)) for start in range(0, n, max(size, 1))]
 
 
-def _pairwise_sum(parts: list):
-    """Sum tuples of arrays (None: nothing) in a fixed tree order (the same chunking gives the same bits)."""
-    def add(p, q):
-        return tuple(a if b is None else b if a is None else a + b for a, b in zip(p, q))
-
-    while len(parts) > 1:
-        merged = [add(p, q) for p, q in zip(parts[0::2], parts[1::2])]
-        if len(parts) % 2:
-            merged.append(parts[-1])
-        parts = merged
-    return parts[0]
+def _stacked(arrays: list, n: int, dtype) -> np.ndarray:
+    """Row-aligned term arrays as one ``(terms, n)`` array (``(0, n)`` for a family with no node term)."""
+    if len(arrays) == 1:
+        return np.asarray(arrays[0], dtype=dtype)[None, :]  # a view where the type already fits
+    return np.array(arrays, dtype=dtype) if arrays else np.zeros((0, n), dtype=dtype)

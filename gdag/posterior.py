@@ -83,9 +83,9 @@ class Posterior:
             quad = float(e @ (e / s.d))
             log_d = float(np.sum(np.log(s.d)))
             if cond.leaf_data:  # families summed over their rows: their residuals at the mean
-                for e_leaf, d_leaf in cond.leaf_residuals(self._theta, self._x, self._mean_U):
-                    quad += float(e_leaf @ (e_leaf / d_leaf))
-                    log_d += float(np.sum(np.log(d_leaf)))
+                for e_leaf, we_leaf in cond.leaf_residuals(self._theta, self._x, self._mean_U):
+                    quad += float(e_leaf @ we_leaf)
+                log_d += cond.leaf_log_variances(self._theta, self._x)
             value = -0.5 * (cond.n_observed * LOG_2PI + log_d + logdet + quad)
         if not np.isfinite(value):
             raise ModelError(
