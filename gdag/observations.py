@@ -10,8 +10,8 @@ variances and ``r = c - x + B_O x_O`` their residual at the observed parents,
 
 and the log evidence gains their count, ``sum log d`` and ``e^T W e`` with
 ``e = r + Z m``.  These are additive over any split of the rows: each chunk
-of rows gives its part, and the parts are added in a fixed pairwise order,
-so a given chunking always gives the same bits (the seam for data that do
+of rows gives its part, and the parts are added in row order, so a given
+chunking always gives the same bits (the seam for data that do
 not fit in memory).
 
 :func:`reducible_families` picks the families; a :class:`LeafRows` reads one
@@ -31,13 +31,15 @@ from types import MappingProxyType
 import numpy as np
 import scipy.sparse as sp
 
+from .accuracy import SD_RANGE
 from .compiler import CompiledModel
+from .errors import ModelError, ParamError
 from .graph import ModelGraph
 from .linalg import factor as factors
 from .linalg import rows as rows_kernels
 from .pattern import Conditioning, LinearSystem
 from .resources import factor_size
-from .spec import ModelSpec, Node
+from .spec import ModelSpec, Node, label
 from .timing import timed
 
 # Rows per chunk of the reduction when the caller sets none: bounds the temporaries.
@@ -136,7 +138,16 @@ class LeafRows:
             known = (parent[rows] >= 0) & ~np.isnan(seen)
             r[known] += c[known] * seen[known]
             coefs.append(np.where(known, 0.0, c))
-        return _stacked(coefs, r.shape[0], float), r, d * d
+        d = d * d
+        with np.errstate(divide="ignore", over="ignore"):
+            bad = np.flatnonzero(~(np.isfinite(d) & (d > 0) & np.isfinite(1.0 / d)))
+        if bad.size:
+            entry = label(self.name, self.plate, rows.start + int(bad[0]))
+            raise ParamError(f"`{entry}` has variance {d[bad[0]]:.3g} in double precision; gdag needs sds between "
+                             f"{SD_RANGE}. Rescale the variable's units or the sd parameter's value.")
+        if not np.all(np.isfinite(r)):
+            raise ModelError(f"The mean or data of `{self.name}` overflow double precision; rescale the model's units.")
+        return _stacked(coefs, r.shape[0], float), r, d
 
 
 def _param_start(cm: CompiledModel, name: str) -> int:
@@ -235,7 +246,7 @@ class ReducedConditioning:
 
     @timed("assemble")
     def system(self, theta: np.ndarray, x: np.ndarray) -> LinearSystem:
-        """The latent system plus the leaves' sums, chunk by chunk in a fixed pairwise order."""
+        """The latent system plus the leaves' sums, chunk by chunk in row order."""
         s = self.latent.system(theta, x)
         self.gram.theta, self.gram.x = theta, x  # the mean refinement re-reads the leaves' rows
         n_U = self.n_unobserved

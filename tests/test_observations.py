@@ -184,3 +184,12 @@ def test_leaf_with_observed_parents_and_fixed_effects(always_reduce):
     S_oo, r = Sigma[np.ix_(O, O)], x[O] - mu[O]
     log_ev = -0.5 * (O.size * np.log(2 * np.pi) + np.linalg.slogdet(S_oo)[1] + r @ np.linalg.solve(S_oo, r))
     assert post.log_evidence == pytest.approx(log_ev, rel=1e-10)
+
+
+def test_a_leaf_sd_out_of_range_is_named(always_reduce):
+    m = gdag.Model("tiny_sd")
+    u = m.normal("u", 0.0, 1.0, plate=m.plate("g", 3))
+    s = m.param("s", positive=True)
+    m.normal("y", mean=u[np.array([0, 1, 2, 2])], sd=s, plate=m.plate("obs", 4))
+    with pytest.raises(gdag.ParamError, match=r"`y\[obs=0\]` has variance 0 in double precision"):
+        m.posterior({"y": np.ones(4)}, params={"s": 1e-200})
