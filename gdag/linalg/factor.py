@@ -105,11 +105,15 @@ class Analysis:
         self.symbolic = symbolic
         self.reorder = reorder
         self.counts = counts  # (nnz(L), flops) in this ordering, when the ordering choice counted them
+        self._P = None
 
     def P(self) -> np.ndarray:
-        """``p`` with ``Q[p][:, p] = L L^T``: gdag's ordering composed with CHOLMOD's."""
-        inner = self.symbolic.P()
-        return inner if self.reorder is None else self.reorder.perm[inner]
+        """``p`` with ``Q[p][:, p] = L L^T``: gdag's ordering composed with CHOLMOD's (computed once, read-only)."""
+        if self._P is None:
+            inner = self.symbolic.P()
+            self._P = inner if self.reorder is None else self.reorder.perm[inner]
+            self._P.flags.writeable = False
+        return self._P
 
     def prepare(self, Q: sp.csc_matrix) -> sp.csc_matrix:
         """``Q`` (with the analysed pattern) as CHOLMOD is to factor it."""
@@ -239,13 +243,16 @@ class CholeskyFactor(TriangularFactor):
                 column = getattr(err, "column", None)
                 self._raise_not_identified(None if column is None else int(column))
         self._L = None
-        pivots = self._factor.D()
-        bad = np.flatnonzero(~(pivots > 0))
-        if bad.size:
-            self._raise_not_identified(int(bad[0]))
         # The ratio of a pivot to the diagonal it came from measures lost digits.
-        diag = prepared.diagonal() if self._analysis.reorder is not None else Q.diagonal()[self._P]
-        worst = float(np.min(pivots / diag)) if self.n else 1.0
+        if isinstance(self._factor, ZeroFillFactor):  # its kernel refused non-positive pivots and took the ratio
+            worst = self._factor.worst_ratio
+        else:
+            pivots = self._factor.D()
+            bad = np.flatnonzero(~(pivots > 0))
+            if bad.size:
+                self._raise_not_identified(int(bad[0]))
+            diag = prepared.diagonal() if self._analysis.reorder is not None else Q.diagonal()[self._P]
+            worst = float(np.min(pivots / diag)) if self.n else 1.0
         if worst < ILL_CONDITIONED:
             warn(
                 f"The posterior precision is nearly singular (relative pivot {worst:.1e}); "
@@ -281,6 +288,8 @@ class CholeskyFactor(TriangularFactor):
             return np.zeros_like(b, dtype=float)
         b = np.asarray(b, dtype=float)
         reorder = self._analysis.reorder
+        if b.ndim == 1 and isinstance(self._factor, ZeroFillFactor):
+            return self._factor.solve_vector(b, None if reorder is None else reorder.perm)
         if reorder is None:  # CHOLMOD's own ordering (supernodal where it pays): blocks in one call
             return self._factor.solve_A(b)
         if b.ndim == 2 and b.shape[1] <= FEW_COLUMNS:

@@ -53,8 +53,8 @@ def gram_structure(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int)
     rows = rows.astype(itype, copy=False)
     cols = cols.astype(itype, copy=False)
     csr_indptr, csr_entry = bucket(rows, n_rows)
-    csc_indptr, csc_rows, csc_entry = _transpose(csr_indptr, csr_entry, cols, n_cols)
     csr_cols = cols[csr_entry]
+    csc_indptr, csc_rows, csc_entry = _transpose(csr_indptr, csr_cols, csr_entry, n_cols)
     q_indptr, q_rows = _gram_pattern(csr_indptr, csr_cols, csc_indptr, csc_rows, n_cols)
     if q_indptr[-1] <= INT32_MAX and itype == np.int32:
         q_indptr = q_indptr.astype(np.int32)
@@ -166,51 +166,57 @@ def counting_sort(keys, n_keys):
         indptr[k + 1] += 1
     for j in range(n_keys):
         indptr[j + 1] += indptr[j]
-    fill = indptr[:-1].copy()
     order = np.empty(keys.shape[0], dtype=keys.dtype)
-    for e in range(keys.shape[0]):
-        order[fill[keys[e]]] = e
-        fill[keys[e]] += 1
+    for e in range(keys.shape[0]):  # indptr[k] serves as key k's cursor, then shifts back
+        order[indptr[keys[e]]] = e
+        indptr[keys[e]] += 1
+    _unshift(indptr)
     return indptr, order
 
 
 @numba.njit(cache=True)
-def _transpose(csr_indptr, csr_entry, cols, n_cols):
+def _unshift(indptr):
+    """After filling with ``indptr[j]`` as the cursor of slot ``j`` (now the start of ``j + 1``): restore the starts."""
+    for j in range(indptr.shape[0] - 1, 0, -1):
+        indptr[j] = indptr[j - 1]
+    indptr[0] = 0
+
+
+@numba.njit(cache=True)
+def _transpose(csr_indptr, csr_cols, csr_entry, n_cols):
     """CSC view from the CSR one: rows sorted within each column, and entry numbers."""
     indptr = np.zeros(n_cols + 1, dtype=csr_entry.dtype)
-    for e in csr_entry:
-        indptr[cols[e] + 1] += 1
+    for c in csr_cols:
+        indptr[c + 1] += 1
     for j in range(n_cols):
         indptr[j + 1] += indptr[j]
-    fill = indptr[:-1].copy()
     rows = np.empty(csr_entry.shape[0], dtype=csr_entry.dtype)
     entry = np.empty(csr_entry.shape[0], dtype=csr_entry.dtype)
     for r in range(csr_indptr.shape[0] - 1):
         for q in range(csr_indptr[r], csr_indptr[r + 1]):
-            e = csr_entry[q]
-            k = fill[cols[e]]
+            k = indptr[csr_cols[q]]
             rows[k] = r
-            entry[k] = e
-            fill[cols[e]] = k + 1
+            entry[k] = csr_entry[q]
+            indptr[csr_cols[q]] = k + 1
+    _unshift(indptr)
     return indptr, rows, entry
 
 
 @numba.njit(cache=True)
 def _gram_pattern(csr_indptr, csr_cols, csc_indptr, csc_rows, n_cols):
     """Rows ``i >= j`` of each column ``j`` of ``A^T A``, sorted."""
-    marker = np.full(n_cols, -1, dtype=np.int64)
-    counts = np.zeros(n_cols, dtype=np.int64)  # nnz(Q) may pass int32 where nnz(A) does not
+    marker = np.full(n_cols, -1, dtype=csr_cols.dtype)
+    indptr = np.zeros(n_cols + 1, dtype=np.int64)  # nnz(Q) may pass int32 where nnz(A) does not
     for j in range(n_cols):
+        count = 0
         for p in range(csc_indptr[j], csc_indptr[j + 1]):
             r = csc_rows[p]
             for q in range(csr_indptr[r], csr_indptr[r + 1]):
                 i = csr_cols[q]
                 if i >= j and marker[i] != j:
                     marker[i] = j
-                    counts[j] += 1
-    indptr = np.zeros(n_cols + 1, dtype=np.int64)
-    for j in range(n_cols):
-        indptr[j + 1] = indptr[j] + counts[j]
+                    count += 1
+        indptr[j + 1] = indptr[j] + count
     rows = np.empty(indptr[n_cols], dtype=csr_cols.dtype)
     marker[:] = -1
     for j in range(n_cols):

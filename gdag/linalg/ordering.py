@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._kernels import column_counts
-from .gram import bucket
+from .gram import _unshift, bucket
 from .simplicial import column_flops, is_closed
 
 # Accept the static ordering without trying CHOLMOD's when nnz(L) <= ACCEPT_FILL * nnz(Q).
@@ -105,16 +105,16 @@ def _reversed(indptr, indices, n):
         new_indptr[n - indices[p]] += 1
     for j in range(n):
         new_indptr[j + 1] += new_indptr[j]
-    fill = new_indptr[:-1].copy()
     rows = np.empty(indptr[n], dtype=indices.dtype)
-    source = np.empty(indptr[n], dtype=np.int64)
+    source = np.empty(indptr[n], dtype=indptr.dtype)
     for j in range(n - 1, -1, -1):
         for p in range(indptr[j], indptr[j + 1]):
             c = n - 1 - indices[p]
-            k = fill[c]
+            k = new_indptr[c]
             rows[k] = n - 1 - j
             source[k] = p
-            fill[c] = k + 1
+            new_indptr[c] = k + 1
+    _unshift(new_indptr)
     return new_indptr, rows, source
 
 

@@ -92,10 +92,11 @@ class ZeroFillFactor:
     def __init__(self, analysis: ZeroFillAnalysis):
         self._a = analysis
         n_L = analysis.indices.shape[0]
-        self._data = np.zeros(n_L)  # L~ below the diagonal, D on it
-        self._unscaled = np.zeros(n_L)  # L~ D below the diagonal, before the division by the pivot
-        self._work = np.zeros(analysis.n) if not analysis.forest else None
+        self._data = np.empty(n_L)  # L~ below the diagonal, D on it
+        if not analysis.forest:  # the left-looking updates read L~ D, before the division by the pivot
+            self._unscaled, self._work = np.empty(n_L), np.empty(analysis.n)
         self._L = self._Z = None
+        self.worst_ratio = 1.0  # the smallest pivot relative to the diagonal of Q it came from
 
     def cholesky_inplace(self, Q: sp.csc_matrix) -> None:
         """Factor ``Q`` (lower triangle on the analysed pattern); raises on the first non-positive pivot."""
@@ -104,10 +105,10 @@ class ZeroFillFactor:
             raise ValueError("internal error: a matrix with another pattern than the analysed one")
         self._L = self._Z = None
         if a.forest:
-            bad = _forest(a.indptr, a.indices, Q.data, self._data, self._unscaled)
+            bad, self.worst_ratio = _forest(a.indptr, a.indices, Q.data, self._data)
         else:
-            bad = _left_looking(a.indptr, a.indices, a.row_ptr, a.row_pos, a.row_col, Q.data,
-                                self._data, self._unscaled, self._work)
+            bad, self.worst_ratio = _left_looking(a.indptr, a.indices, a.row_ptr, a.row_pos, a.row_col, Q.data,
+                                                  self._data, self._unscaled, self._work)
         if bad >= 0:
             raise NotPositiveDefinite(int(bad))
 
@@ -148,8 +149,19 @@ class ZeroFillFactor:
             self._Z = selected_inverse_ldl(self._a.indptr, self._a.indices, self._data)
         return self._Z
 
+    def solve_vector(self, b: np.ndarray, perm: np.ndarray | None) -> np.ndarray:
+        """``x`` with ``Q[perm][:, perm] x[perm] = b`` (``perm`` None: the identity), in one gather, two sweeps and one scatter."""
+        a = self._a
+        out = np.empty(a.n)
+        _solve_vector(a.indptr, a.indices, self._data, _NO_PERM if perm is None else perm,
+                      np.asarray(b, dtype=float), out, np.empty(a.n))
+        return out
+
     def _solve(self, b: np.ndarray, steps: int) -> np.ndarray:
         return solve_copy(self._a.indptr, self._a.indices, self._data, b, steps, unit=True)
+
+
+_NO_PERM = np.zeros(0, dtype=np.int64)
 
 
 # steps of triangular_solve: L^{-1} (L~^{-1} for a unit factor), D^{-1}, D^{-1/2}, L^{-T}
@@ -157,7 +169,7 @@ FORWARD, BY_D, BY_ROOT_D, BACKWARD = 1, 2, 4, 8
 
 
 def solve_copy(indptr: np.ndarray, rows: np.ndarray, values: np.ndarray, b: np.ndarray, steps: int,
-          unit: bool = False) -> np.ndarray:
+               unit: bool = False) -> np.ndarray:
     """The ``steps`` of :func:`triangular_solve` applied to a copy of ``b`` (a vector or columns)."""
     b = np.asarray(b, dtype=float)
     vector = b.ndim == 1
@@ -188,22 +200,24 @@ def _is_closed(indptr, indices):
 
 
 @numba.njit(cache=True)
-def _forest(indptr, indices, q_data, l_data, unscaled):
+def _forest(indptr, indices, q_data, l_data):
     """:func:`_left_looking` for a forest: each column passes one update, to its parent's pivot."""
     n = indptr.shape[0] - 1
     for j in range(n):
         l_data[indptr[j]] = q_data[indptr[j]]
+    worst = 1.0
     for j in range(n):
         start = indptr[j]
         pivot = l_data[start]
         if not pivot > 0.0:
-            return j
+            return j, 0.0
+        worst = min(worst, pivot / q_data[start])
         if indptr[j + 1] - start == 2:
             y = q_data[start + 1]
-            unscaled[start + 1] = y
-            l_data[start + 1] = y / pivot
-            l_data[indptr[indices[start + 1]]] -= (y / pivot) * y
-    return -1
+            l = y / pivot
+            l_data[start + 1] = l
+            l_data[indptr[indices[start + 1]]] -= l * y
+    return -1, worst
 
 
 @numba.njit(cache=True)
@@ -215,9 +229,10 @@ def _left_looking(indptr, indices, row_ptr, row_pos, row_col, q_data, l_data, un
     ``Q``.  The products are CHOLMOD's (``L~_jk`` times the unscaled ``L~_ik D_k``,
     no square roots), which keeps a pivot that rounding has nearly cancelled
     as accurate as CHOLMOD keeps it.  Returns the first column whose pivot is
-    not positive, or -1.
+    not positive (or -1), and the smallest ratio of a pivot to the diagonal of ``Q`` it came from.
     """
     n = indptr.shape[0] - 1
+    worst = 1.0
     for j in range(n):
         start, end = indptr[j], indptr[j + 1]
         for p in range(start, end):
@@ -229,13 +244,14 @@ def _left_looking(indptr, indices, row_ptr, row_pos, row_col, q_data, l_data, un
                 work[indices[q]] -= l_jk * unscaled[q]
         pivot = work[j]
         if not pivot > 0.0:
-            return j
+            return j, 0.0
+        worst = min(worst, pivot / q_data[start])
         l_data[start] = pivot
         for p in range(start + 1, end):
             y = work[indices[p]]
             unscaled[p] = y
             l_data[p] = y / pivot
-    return -1
+    return -1, worst
 
 
 @numba.njit(cache=True)
@@ -272,3 +288,25 @@ def triangular_solve(indptr, rows, values, x, steps, unit):
                 d = values[indptr[j]]
                 for c in range(k):
                     x[j, c] /= d
+
+
+@numba.njit(cache=True)
+def _solve_vector(indptr, rows, values, perm, b, out, x):
+    """``out[perm] = L~^{-T} D^{-1} L~^{-1} b[perm]`` (``perm`` empty: the identity); ``x`` is scratch.
+
+    The operations of :func:`triangular_solve` with ``FORWARD | BY_D | BACKWARD``, in the same order.
+    """
+    n = indptr.shape[0] - 1
+    identity = perm.shape[0] == 0
+    for j in range(n):
+        x[j] = b[j] if identity else b[perm[j]]
+    for j in range(n):
+        x_j = x[j]
+        for p in range(indptr[j] + 1, indptr[j + 1]):
+            x[rows[p]] -= values[p] * x_j
+    for j in range(n - 1, -1, -1):
+        x_j = x[j] / values[indptr[j]]
+        for p in range(indptr[j] + 1, indptr[j + 1]):
+            x_j -= values[p] * x[rows[p]]
+        x[j] = x_j
+        out[j if identity else perm[j]] = x_j
