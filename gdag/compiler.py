@@ -189,8 +189,11 @@ def compile_model(model: ModelSpec) -> CompiledModel:
     param_off = {p.name: int(o) for p, o in zip(params, poffsets)}
     n, p_total = int(sizes.sum()), int(psizes.sum())
 
-    b_rows, b_cols, b_vals, scaled_entries, scaled_param = [], [], [], [], []
-    n_coef = 0
+    # B's entries are written into place, family by family (no per-term copies to concatenate)
+    n_coef = sum(t.rows.shape[0] for nd in nodes for t in nd.mean.terms if not t.source.is_param)
+    B_rows, B_cols, B_vals = np.empty(n_coef, np.int64), np.empty(n_coef, np.int64), np.empty(n_coef)
+    scaled_entries, scaled_param = [], []
+    k = 0
     f_rows, f_cols, f_vals = [], [], []
     c0 = np.zeros(n)
     sd_base = np.zeros(n)
@@ -199,19 +202,19 @@ def compile_model(model: ModelSpec) -> CompiledModel:
         start = node_off[nd.name]
         c0[start : start + nd.size] = nd.mean.offset
         for t in nd.mean.terms:
-            rows = t.rows + start
             if t.source.is_param:
-                f_rows.append(rows)
+                f_rows.append(t.rows + start)
                 f_cols.append(t.cols + param_off[t.source.name])
                 f_vals.append(t.vals)
                 continue
-            b_rows.append(rows)
-            b_cols.append(t.cols + node_off[t.source.name])
-            b_vals.append(t.vals)
+            m = t.rows.shape[0]
+            np.add(t.rows, start, out=B_rows[k : k + m])
+            np.add(t.cols, node_off[t.source.name], out=B_cols[k : k + m])
+            B_vals[k : k + m] = t.vals
             if t.scale is not None:
-                scaled_entries.append(np.arange(n_coef, n_coef + rows.shape[0], dtype=np.int64))
-                scaled_param.append(np.full(rows.shape[0], param_off[t.scale.name], dtype=np.int64))
-            n_coef += rows.shape[0]
+                scaled_entries.append(np.arange(k, k + m, dtype=np.int64))
+                scaled_param.append(np.full(m, param_off[t.scale.name], dtype=np.int64))
+            k += m
         sd_base[start : start + nd.size] = nd.sd.base
         if nd.sd.param is not None:
             sd_param[start : start + nd.size] = nd.sd.param_index + param_off[nd.sd.param.name]
@@ -219,7 +222,6 @@ def compile_model(model: ModelSpec) -> CompiledModel:
     def cat(parts, dtype):
         return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
-    B_rows, B_cols, B_vals = cat(b_rows, np.int64), cat(b_cols, np.int64), cat(b_vals, float)
     if f_rows:
         F = sp.csr_matrix((cat(f_vals, float), (cat(f_rows, np.int64), cat(f_cols, np.int64))), shape=(n, p_total))
         F.sum_duplicates()

@@ -145,9 +145,10 @@ def as_expr(value) -> Expr:
 
 
 def identity_term(source, size: int) -> Term:
-    """The term selecting every entry of ``source`` in order."""
+    """The term selecting every entry of ``source`` in order (rows and columns: one read-only array)."""
     idx = np.arange(size, dtype=np.int64)
-    return Term(source, idx, idx.copy(), np.ones(size))
+    idx.flags.writeable = False
+    return Term(source, idx, idx, np.ones(size))
 
 
 def gather(source, index, *, where=None) -> Expr:
@@ -303,10 +304,10 @@ def _multiply(expr: Expr, other) -> Expr:
         factor = factor.reshape(1)
     n = _common_length(expr.length, factor.shape[0])
     expr = broadcast_to(expr, n)
-    factor = np.broadcast_to(factor, (n,))
     with np.errstate(over="ignore", invalid="ignore"):
-        terms = tuple(replace(t, vals=t.vals * factor[t.rows]) for t in expr.terms)
-        offset = expr.offset * factor
+        number = factor[0] if factor.shape[0] == 1 else None  # a number multiplies without a gather by rows
+        terms = tuple(replace(t, vals=t.vals * (factor[t.rows] if number is None else number)) for t in expr.terms)
+        offset = expr.offset * (factor if number is None else number)
     for values in [offset] + [t.vals for t in terms]:
         _check_finite(values, "product")
     return Expr(n, terms, offset)

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import expr
 from .errors import ModelSpecError, ParamError
-from .expr import Expr, Leaf, Operand
+from .expr import Expr, Leaf, Operand, Term
 
 # Largest plate or parameter size accepted: far beyond any model that fits in
 # memory, and small enough that sums of sizes never overflow int64.
@@ -94,10 +94,10 @@ class Node(Leaf):
         """
         if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ModelSpecError(f"`{self.name}.lag(k)` needs an integer k >= 1; got {k!r}.")
+        # what gather(index = max(t - k, 0), where = t >= k) gives, made directly: valid by construction
         k = min(int(k), self.size)  # a lag beyond the plate leaves every entry without a term
-        target = np.arange(self.size, dtype=np.int64)
-        source = np.maximum(target - k, 0)
-        return expr.gather(self, source, where=target >= k)
+        rows = np.arange(k, self.size, dtype=np.int64)
+        return Expr(self.size, (Term(self, rows, rows - k, np.ones(self.size - k)),), np.zeros(self.size))
 
     def __repr__(self) -> str:
         where = f" on plate `{self.plate.name}` ({self.size})" if self.plate is not None else ""
