@@ -11,6 +11,7 @@ import scipy.sparse as sp
 
 from gdag.linalg import factor
 from gdag.linalg.ordering import zero_fill_order
+from gdag.linalg.selinv import selected_inverse_ldl
 from gdag.linalg.simplicial import ZeroFillFactor, is_closed
 
 
@@ -90,6 +91,10 @@ def test_own_factor_against_dense(case):
     np.testing.assert_allclose(fac.inverse_diagonal(), np.diag(inverse), rtol=1e-12)
     i, j = np.nonzero(np.tril(Q, -1))
     np.testing.assert_allclose(fac.covariances(i, j), inverse[i, j], rtol=1e-11, atol=1e-14)
+    # the forest's own recurrences do the general sweep's operations in the same order: the same bits
+    own = fac._factor
+    general = selected_inverse_ldl(analysis.symbolic.indptr, analysis.symbolic.indices, own._data)
+    np.testing.assert_array_equal(own.selected_inverse_values(), general)
     # L is a Cholesky factor of the permuted matrix; half solves and draws use it
     p = fac.permutation
     L = fac.L().toarray()

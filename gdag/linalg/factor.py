@@ -236,15 +236,19 @@ class CholeskyFactor(TriangularFactor):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", cholmod.CholmodTypeConversionWarning)
             self._P = self._analysis.P()
-            prepared = self._analysis.prepare(Q)
+            reorder, own = self._analysis.reorder, isinstance(self._factor, ZeroFillFactor)
+            prepared = Q if own else self._analysis.prepare(Q)  # gdag's own kernels read through the permutation
             try:
-                self._factor.cholesky_inplace(prepared)
+                if own:
+                    self._factor.cholesky_inplace(Q, None if reorder is None else reorder.source)
+                else:
+                    self._factor.cholesky_inplace(prepared)
             except (cholmod.CholmodNotPositiveDefiniteError, NotPositiveDefinite) as err:
                 column = getattr(err, "column", None)
                 self._raise_not_identified(None if column is None else int(column))
         self._L = None
         # The ratio of a pivot to the diagonal it came from measures lost digits.
-        if isinstance(self._factor, ZeroFillFactor):  # its kernel refused non-positive pivots and took the ratio
+        if own:  # its kernel refused non-positive pivots and took the ratio
             worst = self._factor.worst_ratio
         else:
             pivots = self._factor.D()

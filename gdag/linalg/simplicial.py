@@ -98,16 +98,21 @@ class ZeroFillFactor:
         self._L = self._Z = None
         self.worst_ratio = 1.0  # the smallest pivot relative to the diagonal of Q it came from
 
-    def cholesky_inplace(self, Q: sp.csc_matrix) -> None:
-        """Factor ``Q`` (lower triangle on the analysed pattern); raises on the first non-positive pivot."""
+    def cholesky_inplace(self, Q: sp.csc_matrix, source: np.ndarray | None = None) -> None:
+        """Factor ``Q`` (lower triangle on the analysed pattern); raises on the first non-positive pivot.
+
+        With ``source``, ``Q`` is in the original order and entry ``p`` of the
+        analysed pattern is ``Q.data[source[p]]`` (the permutation is read, never applied).
+        """
         a = self._a
         if Q.nnz != a.indices.shape[0]:
             raise ValueError("internal error: a matrix with another pattern than the analysed one")
         self._L = self._Z = None
+        source = _NO_PERM if source is None else source
         if a.forest:
-            bad, self.worst_ratio = _forest(a.indptr, a.indices, Q.data, self._data)
+            bad, self.worst_ratio = _forest(a.indptr, a.indices, Q.data, source, self._data)
         else:
-            bad, self.worst_ratio = _left_looking(a.indptr, a.indices, a.row_ptr, a.row_pos, a.row_col, Q.data,
+            bad, self.worst_ratio = _left_looking(a.indptr, a.indices, a.row_ptr, a.row_pos, a.row_col, Q.data, source,
                                                   self._data, self._unscaled, self._work)
         if bad >= 0:
             raise NotPositiveDefinite(int(bad))
@@ -146,7 +151,12 @@ class ZeroFillFactor:
     def selected_inverse_values(self) -> np.ndarray:
         """``Q^{-1}`` on the pattern (values laid out like ``L``'s), from ``L~`` and ``D`` directly; made once."""
         if self._Z is None:
-            self._Z = selected_inverse_ldl(self._a.indptr, self._a.indices, self._data)
+            a = self._a
+            if a.forest:
+                self._Z = np.empty(a.indices.shape[0])
+                _forest_inverse(a.indptr, a.indices, self._data, self._Z)
+            else:
+                self._Z = selected_inverse_ldl(a.indptr, a.indices, self._data)
         return self._Z
 
     def solve_vector(self, b: np.ndarray, perm: np.ndarray | None) -> np.ndarray:
@@ -200,20 +210,21 @@ def _is_closed(indptr, indices):
 
 
 @numba.njit(cache=True)
-def _forest(indptr, indices, q_data, l_data):
+def _forest(indptr, indices, q_data, source, l_data):
     """:func:`_left_looking` for a forest: each column passes one update, to its parent's pivot."""
     n = indptr.shape[0] - 1
+    moved = source.shape[0] > 0
     for j in range(n):
-        l_data[indptr[j]] = q_data[indptr[j]]
+        l_data[indptr[j]] = q_data[source[indptr[j]]] if moved else q_data[indptr[j]]
     worst = 1.0
     for j in range(n):
         start = indptr[j]
         pivot = l_data[start]
         if not pivot > 0.0:
             return j, 0.0
-        worst = min(worst, pivot / q_data[start])
+        worst = min(worst, pivot / (q_data[source[start]] if moved else q_data[start]))
         if indptr[j + 1] - start == 2:
-            y = q_data[start + 1]
+            y = q_data[source[start + 1]] if moved else q_data[start + 1]
             l = y / pivot
             l_data[start + 1] = l
             l_data[indptr[indices[start + 1]]] -= l * y
@@ -221,22 +232,42 @@ def _forest(indptr, indices, q_data, l_data):
 
 
 @numba.njit(cache=True)
-def _left_looking(indptr, indices, row_ptr, row_pos, row_col, q_data, l_data, unscaled, work):
+def _forest_inverse(indptr, indices, values, z):
+    """The Takahashi recurrences (:mod:`gdag.linalg.selinv`) on a forest, with their operations in the same order.
+
+    From the roots down: ``Z_pj = -L~_pj Z_pp`` and ``Z_jj = 1/D_j - L~_pj Z_pj``.
+    """
+    for j in range(indptr.shape[0] - 2, -1, -1):
+        start = indptr[j]
+        if indptr[j + 1] - start == 2:
+            l = values[start + 1]
+            z_pj = -(l * z[indptr[indices[start + 1]]])
+            z[start + 1] = z_pj
+            z[start] = 1.0 / values[start] - l * z_pj
+        else:
+            z[start] = 1.0 / values[start]
+
+
+@numba.njit(cache=True)
+def _left_looking(indptr, indices, row_ptr, row_pos, row_col, q_data, source, l_data, unscaled, work):
     """``L~`` and ``D``, column by column: column ``j`` of ``Q`` minus the updates from earlier columns ``k``.
 
     The pattern is closed under elimination, so every row an update touches
     is in column ``j``'s pattern, whose slots of ``work`` were just set from
-    ``Q``.  The products are CHOLMOD's (``L~_jk`` times the unscaled ``L~_ik D_k``,
+    ``Q`` (entry ``p`` read at ``source[p]`` unless ``source`` is empty).
+    The products are CHOLMOD's (``L~_jk`` times the unscaled ``L~_ik D_k``,
     no square roots), which keeps a pivot that rounding has nearly cancelled
     as accurate as CHOLMOD keeps it.  Returns the first column whose pivot is
-    not positive (or -1), and the smallest ratio of a pivot to the diagonal of ``Q`` it came from.
+    not positive (or -1), and the smallest ratio of a pivot to the diagonal
+    of ``Q`` it came from.
     """
     n = indptr.shape[0] - 1
+    moved = source.shape[0] > 0
     worst = 1.0
     for j in range(n):
         start, end = indptr[j], indptr[j + 1]
         for p in range(start, end):
-            work[indices[p]] = q_data[p]
+            work[indices[p]] = q_data[source[p]] if moved else q_data[p]
         for r in range(row_ptr[j], row_ptr[j + 1] - 1):  # the row's last entry is its diagonal
             p_jk = row_pos[r]
             l_jk = l_data[p_jk]
@@ -245,7 +276,7 @@ def _left_looking(indptr, indices, row_ptr, row_pos, row_col, q_data, l_data, un
         pivot = work[j]
         if not pivot > 0.0:
             return j, 0.0
-        worst = min(worst, pivot / q_data[start])
+        worst = min(worst, pivot / (q_data[source[start]] if moved else q_data[start]))
         l_data[start] = pivot
         for p in range(start + 1, end):
             y = work[indices[p]]
