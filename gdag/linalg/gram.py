@@ -218,15 +218,14 @@ def _gram_pattern(csr_indptr, csr_cols, csc_indptr, csc_rows, n_cols):
                     count += 1
         indptr[j + 1] = indptr[j] + count
     rows = np.empty(indptr[n_cols], dtype=csr_cols.dtype)
-    marker[:] = -1
-    for j in range(n_cols):
+    for j in range(n_cols):  # the second pass marks column j with -2 - j: no reset of the first pass's marks
         k = indptr[j]
         for p in range(csc_indptr[j], csc_indptr[j + 1]):
             r = csc_rows[p]
             for q in range(csr_indptr[r], csr_indptr[r + 1]):
                 i = csr_cols[q]
-                if i >= j and marker[i] != j:
-                    marker[i] = j
+                if i >= j and marker[i] != -2 - j:
+                    marker[i] = -2 - j
                     rows[k] = i
                     k += 1
         _sort_small(rows, indptr[j], k)
