@@ -41,10 +41,9 @@ class GramStructure:
     n_cols: int
 
     def pattern(self) -> sp.csc_matrix:
-        """The pattern of ``Q``'s lower triangle, with unit values."""
-        return sp.csc_matrix(
-            (np.ones(self.q_rows.shape[0]), self.q_rows, self.q_indptr), shape=(self.n_cols, self.n_cols)
-        )
+        """The pattern of ``Q``'s lower triangle, with unit values (one read-only broadcast 1.0: no memory per entry)."""
+        ones = np.broadcast_to(np.float64(1.0), self.q_rows.shape)
+        return sp.csc_matrix((ones, self.q_rows, self.q_indptr), shape=(self.n_cols, self.n_cols))
 
 
 def gram_structure(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> GramStructure:

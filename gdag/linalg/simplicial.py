@@ -95,7 +95,7 @@ class ZeroFillFactor:
         self._data = np.empty(n_L)  # L~ below the diagonal, D on it
         if not analysis.forest:  # the left-looking updates read L~ D, before the division by the pivot
             self._unscaled, self._work = np.empty(n_L), np.empty(analysis.n)
-        self._L = self._Z = None
+        self._L = self._Z = self._scratch = None
         self.worst_ratio = 1.0  # the smallest pivot relative to the diagonal of Q it came from
 
     def cholesky_inplace(self, Q: sp.csc_matrix, source: np.ndarray | None = None) -> None:
@@ -162,9 +162,11 @@ class ZeroFillFactor:
     def solve_vector(self, b: np.ndarray, perm: np.ndarray | None) -> np.ndarray:
         """``x`` with ``Q[perm][:, perm] x[perm] = b`` (``perm`` None: the identity), in one gather, two sweeps and one scatter."""
         a = self._a
+        if self._scratch is None:
+            self._scratch = np.empty(a.n)
         out = np.empty(a.n)
         _solve_vector(a.indptr, a.indices, self._data, _NO_PERM if perm is None else perm,
-                      np.asarray(b, dtype=float), out, np.empty(a.n))
+                      np.asarray(b, dtype=float), out, self._scratch)
         return out
 
     def _solve(self, b: np.ndarray, steps: int) -> np.ndarray:
