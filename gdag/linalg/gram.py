@@ -1,7 +1,8 @@
 """Compiled kernels that assemble ``Q = A^T diag(w) A`` (lower triangle) from ``A``'s entries.
 
 ``A`` is given as entry lists (row, column, value) in any order.  The pattern
-of ``Q`` is computed once per observed pattern (:func:`gram_structure`); each
+of ``Q`` is computed once per observed pattern (:func:`gram_structure`; rows of
+at most two entries take the lighter road of :mod:`gdag.linalg.thin`); each
 new set of values then costs one pass over the products (:func:`gram_values`),
 Gustavson's row-by-row method with a dense work vector, in O(flops); the
 same pass gives ``b = A^T rhs``, and :func:`class_gram_values` splits ``Q``
@@ -21,6 +22,8 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from .thin import thin_numeric, thin_pattern, thin_transpose_times
+
 
 @dataclass(frozen=True)
 class GramStructure:
@@ -33,12 +36,13 @@ class GramStructure:
     csr_indptr: np.ndarray
     csr_cols: np.ndarray
     csr_entry: np.ndarray  # entry number of each CSR position
-    csc_indptr: np.ndarray
-    csc_rows: np.ndarray
-    csc_entry: np.ndarray  # entry number of each CSC position
+    csc_indptr: np.ndarray | None  # the CSC view: None for a thin A (at most two entries per row)
+    csc_rows: np.ndarray | None
+    csc_entry: np.ndarray | None  # entry number of each CSC position
     q_indptr: np.ndarray
     q_rows: np.ndarray
     n_cols: int
+    pair_pos: np.ndarray | None = None  # thin A: where each row's off-diagonal product goes (gdag.linalg.thin)
 
     def pattern(self) -> sp.csc_matrix:
         """The pattern of ``Q``'s lower triangle, with unit values (one read-only broadcast 1.0: no memory per entry)."""
@@ -53,6 +57,9 @@ def gram_structure(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int)
     cols = cols.astype(itype, copy=False)
     csr_indptr, csr_entry = bucket(rows, n_rows)
     csr_cols = cols[csr_entry]
+    thin = thin_pattern(csr_indptr, csr_cols, n_cols)
+    if thin is not None:  # rows of at most two entries: pairs sorted by column, no CSC view, no products
+        return GramStructure(csr_indptr, csr_cols, csr_entry, None, None, None, thin[0], thin[1], n_cols, thin[2])
     csc_indptr, csc_rows, csc_entry = _transpose(csr_indptr, csr_cols, csr_entry, n_cols)
     q_indptr, q_rows = _gram_pattern(csr_indptr, csr_cols, csc_indptr, csc_rows, n_cols)
     if q_indptr[-1] <= INT32_MAX and itype == np.int32:
@@ -70,9 +77,7 @@ def gram_values(structure: GramStructure, values: np.ndarray, weights: np.ndarra
     s = structure
     out = np.zeros((1, s.q_rows.shape[0]))
     b = np.zeros(s.n_cols if rhs is not None else 0)
-    _gram_numeric(s.csr_indptr, s.csr_cols, s.csr_entry, s.csc_indptr, s.csc_rows, s.csc_entry, values, weights,
-                  _NO_CLASSES, s.q_indptr, s.q_rows, np.zeros((1, s.n_cols)), out,
-                  _NO_RHS if rhs is None else rhs, b)
+    _numeric(s, values, weights, _NO_CLASSES, out, _NO_RHS if rhs is None else rhs, b)
     Q = sp.csc_matrix((out[0], s.q_rows, s.q_indptr), shape=(s.n_cols, s.n_cols))
     return Q if rhs is None else (Q, b)
 
@@ -85,12 +90,19 @@ def class_gram_values(structure: GramStructure, values: np.ndarray, weights: np.
     row ``c`` of the result holds the values of ``G_c``.  The fit uses it when
     ``Q`` is a weighted sum of such terms (one per variance parameter).
     """
-    s = structure
-    out = np.zeros((n_classes, s.q_rows.shape[0]))
-    _gram_numeric(s.csr_indptr, s.csr_cols, s.csr_entry, s.csc_indptr, s.csc_rows, s.csc_entry, values, weights,
-                  classes.astype(np.int64, copy=False), s.q_indptr, s.q_rows, np.zeros((n_classes, s.n_cols)), out,
-                  _NO_RHS, np.zeros(0))
+    out = np.zeros((n_classes, structure.q_rows.shape[0]))
+    _numeric(structure, values, weights, classes.astype(np.int64, copy=False), out, _NO_RHS, np.zeros(0))
     return out
+
+
+def _numeric(s: GramStructure, values, weights, classes, out, rhs, b) -> None:
+    """One numeric pass: the thin one (row by row) or the general one (column by column); the same bits."""
+    if s.pair_pos is not None:
+        thin_numeric(s.csr_indptr, s.csr_cols, s.csr_entry, values, weights, classes, s.q_indptr, s.pair_pos,
+                     out, rhs, b)
+    else:
+        _gram_numeric(s.csr_indptr, s.csr_cols, s.csr_entry, s.csc_indptr, s.csc_rows, s.csc_entry, values, weights,
+                      classes, s.q_indptr, s.q_rows, np.zeros((out.shape[0], s.n_cols)), out, rhs, b)
 
 
 def a_times(structure: GramStructure, values: np.ndarray, x: np.ndarray, n_rows: int) -> np.ndarray:
@@ -105,7 +117,10 @@ def at_times(structure: GramStructure, values: np.ndarray, y: np.ndarray) -> np.
     """``A^T @ y`` for entry ``values``, one pass over the CSC view."""
     s = structure
     out = np.zeros(s.n_cols)
-    _csr_times(s.csc_indptr, s.csc_rows, s.csc_entry, values, y, out)  # the CSC of A is the CSR of A^T
+    if s.pair_pos is not None:
+        thin_transpose_times(s.csr_indptr, s.csr_cols, s.csr_entry, values, y, out)
+    else:
+        _csr_times(s.csc_indptr, s.csc_rows, s.csc_entry, values, y, out)  # the CSC of A is the CSR of A^T
     return out
 
 
