@@ -105,10 +105,13 @@ class LeafRows:
                 self.fixed.append((t.rows, t.cols + _param_start(cm, t.source.name), t.vals))
                 continue
             start = int(cm.family_offset[cm.family(t.source.name)])
-            parent = np.full(self.size, -1, dtype=np.int64)
-            coef = np.zeros(self.size)
-            parent[t.rows] = t.cols + start
-            coef[t.rows] = t.vals
+            if t.rows.shape[0] == self.size:  # every row has the term (rows increase, so they are 0..size-1)
+                parent, coef = t.cols + start, t.vals
+            else:
+                parent = np.full(self.size, -1, dtype=np.int64)
+                coef = np.zeros(self.size)
+                parent[t.rows] = t.cols + start
+                coef[t.rows] = t.vals
             self.parent.append(parent)
             self.coef.append(coef)
             self.scale.append(-1 if t.scale is None else _param_start(cm, t.scale.name))
@@ -172,16 +175,16 @@ class ReducedConditioning:
         self.cm, self.S, self.R, self.U, self.O = latent.cm, latent.S, latent.R, latent.U, latent.O
         self.pos_R, self.pos_U = latent.pos_R, latent.pos_U
         self.n_unobserved = latent.n_unobserved
-        self._unobserved = [[self.pos_U[np.maximum(p, 0)] * (p >= 0) - (p < 0) for p in leaf.parent]
+        self._unobserved = [[self._column_in_U(p) for p in leaf.parent]
                             for leaf in leaves]  # per leaf and term: the U column each row reads, -1 for none
         # per leaf and term: does some row read an observed parent (whose value enters the residual)?
         # the same with "none" sent to a spare column n_U, so sums need no masks (the spare is dropped)
-        self._columns = [_stacked([np.where(u >= 0, u, self.n_unobserved) for u in cols], leaf.size, np.int64)
+        self._columns = [_stacked([u if u.min(initial=0) >= 0 else np.where(u >= 0, u, self.n_unobserved)
+                                   for u in cols], leaf.size, self.pos_U.dtype)
                          for cols, leaf in zip(self._unobserved, leaves)]
         self._parents_seen = [[bool(np.any((p >= 0) & (u < 0))) for p, u in zip(leaf.parent, cols)]
                               for leaf, cols in zip(leaves, self._unobserved)]
         self._rows_values = {}  # (leaf, chunk) -> (coefs, r, d) at the posterior's theta and data
-        self._buffers = {}  # leaf -> residual buffers (see _residual_buffers)
         self._union_pattern()
         self._analysis = None
         self._size = None
@@ -193,8 +196,13 @@ class ReducedConditioning:
         other.leaf_data = MappingProxyType({leaf.name: full[leaf.name] for leaf in self.leaves})
         other.gram = _ReducedGram(other)
         other._rows_values = {}
-        other._buffers = {}
         return other
+
+    def _column_in_U(self, parent: np.ndarray) -> np.ndarray:
+        """The U column of each row's parent: -1 for none or an observed parent."""
+        if parent.min(initial=0) >= 0:  # every row has the term
+            return self.pos_U[parent]
+        return np.where(parent >= 0, self.pos_U[np.maximum(parent, 0)], -1).astype(self.pos_U.dtype)
 
     @property
     def n_observed(self) -> int:
@@ -229,8 +237,8 @@ class ReducedConditioning:
             self.pattern, self._base_position = base, None
             return
         coo = base.tocoo()
-        rows = np.concatenate([coo.row.astype(np.int64)] + pairs_r)
-        cols = np.concatenate([coo.col.astype(np.int64)] + pairs_c)
+        rows = np.concatenate([coo.row.astype(np.int64)] + [p.astype(np.int64) for p in pairs_r])
+        cols = np.concatenate([coo.col.astype(np.int64)] + [p.astype(np.int64) for p in pairs_c])
         union = sp.csc_matrix((np.ones(rows.shape[0]), (rows, cols)), shape=(n, n))
         union.sum_duplicates()
         union.sort_indices()
@@ -242,7 +250,8 @@ class ReducedConditioning:
 
     def _pair_positions(self, a_cols: np.ndarray, b_cols: np.ndarray) -> np.ndarray:
         n = self.pattern.shape[0]
-        return np.searchsorted(self._keys, np.minimum(a_cols, b_cols) * n + np.maximum(a_cols, b_cols))
+        low, high = np.minimum(a_cols, b_cols).astype(np.int64), np.maximum(a_cols, b_cols).astype(np.int64)
+        return np.searchsorted(self._keys, low * n + high)
 
     @timed("assemble")
     def system(self, theta: np.ndarray, x: np.ndarray) -> LinearSystem:
@@ -288,41 +297,20 @@ class ReducedConditioning:
         self._rows_values[key] = (theta, x, found)
         return found
 
-    def leaf_residuals(self, theta: np.ndarray, x: np.ndarray, m: np.ndarray):
-        """Per leaf: ``e = r + Z m`` and ``d`` over all its rows."""
-        out = []
+    def leaf_residual(self, theta: np.ndarray, x: np.ndarray, m: np.ndarray) -> tuple[float, np.ndarray]:
+        """``(e^T W e, A_U^T W e)`` of the leaves' rows at ``m``, with ``e = r + Z m`` (``A_U = -Z`` there)."""
+        f, gradient = 0.0, np.zeros(self.n_unobserved + 1)
         m = np.append(m, 0.0)  # the spare column reads 0
         for leaf, cols in zip(self.leaves, self._columns):
-            e, we = self._residual_buffers(leaf)
             for rows in _chunks(leaf.size, self.chunk_rows):
                 coefs, r, d = self._values(theta, x, leaf, rows)
-                rows_kernels.row_residual(cols[:, rows], coefs, r, d, m, e[rows], we[rows])
-            out.append((e, we))
-        return out
-
-    def _residual_buffers(self, leaf: LeafRows):
-        """Two ``(e, e/d)`` buffers per leaf, used in turn: a refinement step keeps the accepted one
-        while it evaluates a candidate, and fresh pages of this size cost as much as the pass itself."""
-        pair = self._buffers.setdefault(leaf.name, [None, None, 0])
-        turn = pair[2]
-        if pair[turn] is None:
-            pair[turn] = (np.empty(leaf.size), np.empty(leaf.size))
-        pair[2] = 1 - turn
-        return pair[turn]
+                f += rows_kernels.row_residual(cols[:, rows], coefs, r, d, m, gradient)
+        return f, gradient[:-1]
 
     def leaf_log_variances(self, theta: np.ndarray, x: np.ndarray) -> float:
         """``sum log d`` over the leaves' rows."""
         return float(sum(np.sum(np.log(self._values(theta, x, leaf, rows)[2]))
                          for leaf in self.leaves for rows in _chunks(leaf.size, self.chunk_rows)))
-
-    def leaf_transpose(self, theta: np.ndarray, x: np.ndarray, weighted: list[np.ndarray]) -> np.ndarray:
-        """``A_U^T`` of the leaves' rows applied to ``weighted`` (one array per leaf): ``-Z^T y``."""
-        out = np.zeros(self.n_unobserved)
-        for leaf, cols, y in zip(self.leaves, self._columns, weighted):
-            for rows in _chunks(leaf.size, self.chunk_rows):
-                coefs, _, _ = self._values(theta, x, leaf, rows)
-                out += rows_kernels.row_transpose(cols[:, rows], coefs, y[rows], self.n_unobserved)[:-1]
-        return out
 
     def analysis(self, factorization: str = "sparse"):
         """CHOLMOD's analysis of the union pattern (once; timed as "analyze")."""
@@ -338,7 +326,7 @@ class ReducedConditioning:
 
 
 class _ReducedGram:
-    """The latent gram's products, with the leaves' rows appended after R (for the mean refinement)."""
+    """The latent gram's products, with the leaves' rows added (for the mean refinement)."""
 
     def __init__(self, cond: ReducedConditioning):
         self._cond = cond
@@ -353,16 +341,14 @@ class _ReducedGram:
         return self._latent.times(values, m)
 
     def weighted_residual(self, values, m, r, d):
+        """As the latent gram's, plus the leaves' rows: ``w`` carries their ``A_U^T W e`` along."""
         e, w, f = self._latent.weighted_residual(values, m, r, d)
-        leaf_w = []
-        for e_leaf, w_leaf in self._cond.leaf_residuals(self.theta, self.x, m):
-            f += float(e_leaf @ w_leaf)
-            leaf_w.append(w_leaf)
-        return e, (w, leaf_w), f
+        f_leaves, leaf_part = self._cond.leaf_residual(self.theta, self.x, m)
+        return e, (w, leaf_part), f + f_leaves
 
     def transpose_times(self, values, w):
-        w_latent, leaf_w = w
-        return self._latent.transpose_times(values, w_latent) + self._cond.leaf_transpose(self.theta, self.x, leaf_w)
+        w_latent, leaf_part = w
+        return self._latent.transpose_times(values, w_latent) + leaf_part
 
 
 def _keys(pattern: sp.csc_matrix) -> np.ndarray:

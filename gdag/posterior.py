@@ -45,7 +45,7 @@ class Posterior:
         self._theta = theta.copy()
         self._x = x.copy()
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # checked just below
-            self._system: LinearSystem = conditioning.system(theta, x)
+            self._system: LinearSystem = conditioning.system(self._theta, self._x)
         check_system(cm, conditioning, self._system)
         self._factor = conditioning.factorize(self._system) if conditioning.n_unobserved else None
         self._A_U_values = None
@@ -83,8 +83,7 @@ class Posterior:
             quad = float(e @ (e / s.d))
             log_d = float(np.sum(np.log(s.d)))
             if cond.leaf_data:  # families summed over their rows: their residuals at the mean
-                for e_leaf, we_leaf in cond.leaf_residuals(self._theta, self._x, self._mean_U):
-                    quad += float(e_leaf @ we_leaf)
+                quad += cond.leaf_residual(self._theta, self._x, self._mean_U)[0]
                 log_d += cond.leaf_log_variances(self._theta, self._x)
             value = -0.5 * (cond.n_observed * LOG_2PI + log_d + logdet + quad)
         if not np.isfinite(value):

@@ -6,7 +6,7 @@ masks are needed) and ``coefs[a, i]`` its coefficient.  With weights ``w``:
 
 * :func:`row_sums`: ``diag(Z^T W Z)`` (the same column read twice counts
   the cross term too) and ``-Z^T W r``;
-* :func:`row_residual`: ``e = r + Z m`` and ``e / d`` into the caller's arrays, and ``e^T D^{-1} e``;
+* :func:`row_residual`: ``e^T D^{-1} e`` for ``e = r + Z m``, and ``-Z^T D^{-1} e``;
 * :func:`row_transpose`: ``-Z^T y``.
 
 Arrays over columns have length ``n + 1``; the last (spare) entry is dropped by the caller.
@@ -34,16 +34,20 @@ def row_sums(columns, coefs, w, r, diag, b):
 
 
 @numba.njit(cache=True)
-def row_residual(columns, coefs, r, d, m, e, we):
-    """Fills ``e`` and ``we`` (views of the caller's whole-family arrays) and returns ``f``."""
+def row_residual(columns, coefs, r, d, m, gradient):
+    """``e^T D^{-1} e`` for ``e = r + Z m``, adding ``-Z^T D^{-1} e`` into ``gradient`` (length ``n + 1``).
+
+    One pass, and nothing per row is kept: what the mean refinement needs of these rows.
+    """
     f = 0.0
     for i in range(r.shape[0]):
-        total = r[i]
+        e = r[i]
         for a in range(columns.shape[0]):
-            total += coefs[a, i] * m[columns[a, i]]
-        e[i] = total
-        we[i] = total / d[i]
-        f += total * we[i]
+            e += coefs[a, i] * m[columns[a, i]]
+        we = e / d[i]
+        f += e * we
+        for a in range(columns.shape[0]):
+            gradient[columns[a, i]] -= coefs[a, i] * we
     return f
 
 
