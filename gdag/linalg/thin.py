@@ -33,8 +33,7 @@ def thin_pattern(csr_indptr: np.ndarray, csr_cols: np.ndarray, n_cols: int):
     found = _pairs_by_column(csr_indptr, csr_cols, n_cols)
     if found[0] < 0:
         return None
-    _, start, pair_row, pair_col, present = found
-    q_indptr = _distinct_counts(start, pair_row, present)
+    _, start, pair_row, pair_col, present, q_indptr = found
     itype = np.int32 if q_indptr[-1] <= INT32_MAX and csr_cols.dtype == np.int32 else np.int64
     q_indptr = q_indptr.astype(itype, copy=False)
     q_rows = np.empty(q_indptr[-1], dtype=csr_cols.dtype)
@@ -47,10 +46,12 @@ def thin_pattern(csr_indptr: np.ndarray, csr_cols: np.ndarray, n_cols: int):
 def _pairs_by_column(csr_indptr, csr_cols, n_cols):
     """Every two-entry row's pair ``(i > j)``, grouped by ``j`` and sorted by ``i`` (ties in row order).
 
-    Returns ``(status, start, pair_row, pair_col, present)``: ``status`` -1
-    when a row has both entries in one column; ``start`` (n_cols + 1)
-    delimits each column's pairs, ``pair_row`` holds their ``i``,
-    ``pair_col`` the row of ``A``, and ``present`` marks the columns with an entry.
+    Returns ``(status, start, pair_row, pair_col, present, indptr)``:
+    ``status`` -1 when a row has both entries in one column; ``start``
+    (n_cols + 1) delimits each column's pairs, ``pair_row`` holds their
+    ``i``, ``pair_col`` the row of ``A``, ``present`` marks the columns with
+    an entry, and ``indptr`` is the pattern's (per column its diagonal, if
+    present, and its distinct pair rows).
     """
     n_rows = csr_indptr.shape[0] - 1
     start = np.zeros(n_cols + 1, dtype=np.int64)
@@ -62,7 +63,7 @@ def _pairs_by_column(csr_indptr, csr_cols, n_cols):
         if csr_indptr[r + 1] - s == 2:
             a, b = csr_cols[s], csr_cols[s + 1]
             if a == b:
-                return -1, start, np.empty(0, dtype=csr_cols.dtype), np.empty(0, dtype=np.int64), present
+                return -1, start, np.empty(0, dtype=csr_cols.dtype), np.empty(0, dtype=np.int64), present, start
             start[min(a, b) + 1] += 1
     for j in range(n_cols):
         start[j + 1] += start[j]
@@ -79,6 +80,7 @@ def _pairs_by_column(csr_indptr, csr_cols, n_cols):
     for j in range(n_cols, 0, -1):  # start[j] served as column j's cursor: restore the starts
         start[j] = start[j - 1]
     start[0] = 0
+    indptr = np.zeros(n_cols + 1, dtype=np.int64)
     for j in range(n_cols):  # insertion sort by row (stable: ties keep row order); columns are short
         for t in range(start[j] + 1, start[j + 1]):
             i, r = pair_row[t], pair_col[t]
@@ -87,21 +89,12 @@ def _pairs_by_column(csr_indptr, csr_cols, n_cols):
                 pair_row[u + 1], pair_col[u + 1] = pair_row[u], pair_col[u]
                 u -= 1
             pair_row[u + 1], pair_col[u + 1] = i, r
-    return 0, start, pair_row, pair_col, present
-
-
-@numba.njit(cache=True)
-def _distinct_counts(start, pair_row, present):
-    """``indptr`` of the pattern: per column its diagonal (if the column has an entry) and its distinct pair rows."""
-    n_cols = start.shape[0] - 1
-    indptr = np.zeros(n_cols + 1, dtype=np.int64)
-    for j in range(n_cols):
         count = 1 if present[j] else 0
         for t in range(start[j], start[j + 1]):
             if t == start[j] or pair_row[t] != pair_row[t - 1]:
                 count += 1
         indptr[j + 1] = indptr[j] + count
-    return indptr
+    return 0, start, pair_row, pair_col, present, indptr
 
 
 @numba.njit(cache=True)
