@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from .compiler import CompiledModel
 from .errors import DataError, ParamError
 from .expr import as_float_array, is_boolean
+from .frame import numeric
 from .spec import ModelSpec, Node, Param, check_param_value
 from .timing import timed
 
@@ -49,7 +50,7 @@ def parameter_vector(model: ModelSpec, cm: CompiledModel, params: Mapping[str, A
 def data_vector(model: ModelSpec, cm: CompiledModel, data: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Validate ``data`` (name -> values, NaN = unobserved) into ``x`` and the observed mask."""
     if not isinstance(data, Mapping):
-        raise DataError(f"`data` must be a mapping from node names to values; got {type(data).__name__}.")
+        raise DataError(f"`data` must be a mapping from node names to values, or a DataFrame; got {type(data).__name__}.")
     x = np.full(cm.n, np.nan)
     det = cm.deterministic
     for key, value in data.items():
@@ -103,6 +104,7 @@ def without(model: ModelSpec, data: Mapping[str, Any], names) -> dict:
 
 
 def node_values(node: Node, value) -> np.ndarray:
+    value = numeric(value)  # a pandas column: floats with NaN for missing entries
     if isinstance(value, (str, bytes)) or value is None:
         raise DataError(f"Data for node `{node.name}` must be numeric; got {value!r:.60}.")
     if isinstance(value, Mapping) or sp.issparse(value):

@@ -44,6 +44,7 @@ class Operand:
     """
 
     __array_ufunc__ = None
+    __pandas_priority__ = 5000  # above DataFrame's 4000: pandas hands ``series * node`` back to us too
 
     def _expr(self) -> Expr:  # pragma: no cover - overridden
         raise NotImplementedError

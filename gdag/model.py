@@ -22,6 +22,8 @@ from .data import data_vector, fully_observed, parameter_vector, without
 from .errors import FitError, ModelSpecError, declaration_site
 from .expr import Expr, Operand
 from .fitting.fit import fit as fit_model
+from .frame import frame_data, is_frame, plate_labels
+from .frame import levels as level_codes
 from .graph import check_self_reference, expanded_graph, family_graph
 from .observations import reducible_families
 from .posterior import Posterior
@@ -67,7 +69,7 @@ class Model:
 
     # ------------------------------------------------------------ declarations
 
-    def plate(self, name: str, size: int, *, within: Plate | None = None, index=None) -> Plate:
+    def plate(self, name: str, size: int, *, within: Plate | None = None, index=None, labels=None) -> Plate:
         """Declare an index set of ``size`` entries.
 
         Parameters
@@ -81,6 +83,10 @@ class Model:
         index : array of int, optional
             With ``within``: ``index[k]`` is the entry of ``within`` holding
             entry ``k``.  Given, gdag checks it; it is what you gather with.
+        labels : sequence of ``size`` distinct values, optional
+            Names of the entries (a group column's levels): tables show them,
+            and nodes on the plate gather by them (``u[df["Subject"]]``).
+            :meth:`plate_from` makes them from a column.
         """
         self._check_new_name(name, self.plates, "plate")
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
@@ -102,10 +108,46 @@ class Model:
                 raise ModelSpecError(
                     f"The index of plate `{name}` has length {idx.shape[0]}; the plate has {size} entries."
                 )
-        plate = Plate(name, int(size), within, idx)
+        plate = Plate(name, int(size), within, idx, None if labels is None else plate_labels(name, size, labels))
         self.plates[name] = plate
         self._touch()
         return plate
+
+    def plate_from(self, column, name: str | None = None, *, within: Plate | None = None, index=None):
+        """A plate with one entry per level of a group column, and each row's entry: ``(plate, codes)``.
+
+        Parameters
+        ----------
+        column : pandas Series, Categorical, array or list
+            Group labels, one per row: categorical, strings, objects or
+            numbers.  The levels are a categorical's categories in their order
+            (all of them, used or not), else the sorted distinct values, as
+            R's ``factor()`` makes them.  Missing labels are an error.
+        name : str, optional
+            The plate's name; default the Series' name.
+        within, index : as for :meth:`plate`.
+
+        Returns
+        -------
+        plate : Plate
+            ``plate.labels`` holds the levels.
+        codes : ndarray of int64
+            ``codes[i]`` is row ``i``'s entry: gather with it (``u[codes]``),
+            or with the labels themselves (``u[df["Subject"]]``).
+
+        Examples
+        --------
+        >>> import pandas as pd, gdag
+        >>> m = gdag.Model()
+        >>> subject, codes = m.plate_from(pd.Series(["b", "a", "b"], name="subject"))
+        >>> list(subject.labels), codes.tolist()
+        (['a', 'b'], [1, 0, 1])
+        """
+        name = getattr(column, "name", None) if name is None else name
+        if not isinstance(name, str):
+            raise ModelSpecError("m.plate_from(column) needs `name=` for a column without a string name.")
+        labels, codes = level_codes(column, name)
+        return self.plate(name, len(labels), within=within, index=index, labels=labels), codes
 
     def normal(self, name: str, mean=0.0, sd=1.0, plate: Plate | None = None) -> Node:
         """Declare a Gaussian family ``name ~ N(mean, sd^2)``, one variable per plate entry.
@@ -171,9 +213,10 @@ class Model:
 
         Parameters
         ----------
-        data : mapping name -> number or array
+        data : mapping name -> number or array, or a pandas DataFrame
             Observed values; NaN entries are unobserved.  Nodes not named are
-            unobserved.
+            unobserved.  A DataFrame's columns that name nodes are data; its
+            other columns (predictors, group labels) are ignored.
         params : mapping name -> value, optional
             Values of parameters; defaults to the ``value`` given to :meth:`param`.
 
@@ -182,7 +225,7 @@ class Model:
         Posterior
         """
         spec = self.spec()
-        data = {} if data is None else data
+        data = {} if data is None else frame_data(data, spec.nodes) if is_frame(data) else data
         full = fully_observed(spec, data)
         leaves = reducible_families(self._queries.graph(spec), full) if full else ()
         if leaves:  # observed leaf families enter as sums over their rows (gdag.observations)
@@ -202,7 +245,10 @@ class Model:
         return Posterior(cm, conditioning, theta, x)
 
     def fit(self, data, method: str = "reml", **options):
-        """Estimate unknown parameters by ``"reml"``, ``"ml"`` or ``"em"``; see :func:`gdag.fitting.fit.fit`."""
+        """Estimate unknown parameters by ``"reml"``, ``"ml"`` or ``"em"``; see :func:`gdag.fitting.fit.fit`.
+
+        ``data`` is as for :meth:`posterior`: a mapping or a DataFrame.
+        """
         known = set(inspect.signature(fit_model).parameters) - {"spec", "queries", "data", "method"}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -210,7 +256,9 @@ class Model:
                 f"m.fit() has no option {', '.join(f'`{u}`' for u in unknown)}; its options are "
                 + ", ".join(f"`{k}`" for k in sorted(known)) + "."
             )
-        return fit_model(self.spec(), self._queries, data, method=method, **options)
+        spec = self.spec()
+        data = frame_data(data, spec.nodes) if is_frame(data) else data
+        return fit_model(spec, self._queries, data, method=method, **options)
 
     def graph(self, expanded: bool = False):
         """The model as a ``networkx.DiGraph``: families (default) or scalar variables."""

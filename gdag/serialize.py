@@ -12,6 +12,7 @@ Layout (``format`` and ``version`` are checked on load)::
 
     {"format": "gdag.model", "version": 1, "name": "romcom",
      "plates": [{"name": "friend", "size": 30, "within": None, "index": None}, ...],
+                (a plate with labels has a "labels" list too)
      "params": [{"name": "beta", "size": 2, "scalar": False, "positive": False,
                  "value": [0.1, 0.2]}, ...],
      "nodes":  [{"name": "R_i", "plate": "friend",
@@ -56,6 +57,7 @@ def model_to_dict(model: ModelSpec | ModelGraph) -> dict:
             "size": int(p.size),
             "within": None if p.within is None else p.within.name,
             "index": None if p.index is None else _ints(p.index),
+            **({} if p.labels is None else {"labels": _labels(p.labels)}),
         }
         for p in spec.plates.values()
     ]
@@ -103,6 +105,12 @@ def _ints(arr) -> list:
 
 def _floats(arr) -> list:
     return [float(v) for v in np.asarray(arr, dtype=float).tolist()]
+
+
+def _labels(labels) -> list:
+    """A plate's labels as JSON values: strings, ints, finite floats and booleans stay, others become strings."""
+    out = [v.item() if isinstance(v, np.generic) else v for v in labels.tolist()]
+    return [v if type(v) in (str, int, bool) or (type(v) is float and math.isfinite(v)) else str(v) for v in out]
 
 
 # ------------------------------------------------------------------- reading
@@ -153,6 +161,9 @@ def _load_plate(model, entry, where: str) -> None:
     size = _field(entry, "size", int, where)
     within_name = _field(entry, "within", (str, type(None)), where)
     index = _field(entry, "index", (list, type(None)), where)
+    labels = _field(entry, "labels", (list, type(None)), where) if "labels" in entry else None
+    if labels is not None and any(type(v) not in (str, int, float, bool) for v in labels):
+        raise ModelSpecError(f"{where}: plate `{name}` has labels that are not strings or numbers.")
     within = None
     if within_name is not None:
         within = model.plates.get(within_name)
@@ -164,7 +175,7 @@ def _load_plate(model, entry, where: str) -> None:
         if size != len(index):
             raise ModelSpecError(f"{where}: plate `{name}` has size {size} but its index has {len(index)} entries.")
         index = _int_array(index, f"{where}: index")
-    _declare(lambda: model.plate(name, size, within=within, index=index), where)
+    _declare(lambda: model.plate(name, size, within=within, index=index, labels=labels), where)
 
 
 def _load_param(model, entry, where: str) -> None:

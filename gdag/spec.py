@@ -13,10 +13,12 @@ from types import MappingProxyType
 from typing import Mapping
 
 import numpy as np
+import pandas as pd
 
 from . import expr
 from .errors import ModelSpecError, ParamError
 from .expr import Expr, Leaf, Operand, Term
+from .frame import codes_of, is_labels
 
 # Largest plate or parameter size accepted: far beyond any model that fits in
 # memory, and small enough that sums of sizes never overflow int64.
@@ -29,12 +31,16 @@ class Plate:
 
     ``within`` and ``index`` record nesting (a classroom within a school):
     ``index[k]`` is the parent-plate entry that contains entry ``k``.
+    ``labels`` (a ``pandas.Index`` of ``size`` distinct values, or None)
+    names the entries: the levels of a group column (``m.plate_from``),
+    which tables show and which gathers accept in place of codes.
     """
 
     name: str
     size: int
     within: "Plate | None" = None
     index: np.ndarray | None = None
+    labels: pd.Index | None = None
 
     def __repr__(self) -> str:
         parent = f" within `{self.within.name}`" if self.within is not None else ""
@@ -84,7 +90,23 @@ class Node(Leaf):
         entries (``parent`` index, ``where=has_parent``) or any recursion
         whose scalar graph is acyclic.
         """
-        return expr.gather(self, index, where=where)
+        return expr.gather(self, self._codes(index), where=where)
+
+    def __getitem__(self, index) -> Expr:
+        return expr.gather(self, self._codes(index))
+
+    def _codes(self, index):
+        """Labels of a labelled plate (``u[df["Subject"]]``) as codes; anything else unchanged."""
+        if isinstance(index, (list, tuple)) and index and all(isinstance(v, str) for v in index):
+            index = np.asarray(index, dtype=object)
+        if not is_labels(index):
+            return index
+        if self.plate is None or self.plate.labels is None:
+            raise ModelSpecError(
+                f"The index into `{self.name}` holds labels (dtype {index.dtype}), and its plate has none. Declare "
+                "the plate with `plate, codes = m.plate_from(column)`: gather with `codes`, or with the labels."
+            )
+        return codes_of(self.plate.labels, index, f"index into `{self.name}`", ModelSpecError)
 
     def lag(self, k: int = 1) -> Expr:
         """Entry ``t - k`` for ``t >= k`` and 0 for the first ``k`` entries.
