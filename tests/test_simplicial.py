@@ -10,9 +10,10 @@ import pytest
 import scipy.sparse as sp
 
 from gdag.linalg import factor
+from gdag.linalg.forest import ForestAnalysis
 from gdag.linalg.ordering import zero_fill_order
 from gdag.linalg.selinv import selected_inverse_ldl
-from gdag.linalg.simplicial import ZeroFillFactor, is_closed
+from gdag.linalg.simplicial import ZeroFillAnalysis, is_closed
 
 
 def lower_of(dense):
@@ -44,11 +45,16 @@ def test_orders_found_exactly():
     for edges, n in [(band(30, 1), 30), (band(30, 2), 30)]:
         found = zero_fill_order(lower_of(spd_on(edges, n, 0)))
         assert found is not None and found.reorder is None
-    # a chain whose leaves come last needs the reverse order (leaves first)
+    # a chain whose leaves come last needs the reverse order (leaves first): a forest, found without a permuted copy
     edges, n = chain_with_leaves(20, [0, 3, 4, 11, 19])
     found = zero_fill_order(lower_of(spd_on(edges, n, 1)))
-    assert found is not None and found.reorder is not None
-    np.testing.assert_array_equal(found.reorder.perm, np.arange(n)[::-1])
+    assert found is not None and found.forest is not None
+    np.testing.assert_array_equal(found.forest.order, np.arange(n)[::-1])
+    # a band whose extra variables come last (not a forest) takes the reverse order's permuted pattern
+    edges = band(12, 2) + [(12, 0), (13, 5)]
+    found = zero_fill_order(lower_of(spd_on(edges, 14, 3)))
+    assert found is not None and found.forest is None
+    np.testing.assert_array_equal(found.reorder.perm, np.arange(14)[::-1])
     # a cycle fills in whatever the order
     cycle = band(12, 1) + [(11, 0)]
     assert zero_fill_order(lower_of(spd_on(cycle, 12, 2))) is None
@@ -66,23 +72,32 @@ def test_closed_pattern_check_against_counted_fill():
         assert is_closed(lower.indptr, lower.indices) == closed
 
 
-@pytest.mark.parametrize("case", ["forest", "chain with leaves", "band"])
+CASES = {"tree, parents first": ForestAnalysis, "chain with leaves": ForestAnalysis, "chain": ForestAnalysis,
+         "star, hub in the middle": ForestAnalysis, "band": ZeroFillAnalysis}
+
+
+@pytest.mark.parametrize("case", list(CASES))
 def test_own_factor_against_dense(case):
-    if case == "forest":
+    if case == "tree, parents first":
         edges, n = [(1, 0), (2, 0), (4, 3), (5, 3), (6, 5), (7, 2)], 8
         Q = spd_on(edges, n, 4)
         Q = Q[::-1][:, ::-1]  # parents first, so that the reverse order is the one without fill
     elif case == "chain with leaves":
         edges, n = chain_with_leaves(15, [1, 2, 7, 14])
         Q = spd_on(edges, n, 5)
+    elif case == "chain":
+        n = 20
+        Q = spd_on(band(n, 1), n, 9)
+    elif case == "star, hub in the middle":  # neither order is a forest's; the static degree order is
+        n = 11
+        Q = spd_on([(max(i, 5), min(i, 5)) for i in range(n) if i != 5], n, 10)
     else:
         n = 25
         Q = spd_on(band(n, 3), n, 6)
     lower = lower_of(Q)
     analysis = factor.analyze(lower)
-    assert analysis.symbolic.forest == (case != "band")
+    assert isinstance(analysis.symbolic, CASES[case])
     fac = factor.CholeskyFactor(analysis, lower, lambda k: [f"v{int(i)}" for i in k])
-    assert isinstance(fac._factor, ZeroFillFactor)
     rng = np.random.default_rng(7)
     inverse = np.linalg.inv(Q)
     for b in (rng.normal(size=n), rng.normal(size=(n, 3)), rng.normal(size=(n, 12))):
@@ -91,12 +106,17 @@ def test_own_factor_against_dense(case):
     np.testing.assert_allclose(fac.inverse_diagonal(), np.diag(inverse), rtol=1e-12)
     i, j = np.nonzero(np.tril(Q, -1))
     np.testing.assert_allclose(fac.covariances(i, j), inverse[i, j], rtol=1e-11, atol=1e-14)
-    # the forest's own recurrences do the general sweep's operations in the same order: the same bits
-    own = fac._factor
-    general = selected_inverse_ldl(analysis.symbolic.indptr, analysis.symbolic.indices, own._data)
-    np.testing.assert_array_equal(own.selected_inverse_values(), general)
-    # L is a Cholesky factor of the permuted matrix; half solves and draws use it
+    # a forest's sweeps do the general kernels' operations in the same order: the same bits
     p = fac.permutation
+    moved = lower_of(Q[np.ix_(p, p)])
+    general = ZeroFillAnalysis(moved.indptr, moved.indices).copy()
+    general.cholesky_inplace(moved)
+    np.testing.assert_array_equal(general.D(), fac._factor.D())
+    np.testing.assert_array_equal(general.L().data, fac.L().data)
+    np.testing.assert_array_equal(general.selected_inverse().data, fac.selected_inverse().data)
+    np.testing.assert_array_equal(selected_inverse_ldl(moved.indptr, moved.indices, general._data),
+                                  general.selected_inverse().data)
+    # L is a Cholesky factor of the permuted matrix; half solves and draws use it
     L = fac.L().toarray()
     np.testing.assert_allclose(L @ L.T, Q[np.ix_(p, p)], rtol=1e-12, atol=1e-13)
     B = rng.normal(size=(n, 2))

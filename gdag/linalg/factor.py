@@ -26,9 +26,10 @@ import scipy.sparse as sp
 from ..errors import AccuracyWarning, NotIdentifiedError, warn
 from ..timing import timed
 from . import gram
-from .ordering import choose_ordering, zero_fill_order
+from .forest import ForestFactor, NotPositiveDefinite, permuted_forest
+from .ordering import Order, choose_ordering, zero_fill_order
 from .selinv import selected_inverse
-from .simplicial import BACKWARD, FORWARD, NotPositiveDefinite, ZeroFillAnalysis, ZeroFillFactor, is_closed, solve_copy
+from .simplicial import BACKWARD, FORWARD, ZeroFillAnalysis, ZeroFillFactor, is_closed, solve_copy
 
 try:
     from sksparse import cholmod
@@ -45,6 +46,9 @@ FEW_COLUMNS = 8
 # Patterns that do not fill in are factored by gdag's own simplicial kernel while their flops stay
 # below this many per nonzero of L (CHOLMOD's own switch from simplicial to supernodal).
 SIMPLICIAL_FLOPS = 40.0
+
+# gdag's own factors (no CHOLMOD): they read Q through the permutation and check their pivots themselves
+OWN_FACTORS = (ZeroFillFactor, ForestFactor)
 
 # Relative pivot size below which answers lose most of their digits.
 ILL_CONDITIONED = 1e-14
@@ -142,6 +146,8 @@ def analyze(Q: sp.csc_matrix) -> Analysis:
     analysis forms no postordered supernodes); otherwise CHOLMOD orders and chooses.
     """
     zero = zero_fill_order(Q)
+    if zero is not None and zero.forest is not None:  # a forest in the given order or its reverse
+        return Analysis(zero.forest, Order(zero.forest.order), zero.forest.counts)
     if zero is not None:
         reorder, symbolic, counts = zero.reorder, None, (int(Q.nnz), zero.flops)
     else:
@@ -151,6 +157,9 @@ def analyze(Q: sp.csc_matrix) -> Analysis:
     pattern = (Q.indptr, Q.indices) if reorder is None else (reorder.indptr, reorder.indices)
     nnz_L, flops = counts
     if nnz_L == Q.nnz and flops < SIMPLICIAL_FLOPS * nnz_L and (zero is not None or is_closed(*pattern)):
+        forest = None if reorder is None else permuted_forest(reorder.perm, *pattern, reorder.source)
+        if forest is not None:  # the static order: a forest too
+            return Analysis(forest, Order(forest.order), counts)
         return Analysis(ZeroFillAnalysis(*pattern), reorder, counts)
     mode = "simplicial" if zero is None else "auto"  # a dense pattern that does not fill: supernodes pay
     prepared = Q if reorder is None else reorder.apply(Q)
@@ -236,7 +245,7 @@ class CholeskyFactor(TriangularFactor):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", cholmod.CholmodTypeConversionWarning)
             self._P = self._analysis.P()
-            reorder, own = self._analysis.reorder, isinstance(self._factor, ZeroFillFactor)
+            reorder, own = self._analysis.reorder, isinstance(self._factor, OWN_FACTORS)
             prepared = Q if own else self._analysis.prepare(Q)  # gdag's own kernels read through the permutation
             try:
                 if own:
@@ -277,10 +286,16 @@ class CholeskyFactor(TriangularFactor):
 
     def selected_inverse(self) -> sp.csc_matrix:
         """``Q^{-1}`` on the pattern of :meth:`L` (gdag's own factors: from ``L~`` and ``D``, without forming ``L``)."""
-        if not isinstance(self._factor, ZeroFillFactor):
-            return super().selected_inverse()
-        a = self._analysis.symbolic
-        return sp.csc_matrix((self._factor.selected_inverse_values(), a.indices, a.indptr), shape=(self.n, self.n))
+        if isinstance(self._factor, OWN_FACTORS):
+            return self._factor.selected_inverse()
+        return super().selected_inverse()
+
+    @timed("variances")
+    def inverse_diagonal(self) -> np.ndarray:
+        """``diag(Q^{-1})``: a forest's straight from its recurrences, else by selected inversion."""
+        if self.n and isinstance(self._factor, ForestFactor):
+            return self._factor.inverse_diagonal()
+        return super().inverse_diagonal()
 
     def logdet(self) -> float:
         """``log det Q = 2 sum log L_jj``."""
@@ -292,7 +307,7 @@ class CholeskyFactor(TriangularFactor):
             return np.zeros_like(b, dtype=float)
         b = np.asarray(b, dtype=float)
         reorder = self._analysis.reorder
-        if b.ndim == 1 and isinstance(self._factor, ZeroFillFactor):
+        if b.ndim == 1 and isinstance(self._factor, OWN_FACTORS):
             return self._factor.solve_vector(b, None if reorder is None else reorder.perm)
         if reorder is None:  # CHOLMOD's own ordering (supernodal where it pays): blocks in one call
             return self._factor.solve_A(b)

@@ -34,6 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._kernels import column_counts
+from .forest import ForestAnalysis, natural_forest, reversed_forest
 from .gram import _unshift, bucket
 from .simplicial import column_flops, is_closed
 
@@ -61,27 +62,44 @@ class Permutation:
 
 
 @dataclass(frozen=True)
+class Order:
+    """An elimination order that gdag's own forest factors read through: ``perm`` only, no permuted pattern."""
+
+    perm: np.ndarray
+    source = None  # (a Permutation's map of values; a forest reads Q's own positions)
+
+
+@dataclass(frozen=True)
 class ZeroFill:
     """An order in which ``Q``'s lower triangle is its own Cholesky pattern.
 
-    ``reorder`` is None for the given order; ``indptr``/``indices`` are the
-    pattern of the (permuted) lower triangle, and of ``L``.
+    A forest comes as its :class:`~gdag.linalg.forest.ForestAnalysis` (no
+    permuted pattern is made); otherwise ``reorder`` is None for the given
+    order, and ``indptr``/``indices`` are the pattern of the (permuted) lower
+    triangle, and of ``L``.
     """
 
     reorder: Permutation | None
-    indptr: np.ndarray
-    indices: np.ndarray
+    indptr: np.ndarray | None
+    indices: np.ndarray | None
     flops: float
+    forest: ForestAnalysis | None = None
 
 
 def zero_fill_order(lower: sp.csc_matrix) -> ZeroFill | None:
     """The given order or its reverse, if one of them does not fill in (checked exactly), else None.
+
+    Forests (at most one later neighbour per variable) are recognised first,
+    from ``Q``'s own pattern.
 
     ``lower`` must store its diagonal first in each column, rows sorted (as
     gdag's patterns do); otherwise None.
     """
     if lower.shape[0] == 0:
         return None
+    forest = natural_forest(lower) or reversed_forest(lower)
+    if forest is not None:
+        return ZeroFill(None, None, None, forest.counts[1], forest)
     if is_closed(lower.indptr, lower.indices):
         return ZeroFill(None, lower.indptr, lower.indices, column_flops(lower.indptr))
     moved = reversed_permutation(lower)

@@ -27,16 +27,9 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from .forest import BACKWARD, BY_D, BY_ROOT_D, FORWARD, LDLSolves, NotPositiveDefinite
 from .gram import bucket
 from .selinv import _seek, selected_inverse_ldl
-
-
-class NotPositiveDefinite(ValueError):
-    """A pivot that is not positive, at ``column`` (of the analysed order), as CHOLMOD reports it."""
-
-    def __init__(self, column: int):
-        super().__init__(f"pivot {column} is not positive")
-        self.column = column
 
 
 def is_closed(indptr: np.ndarray, indices: np.ndarray) -> bool:
@@ -59,20 +52,17 @@ class ZeroFillAnalysis:
 
     ``indptr``/``indices`` are the lower triangle of the matrix to factor
     (already permuted), columns sorted with the diagonal first; ``L`` has
-    exactly this pattern.  A *forest* (at most one row below each diagonal:
-    chains, trees) needs nothing more; otherwise the entries are grouped by
-    row for the left-looking updates.  ``copy()`` gives a new numeric factor,
-    as CHOLMOD's symbolic factors do.
+    exactly this pattern (forests take :mod:`gdag.linalg.forest` instead).
+    The entries are grouped by row for the left-looking updates.
+    ``copy()`` gives a new numeric factor, as CHOLMOD's symbolic factors do.
     """
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray):
         self.n = indptr.shape[0] - 1
         self.indptr, self.indices = indptr, indices
-        self.forest = self.n == 0 or int(np.max(np.diff(indptr))) <= 2
-        if not self.forest:
-            row_ptr, order = bucket(indices, self.n)  # stable: the columns of each row ascend, its diagonal last
-            self.row_ptr, self.row_pos = row_ptr, order
-            self.row_col = np.repeat(np.arange(self.n, dtype=indices.dtype), np.diff(indptr))[order]
+        row_ptr, order = bucket(indices, self.n)  # stable: the columns of each row ascend, its diagonal last
+        self.row_ptr, self.row_pos = row_ptr, order
+        self.row_col = np.repeat(np.arange(self.n, dtype=indices.dtype), np.diff(indptr))[order]
 
     def P(self) -> np.ndarray:
         """The identity: the order was applied before (``Analysis.reorder``)."""
@@ -82,7 +72,7 @@ class ZeroFillAnalysis:
         return ZeroFillFactor(self)
 
 
-class ZeroFillFactor:
+class ZeroFillFactor(LDLSolves):
     """``Q = L~ D L~^T`` (unit ``L~``) on the analysed pattern; CHOLMOD's method names (see the module docstring).
 
     Like CHOLMOD's simplicial factors, it computes ``L~`` and ``D`` without
@@ -93,8 +83,8 @@ class ZeroFillFactor:
         self._a = analysis
         n_L = analysis.indices.shape[0]
         self._data = np.empty(n_L)  # L~ below the diagonal, D on it
-        if not analysis.forest:  # the left-looking updates read L~ D, before the division by the pivot
-            self._unscaled, self._work = np.empty(n_L), np.empty(analysis.n)
+        self._unscaled = np.empty(n_L)  # L~ D below the diagonal, before the division by the pivot
+        self._work = np.empty(analysis.n)
         self._L = self._Z = self._scratch = None
         self.worst_ratio = 1.0  # the smallest pivot relative to the diagonal of Q it came from
 
@@ -109,11 +99,8 @@ class ZeroFillFactor:
             raise ValueError("internal error: a matrix with another pattern than the analysed one")
         self._L = self._Z = None
         source = _NO_PERM if source is None else source
-        if a.forest:
-            bad, self.worst_ratio = _forest(a.indptr, a.indices, Q.data, source, self._data)
-        else:
-            bad, self.worst_ratio = _left_looking(a.indptr, a.indices, a.row_ptr, a.row_pos, a.row_col, Q.data, source,
-                                                  self._data, self._unscaled, self._work)
+        bad, self.worst_ratio = _left_looking(a.indptr, a.indices, a.row_ptr, a.row_pos, a.row_col, Q.data, source,
+                                              self._data, self._unscaled, self._work)
         if bad >= 0:
             raise NotPositiveDefinite(int(bad))
 
@@ -133,31 +120,12 @@ class ZeroFillFactor:
         """The pivots ``D`` (``L_jj^2``)."""
         return self._data[self._a.indptr[:-1]]
 
-    def logdet(self) -> float:
-        return float(np.sum(np.log(self.D())))
-
-    def solve_A(self, b: np.ndarray) -> np.ndarray:
-        """``Q^{-1} b`` (in the analysed order) for a vector or columns."""
-        return self._solve(b, FORWARD | BY_D | BACKWARD)
-
-    def solve_L(self, b: np.ndarray, use_LDLt_decomposition: bool = False) -> np.ndarray:
-        """``L^{-1} b = D^{-1/2} L~^{-1} b`` (the ``L L^T`` factor only)."""
-        return self._solve(b, FORWARD | BY_ROOT_D)
-
-    def solve_Lt(self, b: np.ndarray, use_LDLt_decomposition: bool = False) -> np.ndarray:
-        """``L^{-T} b = L~^{-T} D^{-1/2} b``."""
-        return self._solve(b, BY_ROOT_D | BACKWARD)
-
-    def selected_inverse_values(self) -> np.ndarray:
-        """``Q^{-1}`` on the pattern (values laid out like ``L``'s), from ``L~`` and ``D`` directly; made once."""
+    def selected_inverse(self) -> sp.csc_matrix:
+        """``Q^{-1}`` on the pattern of :meth:`L`, from ``L~`` and ``D`` directly; made once per factorization."""
+        a = self._a
         if self._Z is None:
-            a = self._a
-            if a.forest:
-                self._Z = np.empty(a.indices.shape[0])
-                _forest_inverse(a.indptr, a.indices, self._data, self._Z)
-            else:
-                self._Z = selected_inverse_ldl(a.indptr, a.indices, self._data)
-        return self._Z
+            self._Z = selected_inverse_ldl(a.indptr, a.indices, self._data)
+        return sp.csc_matrix((self._Z, a.indices, a.indptr), shape=(a.n, a.n))
 
     def solve_vector(self, b: np.ndarray, perm: np.ndarray | None) -> np.ndarray:
         """``x`` with ``Q[perm][:, perm] x[perm] = b`` (``perm`` None: the identity), in one gather, two sweeps and one scatter."""
@@ -169,15 +137,13 @@ class ZeroFillFactor:
                       np.asarray(b, dtype=float), out, self._scratch)
         return out
 
-    def _solve(self, b: np.ndarray, steps: int) -> np.ndarray:
+    def _steps(self, b: np.ndarray, steps: int) -> np.ndarray:
         return solve_copy(self._a.indptr, self._a.indices, self._data, b, steps, unit=True)
 
 
 _NO_PERM = np.zeros(0, dtype=np.int64)
 
 
-# steps of triangular_solve: L^{-1} (L~^{-1} for a unit factor), D^{-1}, D^{-1/2}, L^{-T}
-FORWARD, BY_D, BY_ROOT_D, BACKWARD = 1, 2, 4, 8
 
 
 def solve_copy(indptr: np.ndarray, rows: np.ndarray, values: np.ndarray, b: np.ndarray, steps: int,
@@ -209,45 +175,6 @@ def _is_closed(indptr, indices):
                     return False
                 cursor += 1
     return True
-
-
-@numba.njit(cache=True)
-def _forest(indptr, indices, q_data, source, l_data):
-    """:func:`_left_looking` for a forest: each column passes one update, to its parent's pivot."""
-    n = indptr.shape[0] - 1
-    moved = source.shape[0] > 0
-    for j in range(n):
-        l_data[indptr[j]] = q_data[source[indptr[j]]] if moved else q_data[indptr[j]]
-    worst = 1.0
-    for j in range(n):
-        start = indptr[j]
-        pivot = l_data[start]
-        if not pivot > 0.0:
-            return j, 0.0
-        worst = min(worst, pivot / (q_data[source[start]] if moved else q_data[start]))
-        if indptr[j + 1] - start == 2:
-            y = q_data[source[start + 1]] if moved else q_data[start + 1]
-            l = y / pivot
-            l_data[start + 1] = l
-            l_data[indptr[indices[start + 1]]] -= l * y
-    return -1, worst
-
-
-@numba.njit(cache=True)
-def _forest_inverse(indptr, indices, values, z):
-    """The Takahashi recurrences (:mod:`gdag.linalg.selinv`) on a forest, with their operations in the same order.
-
-    From the roots down: ``Z_pj = -L~_pj Z_pp`` and ``Z_jj = 1/D_j - L~_pj Z_pj``.
-    """
-    for j in range(indptr.shape[0] - 2, -1, -1):
-        start = indptr[j]
-        if indptr[j + 1] - start == 2:
-            l = values[start + 1]
-            z_pj = -(l * z[indptr[indices[start + 1]]])
-            z[start + 1] = z_pj
-            z[start] = 1.0 / values[start] - l * z_pj
-        else:
-            z[start] = 1.0 / values[start]
 
 
 @numba.njit(cache=True)
