@@ -6,6 +6,7 @@ factor (CHOLMOD) gives exact posteriors, the log evidence and fits.
 """
 
 from . import timing  # noqa: F401  (gdag.timing.record)
+from .design import from_formula, lmer
 from .errors import (
     AccuracyWarning,
     ConvergenceWarning,
@@ -36,6 +37,8 @@ __all__ = [
     "Posterior",
     "Fit",
     "dot",
+    "from_formula",
+    "lmer",
     "ModelError",
     "ModelSpecError",
     "GraphError",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import keyword
+from dataclasses import replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -60,6 +61,7 @@ class Model:
         self.plates: dict[str, Plate] = {}
         self.nodes: dict[str, Node] = {}
         self.params: dict[str, Param] = {}
+        self.design = None  # what gdag.from_formula built the model from (gdag.design.Design)
         self._version = 0  # bumped by each declaration
         self._queries = QueryCache()  # replaced by each declaration, so never stale
 
@@ -258,7 +260,8 @@ class Model:
             )
         spec = self.spec()
         data = frame_data(data, spec.nodes) if is_frame(data) else data
-        return fit_model(spec, self._queries, data, method=method, **options)
+        result = fit_model(spec, self._queries, data, method=method, **options)
+        return result if self.design is None else replace(result, design=self.design)
 
     def graph(self, expanded: bool = False):
         """The model as a ``networkx.DiGraph``: families (default) or scalar variables."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -107,6 +107,9 @@ class Fit:
     model_name: str
     roles: dict = field(repr=False)
     timings: dict = field(default_factory=dict, repr=False)
+    spec: ModelSpec | None = field(default=None, repr=False, compare=False)  # the declarations fitted
+    observed: tuple = field(default=(), repr=False)  # families with observed entries
+    design: Any = field(default=None, repr=False, compare=False)  # gdag.design.Design of a formula model
 
     @property
     def posterior(self) -> Posterior:
@@ -266,7 +269,9 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
     posterior = Deferred(lambda: Posterior(cm, cond, theta, x))
     timings = {"setup": t_setup - t_start, "optimize": t_opt - t_setup, "assemble": 0.0, "factor": 0.0,
                "fixed": 0.0, "gradient": 0.0, **phases}
-    return _make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
+    fit = _make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
+    seen = tuple(name for name in cm.family_names if observed[cm.span(name)].any())
+    return replace(fit, spec=spec, observed=seen)
 
 
 def _optimize(obj: Objective, v0: np.ndarray, method: str, optimizer: str, tol: float, max_iter: int | None,

@@ -281,3 +281,44 @@ check_csv("insteval.csv.gz", y ~ 1 + (1 | s) + (1 | d) + (1 | dept),
 write_json_file(list(meta = meta(), data = "lme4::InstEval",
                      ml = i_sum),
                 "insteval_reference.json")
+
+## ---------------------------------------------------------------------------
+## 5. Formula front end (gdag.from_formula / gdag.lmer). These CSVs keep the
+##    labels of the grouping factors (not codes), as a user's data frame does.
+##
+##    Pastes, nested: strength ~ 1 + (1 | batch/cask), REML and ML
+##    (lme4 names the inner group "cask:batch", levels "a:A", ...).
+##    cake, a categorical fixed effect with an interaction and an a:b group:
+##    angle ~ recipe * temp + (1 | recipe:replicate), REML; and
+##    angle ~ recipe + temp + I(temp^2) + (1 | replicate), ML.
+##    sleepstudy predictions: predict(fit, newdata, allow.new.levels = TRUE)
+##    and re.form = NA (population) for seen and unseen subjects.
+
+write_csv(data.frame(batch = Pastes$batch, cask = Pastes$cask,
+                     strength = Pastes$strength), "pastes.csv")
+pa_reml <- lmer(strength ~ 1 + (1 | batch/cask), Pastes, REML = TRUE)
+pa_ml   <- lmer(strength ~ 1 + (1 | batch/cask), Pastes, REML = FALSE)
+write_json_file(list(meta = meta(), data = "lme4::Pastes",
+                     reml = summarise_fit(pa_reml), ml = summarise_fit(pa_ml)),
+                "pastes_reference.json")
+
+write_csv(data.frame(replicate = cake$replicate, recipe = cake$recipe,
+                     temp = cake$temp, angle = cake$angle), "cake.csv")
+ck_int  <- lmer(angle ~ recipe * temp + (1 | recipe:replicate), cake, REML = TRUE)
+ck_poly <- lmer(angle ~ recipe + temp + I(temp^2) + (1 | replicate), cake, REML = FALSE)
+write_json_file(list(meta = meta(), data = "lme4::cake",
+                     interaction_reml = summarise_fit(ck_int),
+                     quadratic_ml = summarise_fit(ck_poly)),
+                "cake_reference.json")
+
+ss <- sleepstudy
+s_fit <- lmer(Reaction ~ 1 + Days + (1 + Days | Subject), ss, REML = TRUE)
+newdata <- data.frame(Subject = c("308", "308", "372", "999", "999"),
+                      Days = c(0, 5.5, 9, 0, 4))
+write_json_file(list(
+  meta = meta(),
+  formula = "Reaction ~ 1 + Days + (1 + Days | Subject)", reml = TRUE,
+  newdata = list(Subject = I(newdata$Subject), Days = I(newdata$Days)),
+  predict = I(unname(predict(s_fit, newdata, allow.new.levels = TRUE))),
+  predict_population = I(unname(predict(s_fit, newdata, re.form = NA)))),
+  "sleepstudy_predict_reference.json")

@@ -1,0 +1,203 @@
+"""lme4's formula syntax, parsed: the response, the fixed part, and the random-effect bars.
+
+``gdag.from_formula`` (:mod:`gdag.design`) reads a formula in two halves:
+formulaic builds the fixed-effect design (R's contrasts, interactions,
+``I()``), and this module finds and expands the bars, which formulaic does
+not know:
+
+==========================  ==================================================
+``(expr | g)``              one block: the columns of ``expr`` (intercept
+                            implied, as in R), correlated within each level of ``g``
+``(expr || g)``             one block per term of ``expr`` (uncorrelated)
+``(expr | a:b)``            grouped by the combinations of ``a`` and ``b`` present
+``(expr | a/b)``            nested: ``(expr | a) + (expr | b:a)`` (and ``c:b:a`` for ``a/b/c``)
+==========================  ==================================================
+
+The fixed part is what remains after the bars are taken out (``1`` when
+nothing does, so ``y ~ (1 | g)`` has an intercept, as in lme4).  Inside
+function calls R's ``^`` becomes Python's ``**`` (``I(x^2)``).  Anything
+gdag cannot express is a :class:`~gdag.ModelSpecError` naming the term.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import ModelSpecError
+
+__all__ = ["Bar", "ParsedFormula", "parse_formula"]
+
+_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One random-effect term after expansion: the columns of ``expr``, grouped by ``factors``.
+
+    ``factors`` are data columns (one for ``g``, several for ``a:b``);
+    ``correlated`` is False for the pieces of a ``||`` term; ``text`` is the
+    term as written, for messages.
+    """
+
+    expr: str
+    factors: tuple[str, ...]
+    correlated: bool
+    text: str
+
+    @property
+    def group(self) -> str:
+        """The grouping factor's name as lme4 prints it: ``Subject``, ``a:b``."""
+        return ":".join(self.factors)
+
+
+@dataclass(frozen=True)
+class ParsedFormula:
+    """A formula split into ``response``, ``fixed`` (a formulaic right-hand side) and ``bars``."""
+
+    text: str
+    response: str
+    fixed: str
+    bars: tuple[Bar, ...]
+
+
+def parse_formula(formula: str) -> ParsedFormula:
+    """Split an lme4 formula into response, fixed part and expanded bars.
+
+    Examples
+    --------
+    >>> p = parse_formula("Reaction ~ Days + (Days | Subject)")
+    >>> p.response, p.fixed, [(b.expr, b.group) for b in p.bars]
+    ('Reaction', 'Days', [('Days', 'Subject')])
+    >>> [b.group for b in parse_formula("y ~ 1 + (1 | a/b)").bars]
+    ['a', 'b:a']
+    """
+    if not isinstance(formula, str) or not formula.strip():
+        raise ModelSpecError(f"A formula is a string such as 'y ~ x + (1 | g)'; got {formula!r:.60}.")
+    text = " ".join(formula.split())
+    sides = _split_top(text, "~")
+    if len(sides) != 2 or not sides[0].strip():
+        raise ModelSpecError(
+            f"The formula `{text}` needs one `~` with the response on its left: 'y ~ x + (1 | g)'."
+        )
+    response, rhs = _python_powers(sides[0].strip()), sides[1].strip()
+    if not rhs:
+        raise ModelSpecError(f"The formula `{text}` has nothing on the right of `~`; write '~ 1' for an intercept.")
+    fixed, bars = [], []
+    for sign, piece in _signed_terms(rhs):
+        if not piece:
+            raise ModelSpecError(f"The formula `{text}` has an empty term (two `+` in a row?).")
+        if "|" not in piece:
+            fixed.append(f"{sign} {piece}")
+        elif sign == "+" and piece.startswith("(") and _closing(piece, 0) == len(piece) - 1 and _has_top_bar(piece[1:-1]):
+            bars.extend(_expand_bar(piece))
+        else:
+            raise ModelSpecError(
+                f"The term `{piece}` of `{text}` is not a random-effect term gdag supports: write bars as "
+                "`(expr | g)`, `(expr || g)`, `(expr | a:b)` or `(expr | a/b)`, each on its own between `+`."
+            )
+    fixed_text = " ".join(fixed)
+    fixed_text = fixed_text[2:] if fixed_text.startswith("+") else "1 " + fixed_text  # `~ -1 + x`: R's intercept removed
+    return ParsedFormula(text, response, _python_powers(fixed_text) if fixed else "1", tuple(bars))
+
+
+def _expand_bar(piece: str) -> list[Bar]:
+    inner = piece[1:-1]
+    double = "||" in _top_level(inner)
+    parts = _split_top(inner, "||" if double else "|")
+    if len(parts) != 2:
+        raise ModelSpecError(f"The random-effect term `{piece}` needs exactly one `|` (or `||`).")
+    expr, group = parts[0].strip(), parts[1].strip()
+    if not expr:
+        raise ModelSpecError(f"The random-effect term `{piece}` has nothing before the bar; write `(1 | g)` for an intercept.")
+    nests = [g.strip() for g in group.split("/")]
+    for g in nests:
+        factors = [f.strip() for f in g.split(":")]
+        if not all(_NAME.fullmatch(f) for f in factors):
+            raise ModelSpecError(
+                f"The grouping `{group}` in `{piece}` is not supported: gdag groups by data columns, "
+                "as `g`, `a:b` (their combinations) or `a/b` (nested). Make a column for anything else."
+            )
+    bars, outer = [], []
+    for g in nests:  # a/b is a and b:a (lme4's name: the inner factor first)
+        outer = [f.strip() for f in g.split(":")] + outer
+        bars.append(Bar(_python_powers(expr), tuple(outer), not double, piece))
+    return bars
+
+
+# ------------------------------------------------------------- scanning text
+
+
+def _depths(text: str) -> list[int]:
+    """The parenthesis depth at each character (an opening parenthesis counts as inside)."""
+    depth, out = 0, []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        out.append(depth)
+        if ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise ModelSpecError(f"The formula text `{text}` has an unmatched `)`.")
+    if depth != 0:
+        raise ModelSpecError(f"The formula text `{text}` has an unmatched `(`.")
+    return out
+
+
+def _top_level(text: str) -> str:
+    """``text`` with everything inside parentheses blanked out."""
+    return "".join(ch if d == 0 else " " for ch, d in zip(text, _depths(text)))
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split at the occurrences of ``sep`` outside parentheses (``|`` never splits a ``||``)."""
+    top, parts, start, k = _top_level(text), [], 0, 0
+    while k < len(text):
+        if top.startswith(sep, k) and not (sep == "|" and (top.startswith("||", k) or top.startswith("||", k - 1))):
+            parts.append(text[start:k])
+            start = k = k + len(sep)
+            continue
+        k += 1
+    parts.append(text[start:])
+    return parts
+
+
+def _signed_terms(text: str) -> list[tuple[str, str]]:
+    """The terms between top-level ``+`` and ``-`` signs, each with its sign."""
+    top, out, sign, start = _top_level(text), [], "+", 0
+    for k, ch in enumerate(top):
+        if ch in "+-":
+            if k > start or text[start:k].strip():
+                out.append((sign, text[start:k].strip()))
+            elif k > 0:
+                out.append((sign, ""))
+            sign, start = ch, k + 1
+    out.append((sign, text[start:].strip()))
+    return out
+
+
+def _closing(text: str, start: int) -> int:
+    """Position of the parenthesis closing the one at ``start``."""
+    depth = 0
+    for k in range(start, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[k], 0)
+        if depth == 0:
+            return k
+    raise ModelSpecError(f"The formula text `{text}` has an unmatched `(`.")
+
+
+def _has_top_bar(text: str) -> bool:
+    return "|" in _top_level(text)
+
+
+def _python_powers(text: str) -> str:
+    """R's ``^`` as Python's ``**`` inside function calls (``I(x^2)``); formula-level ``^`` is crossing."""
+    out, calls = [], []
+    for k, ch in enumerate(text):
+        if ch == "(":
+            before = text[:k].rstrip()
+            calls.append(bool(before) and (before[-1].isalnum() or before[-1] in "_."))
+        elif ch == ")" and calls:
+            calls.pop()
+        out.append("**" if ch == "^" and any(calls) else ch)
+    return "".join(out)
