@@ -125,7 +125,7 @@ class ForestFactor(LDLSolves):
     def __init__(self, analysis: ForestAnalysis):
         self._a = analysis
         self._d, self._l = np.empty(analysis.n), np.empty(analysis.n)
-        self._z = None
+        self._z = self._scratch = None
         self.worst_ratio = 1.0  # the smallest pivot relative to the diagonal of Q it came from
 
     def cholesky_inplace(self, Q: sp.csc_matrix, source=None) -> None:
@@ -141,8 +141,10 @@ class ForestFactor(LDLSolves):
 
     def solve_vector(self, b: np.ndarray, perm=None) -> np.ndarray:
         """``Q^{-1} b`` in the original order (one gather, two sweeps, one scatter; ``perm`` is the analysed order)."""
+        if self._scratch is None:
+            self._scratch = np.empty(self._a.n)
         out = np.empty(self._a.n)
-        _solve_vector(self._a.order, self._a.parent, self._d, self._l, np.asarray(b, dtype=float), out)
+        _solve_vector(self._a.order, self._a.parent, self._d, self._l, np.asarray(b, dtype=float), out, self._scratch)
         return out
 
     def L(self) -> sp.csc_matrix:
@@ -244,9 +246,8 @@ def _factor(parent, q_diag, q_link, q_data, d, l):
 
 
 @numba.njit(cache=True)
-def _solve_vector(order, parent, d, l, b, out):
+def _solve_vector(order, parent, d, l, b, out, x):
     n = order.shape[0]
-    x = np.empty(n)
     for k in range(n):
         x[k] = b[order[k]]
     for k in range(n):

@@ -25,51 +25,52 @@ def thin_pattern(csr_indptr: np.ndarray, csr_cols: np.ndarray, n_cols: int):
 
     ``pair_pos[r]`` is the position in ``q_rows`` of row ``r``'s off-diagonal
     entry (-1 for rows with fewer than two entries); each column starts with
-    its diagonal.  Index arrays are int32 while they fit.
+    its diagonal.  Index arrays have ``csr_cols``' type (int32 while every
+    index fits), positions in ``Q`` too while they fit.
     """
-    n_rows = csr_indptr.shape[0] - 1
-    if n_rows and int(np.max(np.diff(csr_indptr))) > 2:
+    itype = csr_cols.dtype
+    start = np.zeros(n_cols + 1, dtype=itype)  # pairs per column, then where each column's pairs start
+    present = np.zeros(n_cols, dtype=np.bool_)
+    if not _count_pairs(csr_indptr, csr_cols, start, present):
         return None
-    found = _pairs_by_column(csr_indptr, csr_cols, n_cols)
-    if found[0] < 0:
-        return None
-    _, start, pair_row, pair_col, present, q_indptr = found
-    itype = np.int32 if q_indptr[-1] <= INT32_MAX and csr_cols.dtype == np.int32 else np.int64
-    q_indptr = q_indptr.astype(itype, copy=False)
-    q_rows = np.empty(q_indptr[-1], dtype=csr_cols.dtype)
-    pair_pos = np.full(n_rows, -1, dtype=itype)
+    n_pairs = int(start[-1])
+    pair_row, pair_col = np.empty(n_pairs, dtype=itype), np.empty(n_pairs, dtype=itype)
+    qtype = itype if n_cols + n_pairs <= INT32_MAX else np.int64
+    q_indptr = np.zeros(n_cols + 1, dtype=qtype)
+    _sort_pairs(csr_indptr, csr_cols, start, present, pair_row, pair_col, q_indptr)
+    q_rows = np.empty(q_indptr[-1], dtype=itype)
+    pair_pos = np.full(csr_indptr.shape[0] - 1, -1, dtype=qtype)
     _fill_pattern(start, pair_row, pair_col, present, q_indptr, q_rows, pair_pos)
     return q_indptr, q_rows, pair_pos
 
 
 @numba.njit(cache=True)
-def _pairs_by_column(csr_indptr, csr_cols, n_cols):
-    """Every two-entry row's pair ``(i > j)``, grouped by ``j`` and sorted by ``i`` (ties in row order).
-
-    Returns ``(status, start, pair_row, pair_col, present, indptr)``:
-    ``status`` -1 when a row has both entries in one column; ``start``
-    (n_cols + 1) delimits each column's pairs, ``pair_row`` holds their
-    ``i``, ``pair_col`` the row of ``A``, ``present`` marks the columns with
-    an entry, and ``indptr`` is the pattern's (per column its diagonal, if
-    present, and its distinct pair rows).
-    """
-    n_rows = csr_indptr.shape[0] - 1
-    start = np.zeros(n_cols + 1, dtype=np.int64)
-    present = np.zeros(n_cols, dtype=np.bool_)
-    for r in range(n_rows):
-        s = csr_indptr[r]
-        for q in range(s, csr_indptr[r + 1]):
+def _count_pairs(csr_indptr, csr_cols, start, present):
+    """Whether ``A`` is thin; if so, ``start`` delimits each column's pairs ``(i > j)`` (by ``j``) and
+    ``present`` marks the columns with an entry."""
+    n_cols = start.shape[0] - 1
+    for r in range(csr_indptr.shape[0] - 1):
+        s, e = csr_indptr[r], csr_indptr[r + 1]
+        if e - s > 2 or (e - s == 2 and csr_cols[s] == csr_cols[s + 1]):
+            return False  # three entries, or two in one column (they add up): the general road
+        for q in range(s, e):
             present[csr_cols[q]] = True
-        if csr_indptr[r + 1] - s == 2:
-            a, b = csr_cols[s], csr_cols[s + 1]
-            if a == b:
-                return -1, start, np.empty(0, dtype=csr_cols.dtype), np.empty(0, dtype=np.int64), present, start
-            start[min(a, b) + 1] += 1
+        if e - s == 2:
+            start[min(csr_cols[s], csr_cols[s + 1]) + 1] += 1
     for j in range(n_cols):
         start[j + 1] += start[j]
-    pair_row = np.empty(start[n_cols], dtype=csr_cols.dtype)
-    pair_col = np.empty(start[n_cols], dtype=np.int64)
-    for r in range(n_rows):
+    return True
+
+
+@numba.njit(cache=True)
+def _sort_pairs(csr_indptr, csr_cols, start, present, pair_row, pair_col, indptr):
+    """Each column's pairs, sorted by row ``i`` (ties in the order of ``A``'s rows), and the pattern's ``indptr``.
+
+    ``pair_row`` holds the pairs' ``i`` and ``pair_col`` their row of ``A``;
+    per column, the pattern has its diagonal (if present) and its distinct ``i``.
+    """
+    n_cols = start.shape[0] - 1
+    for r in range(csr_indptr.shape[0] - 1):
         s = csr_indptr[r]
         if csr_indptr[r + 1] - s == 2:
             a, b = csr_cols[s], csr_cols[s + 1]
@@ -80,7 +81,6 @@ def _pairs_by_column(csr_indptr, csr_cols, n_cols):
     for j in range(n_cols, 0, -1):  # start[j] served as column j's cursor: restore the starts
         start[j] = start[j - 1]
     start[0] = 0
-    indptr = np.zeros(n_cols + 1, dtype=np.int64)
     for j in range(n_cols):  # insertion sort by row (stable: ties keep row order); columns are short
         for t in range(start[j] + 1, start[j + 1]):
             i, r = pair_row[t], pair_col[t]
@@ -94,7 +94,6 @@ def _pairs_by_column(csr_indptr, csr_cols, n_cols):
             if t == start[j] or pair_row[t] != pair_row[t - 1]:
                 count += 1
         indptr[j + 1] = indptr[j] + count
-    return 0, start, pair_row, pair_col, present, indptr
 
 
 @numba.njit(cache=True)
