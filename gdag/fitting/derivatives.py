@@ -80,7 +80,7 @@ def residual_variances(obj, pt: Point, rows: np.ndarray):
         extra["pairs"] = (pairs, pair_w)
     if obj.reml and obj.p:
         V = ((pt.A_U @ pt.Z_F) - dense(pt.F)) if obj.n_U else -dense(pt.F)
-        SinvVt = sla.cho_solve((pt.chol_S, True), V.T)  # p x |R|
+        SinvVt = sla.cho_solve((pt.chol_S, True), V.T, check_finite=False)  # p x |R|
         h = h + np.einsum("ij,ji->i", V, SinvVt)
         extra["reml"] = (pt.Z_F, SinvVt)
     return h, extra
@@ -136,7 +136,7 @@ def projected_residuals(obj, pt: Point, R: np.ndarray) -> np.ndarray:
     if obj.reml and obj.p:
         G_R = dense(pt.F.T @ WR)  # F'^T W R
         rhs = (pt.Z_F.T @ np.asarray(A_U.T @ WR) if obj.n_U else 0.0) - G_R
-        B = sla.cho_solve((pt.chol_S, True), rhs)
+        B = sla.cho_solve((pt.chol_S, True), rhs, check_finite=False)
         M = M + (pt.Z_F @ B if obj.n_U else 0.0)
         res = res + np.asarray(pt.F @ B)
     if obj.n_U:
