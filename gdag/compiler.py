@@ -19,7 +19,7 @@ Assembly loops over families, never over scalar variables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -53,6 +53,7 @@ class CompiledModel:
     param_positive: np.ndarray
     param_scalar: np.ndarray
     param_default: tuple  # declared values (or None)
+    plate_labels: dict = field(default_factory=dict)  # plate name -> its labels (pandas Index), for labelled plates
 
     @property
     def n(self) -> int:
@@ -248,6 +249,7 @@ def compile_model(model: ModelSpec) -> CompiledModel:
         param_positive=np.array([p.positive for p in params], dtype=bool),
         param_scalar=np.array([p.is_scalar for p in params], dtype=bool),
         param_default=tuple(p.value for p in params),
+        plate_labels={p.name: p.labels for p in model.plates.values() if p.labels is not None},
     )
     return result
 

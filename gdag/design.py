@@ -129,7 +129,7 @@ class Design:
         Z = [_matrix(b.spec, frame, f"newdata, {b.text}")[:, list(b.columns)] for b in self.blocks]
         model = Model(f"{self.formula.response} (prediction)")
         self.declare(model, sizes, labels, self.train)
-        node = _unique("predicted", self.names)
+        node = _unique("predicted", set(self.names))
         plate = model.plate(_unique("new", {g.plate for g in self.groups} | {self.obs}), len(frame))
         model.normal(node, self._mean(model, X, codes, Z), 0.0, plate=plate)
         return model, node, frame.index

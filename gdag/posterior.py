@@ -24,6 +24,7 @@ from .linalg import LOG_2PI
 from .pattern import Conditioning, LinearSystem
 from .resources import available_memory, gigabytes
 from .spec import Node, Param, label
+from .tables import posterior_frame
 from .timing import timed
 
 # Dense covariance blocks beyond this many solved entries are refused.
@@ -199,6 +200,18 @@ class Posterior:
         if node.size > max_rows:
             lines.append(f"... {node.size - max_rows} more")
         return "\n".join(lines)
+
+    def to_frame(self, nodes=None, quantiles=(0.025, 0.975)):
+        """Marginals of ``nodes`` (default all) as a DataFrame: ``node, entry, label, level`` (the entry's plate
+        label, see ``m.plate_from``), ``mean``, ``sd``, a column per Gaussian quantile (``"2.5%"``); gdag.tables."""
+        names = [*self._cm.family_names, *self._cond.leaf_data] if nodes is None else \
+            [nodes] if isinstance(nodes, (str, Node)) else list(nodes)
+        plates = {}
+        for node in map(self._node, names):
+            plate = None if node.is_scalar else self._leaf_plate(node.name) if node.name in self._cond.leaf_data \
+                else self._cm.family_plate[self._cm.family(node.name)]
+            plates[node.name] = (plate, self._cm.plate_labels.get(plate))
+        return posterior_frame(self, plates, quantiles)
 
     def __repr__(self) -> str:
         return (f"<gdag.Posterior of `{self._cm.name}`: {self._cond.n_observed} observed, "

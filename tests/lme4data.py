@@ -24,6 +24,21 @@ FORMULAS = {
     "cake_quadratic": "angle ~ recipe + temp + I(temp^2) + (1 | replicate)",
 }
 
+# the lme4 fits stored in tests/data: (data set, formula key, reference file, key in it)
+CASES = [
+    ("dyestuff", "dyestuff", "dyestuff", "reml"),
+    ("dyestuff", "dyestuff", "dyestuff", "ml"),
+    ("penicillin", "penicillin", "penicillin", "reml"),
+    ("penicillin", "penicillin", "penicillin", "ml"),
+    ("sleepstudy", "sleepstudy", "sleepstudy", "reml"),
+    ("sleepstudy", "sleepstudy", "sleepstudy", "ml"),
+    ("sleepstudy", "sleepstudy_uncorrelated", "sleepstudy", "ml_uncorrelated"),
+    ("pastes", "pastes", "pastes", "reml"),
+    ("pastes", "pastes", "pastes", "ml"),
+    ("cake", "cake_interaction", "cake", "interaction_reml"),
+    ("cake", "cake_quadratic", "cake", "quadratic_ml"),
+]
+
 
 def reference(name: str) -> dict:
     return json.loads((DATA / f"{name}_reference.json").read_text())

@@ -12,7 +12,7 @@ import pytest
 import gdag
 from gdag.formula import parse_formula
 
-from lme4data import FORMULAS, frame, reference
+from lme4data import CASES, FORMULAS, frame, reference
 
 RTOL_LOGLIK = 1e-6
 RTOL_EST = 1e-4
@@ -102,20 +102,6 @@ def test_rows_with_missing_values_are_left_out_as_lme4_does():
 
 def fixef_of(fit):
     return dict(zip(fit.design.fixed_names, np.atleast_1d(fit.params["beta"])))
-
-
-CASES = [  # (data set, formula key, reference file, reference key)
-    ("dyestuff", "dyestuff", "dyestuff", "reml"),
-    ("dyestuff", "dyestuff", "dyestuff", "ml"),
-    ("penicillin", "penicillin", "penicillin", "reml"),
-    ("sleepstudy", "sleepstudy", "sleepstudy", "reml"),
-    ("sleepstudy", "sleepstudy", "sleepstudy", "ml"),
-    ("sleepstudy", "sleepstudy_uncorrelated", "sleepstudy", "ml_uncorrelated"),
-    ("pastes", "pastes", "pastes", "reml"),
-    ("pastes", "pastes", "pastes", "ml"),
-    ("cake", "cake_interaction", "cake", "interaction_reml"),
-    ("cake", "cake_quadratic", "cake", "quadratic_ml"),
-]
 
 
 @pytest.mark.parametrize("data, formula, ref_file, key", CASES)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .. import timing
+from .. import tables, timing
 from ..cache import QueryCache
 from ..compiler import CompiledModel
 from ..data import data_vector
@@ -131,8 +131,49 @@ class Fit:
         """``-2 loglik``: the deviance (ML) or the REML criterion."""
         return -2.0 * self.loglik
 
+    # tables (gdag.tables): pandas DataFrames, lme4's names and parameterization for formula fits
+
+    def fixef(self, level: float = 0.95):
+        """Fixed effects: ``estimate``, ``std_error``, ``t_value`` and the Wald interval ``lower``, ``upper``."""
+        return tables.fixef(self, level)
+
+    def ranef(self):
+        """Conditional modes and sds per level: ``group, level, term, condval, condsd`` (lme4's ``ranef(condVar=TRUE)``)."""
+        return tables.ranef(self)
+
+    def varcorr(self):
+        """SDs and correlations of the random effects, as lme4's ``as.data.frame(VarCorr(fit))``."""
+        return tables.varcorr(self)
+
+    def confint(self, method: str = "wald", level: float = 0.95):
+        """Intervals of the fixed effects (``method="wald"``), columns ``"2.5 %"`` and ``"97.5 %"``."""
+        return tables.confint(self, method, level)
+
+    def fitted(self, node=None):
+        """Fitted means of the observed entries (lme4's ``fitted()``), indexed by the data's rows."""
+        return tables.fitted(self, node)
+
+    def residuals(self, node=None):
+        """Observed minus fitted (lme4's ``residuals()``), indexed by the data's rows."""
+        return tables.residuals(self, node)
+
+    def predict(self, newdata, new_levels: str = "population"):
+        """Mean, ``sd`` and ``sd_obs`` of new rows of a formula fit; see :func:`gdag.tables.predict`."""
+        return tables.predict(self, newdata, new_levels)
+
+    def __repr__(self) -> str:
+        what = self.design.formula.text if self.design is not None else self.model_name
+        state = "converged" if self.converged else "NOT converged"
+        return (f"<gdag.Fit {self.method.upper()} of `{what}`: logLik {self.loglik:.6g}, {self.nobs} observations, "
+                f"{state}{', singular' if self.singular else ''}>")
+
+    def _repr_html_(self) -> str:
+        return tables.fit_html(self)
+
     def summary(self) -> str:
         """A table in the style of lme4's ``summary()``."""
+        if self.design is not None:
+            return tables.formula_summary(self)
         kind = {"reml": "REML", "ml": "maximum likelihood", "em": f"EM ({self.criterion.upper()})"}[self.method]
         crit = "REML criterion" if self.criterion == "reml" else "deviance"
         lines = [
@@ -161,11 +202,7 @@ class Fit:
             est = self.roles["fixed_values"]
             for label, b, s in zip(self.fixed_labels, est, se):
                 lines.append(f"  {label:<16}{b:>14.5g}{s:>14.5g}{b / s:>10.3f}")
-        if self.singular:
-            lines += ["", "Boundary (singular) fit: " + ", ".join(f"`{b}`" for b in self.boundary) + " estimated at 0."]
-        if not self.converged:
-            lines += ["", "WARNING: the optimizer did not converge; these are its best values."]
-        return "\n".join(lines)
+        return "\n".join(lines + tables.summary_notes(self))
 
     def __str__(self) -> str:
         return self.summary()
