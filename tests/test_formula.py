@@ -133,8 +133,10 @@ def test_formula_fit_equals_the_hand_written_dag():
     by_hand = m.fit({"y": df.Reaction}, method="reml")
     by_formula = gdag.lmer(FORMULAS["sleepstudy"], frame("sleepstudy"))
     assert by_formula.loglik == pytest.approx(by_hand.loglik, rel=1e-12)
-    np.testing.assert_allclose(by_formula.params["beta"], [by_hand.params["b0"], by_hand.params["b1"]], rtol=1e-7)
-    np.testing.assert_allclose(by_formula.posterior.mean("Subject_Days"), by_hand.posterior.mean("u1"), rtol=1e-6)
+    # the same optimum, reached from other variables: estimates agree as far as the optimizer pins them
+    np.testing.assert_allclose(by_formula.params["beta"], [by_hand.params["b0"], by_hand.params["b1"]], rtol=1e-6)
+    modes = by_hand.posterior.mean("u1")
+    np.testing.assert_allclose(by_formula.posterior.mean("Subject_Days"), modes, rtol=RTOL_EST, atol=RTOL_EST * np.abs(modes).max())
 
 
 def test_insteval_crossed_formula_matches_lme4():

@@ -1,6 +1,8 @@
 """Result tables and prediction: against lme4 (tests/data/*_reference.json) and dense numpy conditioning."""
 
 import re
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -260,3 +262,9 @@ def test_a_fit_reads_well_in_a_terminal_and_a_notebook(lmer_fits):
         assert piece in text, piece
     page = fit._repr_html_()
     assert "<table" in page and "Variance components" in page and "(Intercept)" in page and "logLik -871.8141" in page
+
+
+def test_formulas_example_runs(capsys):
+    runpy.run_path(str(Path(__file__).parent.parent / "examples" / "formulas.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "Linear mixed model fit by REML" in out and "Subject.1" in out and "new subject" not in out.split("fit.predict")[0]
