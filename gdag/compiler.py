@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import ParamError
+from .expr import is_zeros
 from .spec import ModelSpec, label
 
 
@@ -201,7 +202,8 @@ def compile_model(model: ModelSpec) -> CompiledModel:
     sd_param = np.full(n, -1, dtype=np.int64)
     for nd in nodes:
         start = node_off[nd.name]
-        c0[start : start + nd.size] = nd.mean.offset
+        if not is_zeros(nd.mean.offset):  # c0 starts as zeros (pages not touched until written)
+            c0[start : start + nd.size] = nd.mean.offset
         for t in nd.mean.terms:
             if t.source.is_param:
                 f_rows.append(t.rows + start)

@@ -119,7 +119,7 @@ class Leaf(Operand):
     size: int
 
     def _expr(self) -> Expr:
-        return Expr(self.size, (identity_term(self, self.size),), np.zeros(self.size))
+        return Expr(self.size, (identity_term(self, self.size),), zeros(self.size))
 
     def __getitem__(self, index) -> Expr:
         return gather(self, index)
@@ -146,10 +146,20 @@ def as_expr(value) -> Expr:
 
 
 def identity_term(source, size: int) -> Term:
-    """The term selecting every entry of ``source`` in order (rows and columns: one read-only array)."""
+    """The term selecting every entry of ``source`` in order (rows and columns: one read-only array; unit values)."""
     idx = np.arange(size, dtype=np.int64)
     idx.flags.writeable = False
-    return Term(source, idx, idx, np.ones(size))
+    return Term(source, idx, idx, np.broadcast_to(np.float64(1.0), (size,)))
+
+
+def zeros(n: int) -> np.ndarray:
+    """An offset of ``n`` zeros that takes no memory (a read-only broadcast 0.0): most means have none."""
+    return np.broadcast_to(np.float64(0.0), (n,))
+
+
+def is_zeros(a: np.ndarray) -> bool:
+    """True for an offset made by :func:`zeros` (no need to read it)."""
+    return a.strides == (0,) and a.shape[0] > 0 and a[0] == 0.0
 
 
 def gather(source, index, *, where=None) -> Expr:
@@ -166,12 +176,10 @@ def gather(source, index, *, where=None) -> Expr:
     if where is not None:
         mask = _asarray(where, f"`where` for `{source.name}`")
         if mask.dtype != bool or mask.shape != idx.shape:
-            raise ModelSpecError(
-                f"`where` for `{source.name}` must be a boolean array of length {idx.shape[0]}."
-            )
+            raise ModelSpecError(f"`where` for `{source.name}` must be a boolean array of length {idx.shape[0]}.")
         rows, idx, vals = rows[mask], idx[mask], vals[mask]
     length = 1 if scalar_index else int(index.shape[0])
-    return Expr(length, (Term(source, rows, idx, vals),), np.zeros(length))
+    return Expr(length, (Term(source, rows, idx, vals),), zeros(length))
 
 
 def check_index(index, size: int, what: str) -> np.ndarray:
@@ -180,10 +188,8 @@ def check_index(index, size: int, what: str) -> np.ndarray:
     if arr.ndim > 1:
         raise ModelSpecError(f"The {what} must be a 1-d integer array; got shape {arr.shape}.")
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
-        if np.issubdtype(arr.dtype, np.floating) and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-            hint = " Convert it with `.astype(int)` if these floats are meant as indices."
-        else:
-            hint = ""
+        integral = np.issubdtype(arr.dtype, np.floating) and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))
+        hint = " Convert it with `.astype(int)` if these floats are meant as indices." if integral else ""
         raise ModelSpecError(f"The {what} must hold integers; got dtype {arr.dtype}.{hint}")
     arr = np.atleast_1d(arr).astype(np.int64, copy=False)
     bad = np.flatnonzero((arr < 0) | (arr >= size))
@@ -215,9 +221,7 @@ def dot(matrix, source) -> Expr:
     5
     """
     if not isinstance(source, Leaf):
-        raise ModelSpecError(
-            f"gdag.dot multiplies a design matrix by a node or parameter; got {type(source).__name__}."
-        )
+        raise ModelSpecError(f"gdag.dot multiplies a design matrix by a node or parameter; got {type(source).__name__}.")
     if sp.issparse(matrix):
         coo = sp.coo_matrix(matrix)
     else:
@@ -230,15 +234,14 @@ def dot(matrix, source) -> Expr:
             )
         coo = sp.coo_matrix(dense.astype(float))
     if coo.shape[1] != source.size:
-        raise ModelSpecError(
-            f"The design matrix for `{source.name}` has {coo.shape[1]} columns but `{source.name}` has {source.size} entries."
-        )
+        raise ModelSpecError(f"The design matrix for `{source.name}` has {coo.shape[1]} columns but `{source.name}` "
+                             f"has {source.size} entries.")
     vals = np.asarray(coo.data, dtype=float)
     if not np.all(np.isfinite(vals)):
         raise ModelSpecError(f"The design matrix for `{source.name}` has NaN or infinite entries.")
     keep = vals != 0
     term = Term(source, coo.row.astype(np.int64)[keep], coo.col.astype(np.int64)[keep], vals[keep])
-    return Expr(coo.shape[0], (term,), np.zeros(coo.shape[0]))
+    return Expr(coo.shape[0], (term,), zeros(coo.shape[0]))
 
 
 # ---------------------------------------------------------------- arithmetic
@@ -274,7 +277,7 @@ def _add(a: Expr, b: Expr) -> Expr:
     n = _common_length(a.length, b.length)
     a, b = broadcast_to(a, n), broadcast_to(b, n)
     with np.errstate(over="ignore", invalid="ignore"):
-        offset = a.offset + b.offset
+        offset = zeros(n) if is_zeros(a.offset) and is_zeros(b.offset) else a.offset + b.offset
     _check_finite(offset, "sum")
     return Expr(n, a.terms + b.terms, offset)
 
@@ -308,14 +311,14 @@ def _multiply(expr: Expr, other) -> Expr:
     with np.errstate(over="ignore", invalid="ignore"):
         number = factor[0] if factor.shape[0] == 1 else None  # a number multiplies without a gather by rows
         terms = tuple(replace(t, vals=t.vals * (factor[t.rows] if number is None else number)) for t in expr.terms)
-        offset = expr.offset * (factor if number is None else number)
+        offset = zeros(n) if is_zeros(expr.offset) else expr.offset * (factor if number is None else number)
     for values in [offset] + [t.vals for t in terms]:
         _check_finite(values, "product")
     return Expr(n, terms, offset)
 
 
 def _check_finite(values: np.ndarray, what: str) -> None:
-    if not np.all(np.isfinite(values)):
+    if not np.all(np.isfinite(values[:1] if values.strides == (0,) else values)):  # a broadcast: one value
         raise ModelSpecError(
             f"A {what} in a mean expression overflows double precision (beyond 1.8e308); rescale the model's units."
         )
@@ -338,9 +341,7 @@ def _is_bare_param(expr: Expr) -> bool:
 def _scale_by_param(expr: Expr, param: Leaf) -> Expr:
     """``param * expr``: node terms get the scale; a constant offset becomes a param term."""
     if param.size != 1:
-        raise ModelSpecError(
-            f"Only a scalar parameter can multiply a node term; `{param.name}` has size {param.size}."
-        )
+        raise ModelSpecError(f"Only a scalar parameter can multiply a node term; `{param.name}` has size {param.size}.")
     terms = []
     for t in expr.terms:
         if t.source.is_param or t.scale is not None:
@@ -352,7 +353,7 @@ def _scale_by_param(expr: Expr, param: Leaf) -> Expr:
     rows = np.flatnonzero(expr.offset)
     if rows.size:
         terms.append(Term(param, rows.astype(np.int64), np.zeros(rows.size, dtype=np.int64), expr.offset[rows]))
-    return Expr(expr.length, tuple(terms), np.zeros(expr.length))
+    return Expr(expr.length, tuple(terms), zeros(expr.length))
 
 
 def _constant_array(value, what: str) -> np.ndarray:

@@ -119,7 +119,7 @@ class Node(Leaf):
         # what gather(index = max(t - k, 0), where = t >= k) gives, made directly: valid by construction
         k = min(int(k), self.size)  # a lag beyond the plate leaves every entry without a term
         rows = np.arange(k, self.size, dtype=np.int64)
-        return Expr(self.size, (Term(self, rows, rows - k, np.ones(self.size - k)),), np.zeros(self.size))
+        return Expr(self.size, (Term(self, rows, rows - k, np.ones(self.size - k)),), expr.zeros(self.size))
 
     def __repr__(self) -> str:
         where = f" on plate `{self.plate.name}` ({self.size})" if self.plate is not None else ""
