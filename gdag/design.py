@@ -38,6 +38,7 @@ from .expr import dot
 from .formula import ParsedFormula, parse_formula
 from .frame import levels
 from .model import Model
+from .profile import profile_confint
 
 __all__ = ["Design", "Block", "Group", "from_formula", "lmer"]
 
@@ -134,6 +135,18 @@ class Design:
         model.normal(node, self._mean(model, X, codes, Z), 0.0, plate=plate)
         return model, node, frame.index
 
+    def profile_confint(self, fit, level: float = 0.95):
+        """Profile-likelihood intervals of a fit of this design; see :mod:`gdag.profile`."""
+        return profile_confint(fit, level)
+
+    def build(self, name: str) -> Model:
+        """A new model of this design (what ``from_formula`` returns), ``model.design`` set."""
+        model = Model(name)
+        self.declare(model, {g.name: len(g.labels) for g in self.groups}, {g.name: g.labels for g in self.groups},
+                     self.train)
+        model.design = self
+        return model
+
     # ------------------------------------------------------------ internals
 
     def declare(self, model: Model, sizes: dict, labels: dict, train: tuple) -> None:
@@ -213,10 +226,7 @@ def from_formula(formula: str, data, *, name: str | None = None, family: str | N
     design = Design(parsed, response, fixed_spec, fixed_names, beta, sigma,
                     _unique("obs", {g.plate for g in groups}), tuple(groups), tuple(blocks), frame.index,
                     {response: y}, frozenset(taken), (X, codes, Z))
-    model = Model(name or _identifier(parsed.response))
-    design.declare(model, {g.name: len(g.labels) for g in groups}, {g.name: g.labels for g in groups}, (X, codes, Z))
-    model.design = design
-    return model
+    return design.build(name or _identifier(parsed.response))
 
 
 def lmer(formula: str, data, method: str = "reml", *, family: str | None = None, **options):

@@ -48,11 +48,20 @@ def fixef(fit, level: float = 0.95) -> pd.DataFrame:
 
 
 def confint(fit, method: str = "wald", level: float = 0.95) -> pd.DataFrame:
-    """Intervals of the fixed effects, as lme4's ``confint(fit, method = "Wald")`` prints them."""
-    if method != "wald":
-        raise FitError(f"confint(method={method!r}) is not available; gdag computes method='wald' intervals.")
-    names, estimate, se = _fixed(fit)
+    """Intervals as lme4's ``confint(fit, method = "Wald" | "profile")`` prints them.
+
+    ``"wald"``: the fixed effects, estimate +- z SE.  ``"profile"`` (formula
+    fits): every parameter in lme4's parameterization, from the ML deviance
+    (:mod:`gdag.profile`).
+    """
     z = _z(level)
+    if method == "profile":
+        if fit.design is None:
+            raise FitError("confint(method='profile') needs a fit of a model from gdag.from_formula.")
+        return fit.design.profile_confint(fit, level)
+    if method != "wald":
+        raise FitError(f"confint(method={method!r}) is not available; use method='wald' or 'profile'.")
+    names, estimate, se = _fixed(fit)
     low, high = f"{100 * (1 - level) / 2:.3g} %", f"{100 * (1 + level) / 2:.3g} %"
     return pd.DataFrame({low: estimate - z * se, high: estimate + z * se}, index=pd.Index(names, name="term"))
 

@@ -110,8 +110,18 @@ def test_fixef_and_wald_confint_match_lme4(lmer_fits):
     np.testing.assert_allclose(ci["97.5 %"], fe.upper, rtol=1e-14)
     wide = fit.confint(level=0.99)
     assert list(wide.columns) == ["0.5 %", "99.5 %"] and (wide["0.5 %"] < ci["2.5 %"]).all()
-    with pytest.raises(gdag.FitError, match="confint\\(method='profile'\\) is not available"):
-        fit.confint(method="profile")
+    with pytest.raises(gdag.FitError, match="confint\\(method='bootstrap'\\) is not available"):
+        fit.confint(method="bootstrap")
+
+
+@pytest.mark.parametrize("case, data", [("dyestuff", "dyestuff"), ("sleepstudy", "sleepstudy"),
+                                        ("sleepstudy_uncorrelated", "sleepstudy"), ("penicillin", "penicillin")])
+def test_profile_intervals_match_lme4(lmer_fits, case, data):
+    """lme4's confint(method = "profile"), from the ML deviance, to 1e-3 (lme4 interpolates its profile by splines)."""
+    want = reference("profile")[case]["confint"]
+    got = lmer_fits(case, data).confint(method="profile")  # a REML fit: refitted by ML, as lme4 does
+    assert list(got.index) == list(want) and list(got.columns) == ["2.5 %", "97.5 %"]
+    np.testing.assert_allclose(got.to_numpy(), np.array(list(want.values())), rtol=1e-3)
 
 
 def test_fitted_and_residuals_are_lme4s_from_its_own_estimates(lmer_fits):

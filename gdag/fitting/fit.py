@@ -5,11 +5,12 @@ variance components, coefficients; :mod:`gdag.fitting.roles`), profiles the
 fixed effects (and a common scale) out of the ML or REML objective, and
 optimizes the rest:
 
-* variance-component models (every optimized parameter is an sd): Fisher
-  scoring with the average-information matrix and exact gradients, damped
-  and projected onto the bounds (typically 5-10 evaluations);
-* anything else (coefficients such as ``rho * u0``): L-BFGS-B on exact
-  gradients;
+* models with exact gradients (variance components, coefficients such as
+  ``rho * u0`` whose parents have few generations of ancestors): Fisher
+  scoring with the average-information matrix, damped and projected onto
+  the bounds (typically 5-10 evaluations);
+* anything else (a coefficient touching a deterministic node, or a chain
+  such as ``rho * x.lag(1)``): L-BFGS-B;
 * ``method="em"``: expectation-maximization for variance components, exact
   moments from the selected inverse, stopped when the relative change of the
   log-likelihood falls below ``tol``.
@@ -35,7 +36,7 @@ from ..errors import ConvergenceWarning, FitError, warn
 from ..linalg.blas import one_blas_thread
 from ..posterior import Posterior
 from ..spec import ModelSpec
-from .objective import Objective
+from .objective import MAX_DEPTH, Objective
 from .optimize import SINGULAR_TOL, FitLog, run_em, run_lbfgs, run_scoring, starting_point
 from .roles import infer_roles
 
@@ -146,7 +147,7 @@ class Fit:
         return tables.varcorr(self)
 
     def confint(self, method: str = "wald", level: float = 0.95):
-        """Intervals of the fixed effects (``method="wald"``), columns ``"2.5 %"`` and ``"97.5 %"``."""
+        """Wald intervals of the fixed effects, or ``method="profile"`` ones of every parameter (formula fits)."""
         return tables.confint(self, method, level)
 
     def fitted(self, node=None):
@@ -247,9 +248,10 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
     criterion : ``"ml"`` or ``"reml"``, EM only
         The likelihood EM maximizes (default ``"ml"``).
     optimizer : ``"auto"``, ``"scoring"`` or ``"lbfgs"``
-        ``"scoring"`` (average-information Fisher scoring) needs every
-        optimized parameter to be an sd; ``"auto"`` uses it then and L-BFGS-B
-        otherwise.  Changes speed, never results beyond the tolerance.
+        ``"scoring"`` (average-information Fisher scoring) needs exact
+        gradients and coefficients whose parents have at most 32 generations
+        of ancestors; ``"auto"`` uses it then and L-BFGS-B otherwise.
+        Changes speed, never results beyond the tolerance.
     factorization : ``"auto"``, ``"sparse"`` or ``"blocked"``
         CHOLMOD, or the head/dense-tail factor of :mod:`gdag.linalg.blocked` for
         crossed designs.  Changes speed, never results.
@@ -319,14 +321,14 @@ def _optimize(obj: Objective, v0: np.ndarray, method: str, optimizer: str, tol: 
     if obj.free.size == 0:
         log.record(v0, obj.evaluate(v0))
         return True, 0, "nothing to optimize"
-    scoring_applies = obj.pure_variance and obj.exact_gradient
+    scoring_applies = obj.has_curvature
     if optimizer == "scoring" and not scoring_applies:
-        raise FitError("optimizer='scoring' needs every optimized parameter to be a variance component; "
-                       "use optimizer='lbfgs'.")
+        raise FitError("optimizer='scoring' needs exact gradients and coefficients whose parents have at most "
+                       f"{MAX_DEPTH} generations of ancestors (no chain such as `rho * x.lag(1)`); use optimizer='lbfgs'.")
     if optimizer == "lbfgs" or not scoring_applies:
         return run_lbfgs(obj, v0, tol, max_iter or 1000, log)
     converged, n_iter, message = run_scoring(obj, v0, tol, max_iter or 200, log)
-    if not converged and message == "line search failed":  # hand the best point to L-BFGS-B
+    if not converged and (message == "line search failed" or max_iter is None):  # hand the best point to L-BFGS-B
         more = run_lbfgs(obj, log.v_best, tol, max_iter or 1000, log)
         converged, n_iter, message = more[0], n_iter + more[1], more[2]
     return converged, n_iter, message

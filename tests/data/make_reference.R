@@ -322,3 +322,22 @@ write_json_file(list(
   predict = I(unname(predict(s_fit, newdata, allow.new.levels = TRUE))),
   predict_population = I(unname(predict(s_fit, newdata, re.form = NA)))),
   "sleepstudy_predict_reference.json")
+
+## profile intervals: confint(fit, method = "profile", oldNames = FALSE)
+## (lme4 profiles the ML deviance, refitting a REML fit by ML first)
+prof_ci <- function(fit) {
+  ci <- confint(fit, method = "profile", oldNames = FALSE)
+  setNames(lapply(rownames(ci), function(r) I(unname(ci[r, ]))), rownames(ci))
+}
+write_json_file(list(
+  meta = meta(),
+  dyestuff = list(formula = "Yield ~ 1 + (1 | Batch)",
+                  confint = prof_ci(lmer(Yield ~ 1 + (1 | Batch), Dyestuff))),
+  sleepstudy = list(formula = "Reaction ~ 1 + Days + (1 + Days | Subject)",
+                    confint = prof_ci(s_fit)),
+  sleepstudy_uncorrelated = list(
+    formula = "Reaction ~ 1 + Days + (1 + Days || Subject)",
+    confint = prof_ci(lmer(Reaction ~ 1 + Days + (1 + Days || Subject), ss))),
+  penicillin = list(formula = "diameter ~ 1 + (1 | plate) + (1 | sample)",
+                    confint = prof_ci(lmer(diameter ~ 1 + (1 | plate) + (1 | sample), Penicillin)))),
+  "profile_reference.json")
