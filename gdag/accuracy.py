@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -122,12 +123,21 @@ def scaled_condition(Q: sp.csc_matrix, solve: Callable[[np.ndarray], np.ndarray]
 
 def scaled_norm(Q: sp.csc_matrix, root: np.ndarray) -> float:
     """``||S||_1`` exactly, for ``S = diag(Q)^{-1/2} Q diag(Q)^{-1/2}`` (``Q`` by its lower triangle, ``root = sqrt(diag(Q))``)."""
-    n = Q.shape[0]
-    cols = np.repeat(np.arange(n), np.diff(Q.indptr))
-    scaled = np.abs(Q.data) / (root[Q.indices] * root[cols])
-    # each stored entry counts in its column and, by symmetry, in its row; the unit diagonal once
-    sums = np.bincount(cols, weights=scaled, minlength=n) + np.bincount(Q.indices, weights=scaled, minlength=n)
-    return float(np.max(sums - 1.0))
+    sums = np.zeros(Q.shape[0])
+    _scaled_column_sums(Q.indptr, Q.indices, Q.data, root, sums)
+    return float(np.max(sums))
+
+
+@numba.njit(cache=True)
+def _scaled_column_sums(indptr, indices, data, root, sums):
+    """Column sums of ``|S|`` from its lower triangle: an entry off the diagonal counts in its row too."""
+    for j in range(indptr.shape[0] - 1):
+        for p in range(indptr[j], indptr[j + 1]):
+            i = indices[p]
+            v = abs(data[p]) / (root[i] * root[j])
+            sums[j] += v
+            if i != j:
+                sums[i] += v
 
 
 def condition_upper_bound(Q: sp.csc_matrix, variances: np.ndarray) -> float:

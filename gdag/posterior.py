@@ -290,8 +290,9 @@ class Posterior:
                 _, w_new, f_new = gram.weighted_residual(values, candidate, s.r, s.d)
                 if not f_new < f:
                     break
+                negligible = f - f_new <= 8 * np.finfo(float).eps * f  # a gain at the rounding of f itself
                 m, w, f = candidate, w_new, f_new
-                if np.max(np.abs(step)) <= 4 * np.finfo(float).eps * np.max(np.abs(m)):
+                if negligible or np.max(np.abs(step)) <= 4 * np.finfo(float).eps * np.max(np.abs(m)):
                     break
         return m
 
