@@ -111,6 +111,7 @@ def _end(fit, target: dict, base: float, goal: float) -> float:
         if abs(f1) < TOL_ZETA:
             return back(t1)
         t2 = t1 - f1 * (t1 - t0) / (f1 - f0) if f1 != f0 else t1 + (t1 - t0)
+        t2 = min(max(t2, t1 - 4 * step), t1 + 4 * step)  # a flat stretch must not fling the secant away
         if (t2 - t_hat) * goal <= 0:  # never cross back over the estimate
             t2 = 0.5 * (t1 + t_hat)
         if bound is not None and (t2 - bound[0]) * goal >= 0:  # past the bound: is the profile flat up to it?

@@ -22,6 +22,7 @@ FORMULAS = {
     "pastes": "strength ~ 1 + (1 | batch/cask)",
     "cake_interaction": "angle ~ recipe * temp + (1 | recipe:replicate)",
     "cake_quadratic": "angle ~ recipe + temp + I(temp^2) + (1 | replicate)",
+    "small_group": "y ~ 1 + (1 | g)",
 }
 
 # the lme4 fits stored in tests/data: (data set, formula key, reference file, key in it)
@@ -50,8 +51,8 @@ def _factor(codes, name: str, group: str, key: str = "reml") -> pd.Categorical:
 
 
 def frame(name: str) -> pd.DataFrame:
-    """The data set ``name`` (dyestuff, penicillin, sleepstudy, insteval, pastes, cake) as a DataFrame."""
-    if name in ("pastes", "cake"):
+    """The data set ``name`` (dyestuff, penicillin, sleepstudy, insteval, pastes, cake, small_group) as a DataFrame."""
+    if name in ("pastes", "cake", "small_group"):
         return pd.read_csv(DATA / f"{name}.csv")
     if name == "insteval":
         d = pd.read_csv(DATA / "insteval.csv.gz")

@@ -114,14 +114,23 @@ def test_fixef_and_wald_confint_match_lme4(lmer_fits):
         fit.confint(method="bootstrap")
 
 
-@pytest.mark.parametrize("case, data", [("dyestuff", "dyestuff"), ("sleepstudy", "sleepstudy"),
-                                        ("sleepstudy_uncorrelated", "sleepstudy"), ("penicillin", "penicillin")])
-def test_profile_intervals_match_lme4(lmer_fits, case, data):
-    """lme4's confint(method = "profile"), from the ML deviance, to 1e-3 (lme4 interpolates its profile by splines)."""
+@pytest.mark.parametrize("case, data, method", [
+    ("dyestuff", "dyestuff", "reml"), ("sleepstudy", "sleepstudy", "reml"), ("sleepstudy_uncorrelated", "sleepstudy", "reml"),
+    ("penicillin", "penicillin", "reml"), ("small_group", "small_group", "ml"),
+])
+def test_profile_intervals_match_lme4(lmer_fits, case, data, method):
+    """lme4's confint(method = "profile"), from the ML deviance, to 1e-3 (lme4 interpolates its profile by splines).
+
+    A REML fit is refitted by ML, as lme4 does; small_group's group SD has an interval reaching 0.
+    """
     want = reference("profile")[case]["confint"]
-    got = lmer_fits(case, data).confint(method="profile")  # a REML fit: refitted by ML, as lme4 does
+    got = lmer_fits(case, data, method).confint(method="profile")
     assert list(got.index) == list(want) and list(got.columns) == ["2.5 %", "97.5 %"]
     np.testing.assert_allclose(got.to_numpy(), np.array(list(want.values())), rtol=1e-3)
+    if case == "small_group":
+        assert got.iloc[0, 0] == 0.0
+    with pytest.raises(gdag.FitError, match="needs a fit of a model from gdag.from_formula"):
+        gdag.tables.confint(type("HandWritten", (), {"design": None})(), method="profile")
 
 
 def test_fitted_and_residuals_are_lme4s_from_its_own_estimates(lmer_fits):

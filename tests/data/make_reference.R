@@ -325,6 +325,10 @@ write_json_file(list(
 
 ## profile intervals: confint(fit, method = "profile", oldNames = FALSE)
 ## (lme4 profiles the ML deviance, refitting a REML fit by ML first)
+set.seed(1)
+small_group <- data.frame(g = factor(rep(letters[1:6], each = 4)))
+small_group$y <- 0.3 * rnorm(6)[small_group$g] + rnorm(24)
+write_csv(small_group, "small_group.csv")
 prof_ci <- function(fit) {
   ci <- confint(fit, method = "profile", oldNames = FALSE)
   setNames(lapply(rownames(ci), function(r) I(unname(ci[r, ]))), rownames(ci))
@@ -339,5 +343,7 @@ write_json_file(list(
     formula = "Reaction ~ 1 + Days + (1 + Days || Subject)",
     confint = prof_ci(lmer(Reaction ~ 1 + Days + (1 + Days || Subject), ss))),
   penicillin = list(formula = "diameter ~ 1 + (1 | plate) + (1 | sample)",
-                    confint = prof_ci(lmer(diameter ~ 1 + (1 | plate) + (1 | sample), Penicillin)))),
+                    confint = prof_ci(lmer(diameter ~ 1 + (1 | plate) + (1 | sample), Penicillin))),
+  small_group = list(formula = "y ~ 1 + (1 | g)", reml = FALSE,  # a group SD whose interval reaches 0
+                     confint = prof_ci(lmer(y ~ 1 + (1 | g), small_group, REML = FALSE)))),
   "profile_reference.json")
