@@ -261,6 +261,54 @@ def test_other_factorizations_and_optimizers_agree(fits, options):
         assert fit.params[name] == pytest.approx(ref.params[name], rel=1e-4)
 
 
+@pytest.mark.parametrize("method", ["ml", "reml"])
+def test_coefficients_are_fit_by_scoring(fits, method):
+    """``u1 ~ N(rho u0, s1)``: scoring (with the coefficient's average information) and L-BFGS-B agree, scoring in few steps."""
+    fit = fits("sleepstudy", method)
+    m, data = sleepstudy()
+    other = m.fit(data, method=method, optimizer="lbfgs")
+    assert fit.loglik == pytest.approx(other.loglik, rel=1e-10)
+    for name in fit.params:
+        assert fit.params[name] == pytest.approx(other.params[name], rel=1e-5)
+    assert fit.n_eval <= 10 < other.n_eval
+
+
+@pytest.mark.parametrize("reml", [False, True])
+def test_average_information_is_the_hessian_at_the_optimum(fits, reml):
+    """On sleepstudy's (Days | Subject) the curvature scoring uses (sds and rho) equals the Hessian at the optimum.
+
+    Internal: reads the objective's curvature at the fit's estimates.
+    """
+    fit = fits("sleepstudy", "reml" if reml else "ml")
+    m, data = sleepstudy()
+    cm = m._queries.compiled(m.spec())
+    x, observed = data_vector(m.spec(), cm, data)
+    cond = m._queries.conditioning_for(cm, observed)
+    obj = Objective(cm, cond, x, infer_roles(cm, cond), reml=reml)
+    ratio = {"s0": fit.params["s0"] / fit.params["sigma"], "s1": fit.params["s1"] / fit.params["sigma"], "rho": fit.params["rho"]}
+    v = np.array([ratio[obj.roles.labels[k]] for k in obj.free])
+    H = obj.evaluate(v, gradient=True, curvature=True).curvature
+    fd = np.zeros_like(H)
+    for i in range(v.size):
+        step = np.zeros_like(v)
+        step[i] = 1e-5 * max(abs(v[i]), 0.01)
+        fd[:, i] = (obj.evaluate(v + step, gradient=True).gradient - obj.evaluate(v - step, gradient=True).gradient) / (2 * step[i])
+    np.testing.assert_allclose(H, 0.5 * (fd + fd.T), rtol=1e-4, atol=1e-6 * np.abs(fd).max())
+
+
+def test_a_long_chain_of_coefficients_is_left_to_lbfgs():
+    """``x_t = rho x_{t-1} + e``: A^-1 over 40 generations of ancestors is too deep for the curvature; L-BFGS-B fits it."""
+    rng = np.random.default_rng(3)
+    y = np.cumsum(rng.normal(size=40)) * 0.5 + rng.normal(size=40)
+    m = gdag.Model("ar1")
+    time = m.plate("time", 40)
+    state = m.normal("x", mean=lambda x: m.param("rho") * x.lag(1), sd=m.param("q", positive=True), plate=time)
+    m.normal("y", mean=state, sd=m.param("r", positive=True), plate=time)
+    with pytest.raises(gdag.FitError, match="generations of ancestors"):
+        m.fit({"y": y}, method="ml", optimizer="scoring")
+    assert m.fit({"y": y}, method="ml").converged
+
+
 # ----------------------------------------------------------------- OLS
 
 
@@ -826,8 +874,8 @@ def test_a_fit_holds_one_blas_thread_throughout_and_restores_the_count(monkeypat
         seen = []
         minimize = so.minimize
         monkeypatch.setattr(so, "minimize", lambda *a, **k: seen.append(counts()) or minimize(*a, **k))
-        m, data = sleepstudy()  # rho is a coefficient: L-BFGS-B
-        assert m.fit(data, method="ml").converged
+        m, data = sleepstudy()
+        assert m.fit(data, method="ml", optimizer="lbfgs").converged
         assert seen == [[1] * len(before)]
         assert counts() == [2] * len(before)
     finally:

@@ -53,6 +53,8 @@ from .roles import SD_FLOOR, Roles, not_identified_message
 
 # Constant-design models keep one Gram matrix per variance class up to this many classes.
 MAX_CLASSES = 64
+# Scoring takes coefficients whose parents have at most this many generations of ancestors (else L-BFGS-B).
+MAX_DEPTH = 32
 FACTORIZATIONS = ("auto", "sparse", "blocked")
 
 
@@ -156,9 +158,14 @@ class Objective:
         free_sd = np.zeros(cm.n_theta + 1, bool)
         free_sd[self.free[self.is_sd]] = True
         self._rows_grad = free_sd[self.sd_R] if self.n_R else np.zeros(0, bool)
+        parents = np.zeros(self.n_R, bool)
         for entry in (self.free[roles.scale[self.free]] if self.exact_gradient else ()):
             dcoef = self.coef_derivative(int(entry))
             self._rows_grad[self.rows[dcoef != 0]] = True
+            parents[self.cols[dcoef != 0]] = True
+        # The average information (scoring) needs A^-1 over the ancestors of scaled coefficients' parents.
+        self.ancestor_depth = derivatives.ancestor_depth(self.rows, self.cols, parents, self.n_R, MAX_DEPTH)
+        self.has_curvature = self.exact_gradient and self.ancestor_depth is not None
 
     # ------------------------------------------------------------ constants
 
@@ -264,11 +271,11 @@ class Objective:
 
     def _profile(self, pt: Point) -> Evaluation:
         """-2 log L at ``pt`` with the fixed effects at their GLS values and a profiled scale at its optimum."""
-        beta, logdet_S, c_full = self._fixed_effects(pt) if self.p else (np.zeros(0), 0.0, pt.c)
+        beta, logdet_S, pt.c_full = self._fixed_effects(pt) if self.p else (np.zeros(0), 0.0, pt.c)
         # residual at the posterior mean, e = A xbar - c'(beta-hat); quad = e^T W e
         pt.xbar = self.x_R.copy()
         pt.xbar[self.u_in_R] = pt.m
-        pt.e = pt.xbar - c_full - self._B_times(pt.coef, pt.xbar)
+        pt.e = pt.xbar - pt.c_full - self._B_times(pt.coef, pt.xbar)
         quad = float(np.sum(pt.W * pt.e * pt.e))
         logdet = float(np.sum(np.log(pt.d))) + pt.logdet_Q + (logdet_S if self.reml else 0.0)
         if self.roles.profiled >= 0:
@@ -321,7 +328,7 @@ class Objective:
         qfac = 1.0 / pt.sigma2 if self.roles.profiled >= 0 else 1.0
         if gradient:
             out.gradient = derivatives.gradient(self, pt, h, extra, qfac)
-        if curvature and self.pure_variance:
+        if curvature and self.has_curvature:
             out.curvature = derivatives.curvature(self, pt, out.gradient, v)
 
     # ------------------------------------------------------------- assembly

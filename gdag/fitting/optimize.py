@@ -18,11 +18,11 @@ from ..errors import FitError, NotIdentifiedError, ParamError
 from ..pattern import Conditioning
 from ..spec import ModelSpec, check_param_value
 from .objective import Evaluation, Objective
-from .roles import Roles
+from .roles import SD_FLOOR, Roles
 
 # An sd below this, relative to its scale, is at its boundary 0 (lme4's isSingular tolerance on theta).
 SINGULAR_TOL = 1e-4
-# Scoring corrects its curvature by the secant of the last full step when that step moved no variable by more than this (relative).
+# Scoring corrects its curvature by the secant of the last step when that step moved no variable by more than this (relative).
 SECANT_STEP = 0.1
 
 
@@ -54,7 +54,10 @@ def starting_point(spec: ModelSpec, cm: CompiledModel, cond: Conditioning, x: np
     sds ``1/sqrt(k)`` for ``k`` variance components (together as much variance
     as the residual; lme4 starts each at 1, which took more steps on our
     cases), sds equal to the data's spread when nothing is profiled, and
-    coefficients 0.
+    coefficients 0.  An sd whose variables enter the observed ones through
+    covariates (a random slope ``age * u1[g]``) starts divided by their root
+    mean square, so that its share of the variance is the same: Orthodont's
+    ``(age | Subject)`` then takes 9 evaluations instead of 26.
     """
     given = np.full(cm.n_theta, np.nan)
     for i, name in enumerate(cm.param_names):
@@ -75,14 +78,15 @@ def starting_point(spec: ModelSpec, cm: CompiledModel, cond: Conditioning, x: np
     sigma0 = given[prof] if prof >= 0 and np.isfinite(given[prof]) else None
     free = roles.optimized
     ratio0 = 1.0 / math.sqrt(max(1, int(np.count_nonzero(roles.sd[free]))))
+    rms = _design_rms(cm, np.isfinite(x))
     v0, scales = np.zeros(free.shape[0]), np.ones(free.shape[0])
     for i, entry in enumerate(free):
         g = given[entry]
         if roles.sd[entry]:
             if prof >= 0:  # ratio to the profiled sd (lme4's theta)
-                v0[i] = g / sigma0 if (sigma0 is not None and np.isfinite(g)) else ratio0
+                v0[i] = g / sigma0 if (sigma0 is not None and np.isfinite(g)) else ratio0 / rms[entry]
             else:  # sd over the data's spread
-                scales[i] = g if np.isfinite(g) else spread
+                scales[i] = g if np.isfinite(g) else spread / rms[entry]
                 v0[i] = 1.0
         elif roles.positive[entry]:
             scales[i] = g if np.isfinite(g) else 1.0
@@ -90,6 +94,17 @@ def starting_point(spec: ModelSpec, cm: CompiledModel, cond: Conditioning, x: np
         else:
             v0[i] = g if np.isfinite(g) else 0.0
     return v0, scales
+
+
+def _design_rms(cm: CompiledModel, observed: np.ndarray) -> np.ndarray:
+    """Per parameter entry: the root mean square of the constant coefficients with which the variables whose sd
+    it sets enter observed variables (1 where there are none)."""
+    k = (cm.B_scale < 0) & observed[cm.B_rows] & (cm.sd_param[cm.B_cols] >= 0)
+    entry = cm.sd_param[cm.B_cols[k]]
+    count = np.bincount(entry, minlength=cm.n_theta)
+    square = np.bincount(entry, weights=cm.B_base[k] ** 2, minlength=cm.n_theta)
+    rms = np.sqrt(square / np.maximum(count, 1))
+    return np.where((count > 0) & (rms > 0) & np.isfinite(rms), rms, 1.0)
 
 
 def run_lbfgs(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: FitLog):
@@ -119,13 +134,15 @@ def run_lbfgs(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: Fi
 def run_scoring(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: FitLog):
     """Projected, damped Fisher scoring with the average-information matrix, corrected by secants.
 
-    The variables are the (relative) sds ``v >= 0``.  Each iteration solves
-    ``H d = -g`` over the variables not held at 0 (held: at 0 with a gradient
-    pushing outwards), caps the step at 10 times the variables' size, and
-    halves it until the objective falls (Armijo).  ``H`` is the
-    average-information matrix, corrected after a full step so that it
-    reproduces the change of the gradient along that step (a symmetric rank-one
-    secant update): where the likelihood is flat the average information can
+    The variables are (relative) sds ``v >= 0`` and coefficients (with exact
+    gradients and an average-information matrix:
+    :func:`gdag.fitting.derivatives.curvature`).  Each iteration solves
+    ``H d = -g`` over the variables not held at their bound (held: at 0 with a
+    gradient pushing outwards), caps the step at 10 times the variables'
+    size, and halves it until the objective falls (Armijo).  ``H`` is the
+    average-information matrix, corrected after a step of at most
+    ``SECANT_STEP`` (relative) so that it reproduces the change of the
+    gradient along that step (a symmetric rank-one secant update): where the likelihood is flat the average information can
     be twice the true curvature (the Nile local level), and scoring then only
     halves the distance to the optimum per step.
 
@@ -138,20 +155,21 @@ def run_scoring(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: 
     that small).  A predicted decrease below ``tol * max(1, |objective|)``
     with no such step ends it too.
     """
-    v = np.maximum(np.asarray(v0, dtype=float), 0.0)
+    lower = obj.lower
+    v = np.maximum(np.asarray(v0, dtype=float), lower)
     ev = log.record(v, obj.evaluate(v, gradient=True, curvature=True))
     xtol = math.sqrt(tol)
-    secant = None  # (step, change of the gradient) of the last full step
+    secant = None  # (step, change of the gradient) of the last step, when small
     for it in range(1, max_iter + 1):
         g = ev.gradient
         H = _secant_update(ev.curvature, *secant) if secant is not None else ev.curvature
-        d = _scoring_step(v, g, H)
+        d = _scoring_step(v, g, H, lower)
         decrease = -0.5 * float(g @ d)
         size = max(1.0, abs(ev.objective))
         moves = _relative_step(v, d)
         if decrease <= tol * size and moves <= xtol:
             return True, it - 1, "predicted decrease and step below tolerance"
-        if decrease <= 1e3 * tol * size and np.all(v + d >= 0):
+        if decrease <= 1e3 * tol * size and np.all(v + d >= lower):
             # Close: take the full step, checking only that the objective falls as predicted.
             ev_new = log.record(v + d, obj.evaluate(v + d))
             actual = ev.objective - ev_new.objective
@@ -159,10 +177,10 @@ def run_scoring(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: 
                 return True, it, "final Newton step"
             if decrease <= tol * size and actual >= -tol * size:
                 return True, it, "predicted decrease below tolerance"
-        cap = 10.0 * np.maximum(v, 1.0)
+        cap = 10.0 * np.maximum(np.abs(v), 1.0)
         alpha = min(1.0, float(np.min(cap / np.maximum(np.abs(d), 1e-300))))
         for _ in range(40):
-            v_new = np.maximum(v + alpha * d, 0.0)
+            v_new = np.maximum(v + alpha * d, lower)
             try:
                 ev_new = log.record(v_new, obj.evaluate(v_new, gradient=True, curvature=True))
             except NotIdentifiedError:  # a trial point too extreme to factor: shorten the step
@@ -173,15 +191,18 @@ def run_scoring(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: 
             alpha *= 0.5
         else:
             return False, it, "line search failed"
-        near = alpha == 1.0 and moves <= SECANT_STEP  # a full step small enough for a quadratic model
+        near = alpha * moves <= SECANT_STEP  # a step small enough for a quadratic model
         secant = (v_new - v, ev_new.gradient - g) if near else None
         v, ev = v_new, ev_new
     return False, max_iter, "iteration limit reached"
 
 
-def _scoring_step(v: np.ndarray, g: np.ndarray, H: np.ndarray) -> np.ndarray:
-    """``-H^{-1} g`` over the variables not held at 0 (scaled steepest descent where that is no descent)."""
-    held = (v <= 0) & (g > 0)
+def _scoring_step(v: np.ndarray, g: np.ndarray, H: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """``-H^{-1} g`` over the variables not held at their bound (scaled steepest descent where that is no descent).
+
+    A variable bounded at 0 is held from ``SD_FLOOR`` down, where the objective no longer depends on it.
+    """
+    held = (v <= np.where(lower == 0, SD_FLOOR, lower)) & (g > 0)
     free = ~held
     d = np.zeros_like(v)
     if free.any():
