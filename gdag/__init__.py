@@ -25,6 +25,7 @@ from .fitting.fit import Fit
 from .model import Model
 from .posterior import Posterior
 from .spec import Node, Param, Plate
+from .tables import anova
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,7 @@ __all__ = [
     "dot",
     "from_formula",
     "lmer",
+    "anova",
     "ModelError",
     "ModelSpecError",
     "GraphError",

@@ -24,12 +24,12 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy.special import ndtri
+from scipy.special import chdtrc, ndtri
 
 from .errors import DataError, FitError
 from .spec import label
 
-__all__ = ["fixef", "ranef", "varcorr", "block_covariance", "confint", "fitted", "residuals", "predict",
+__all__ = ["fixef", "ranef", "varcorr", "block_covariance", "confint", "fitted", "residuals", "predict", "anova", "simulate",
            "posterior_frame", "formula_summary", "summary_notes", "fit_html"]
 
 
@@ -221,6 +221,68 @@ def predict(fit, newdata, new_levels: str = "population") -> pd.DataFrame:
     mean, sd = np.atleast_1d(post.mean(node)), np.atleast_1d(post.sd(node))
     sigma = fit.params[design.sigma]
     return pd.DataFrame({"mean": mean, "sd": sd, "sd_obs": np.sqrt(sd**2 + sigma**2)}, index=index)
+
+
+# ------------------------------------------------------------- comparisons
+
+
+def anova(*fits, names=None) -> pd.DataFrame:
+    """Likelihood-ratio table of nested fits, as lme4's ``anova(fit0, fit1, ...)``.
+
+    Fits are sorted by their number of parameters; REML fits of formula
+    models are refitted by ML first (as lme4 does), since restricted
+    likelihoods of different fixed effects do not compare.  Columns
+    ``npar, AIC, BIC, logLik, deviance, Chisq, Df, Pr(>Chisq)``: ``Chisq`` is
+    twice the gain in log-likelihood over the row before, referred to a
+    chi-square with ``Df`` (the extra parameters) degrees of freedom.
+    """
+    if len(fits) < 2:
+        raise FitError("anova() compares two or more fits: gdag.anova(fit0, fit1, ...).")
+    names = list(names) if names is not None else [_fit_name(f) for f in fits]
+    if len(names) != len(fits):
+        raise FitError(f"anova(): {len(names)} names for {len(fits)} fits.")
+    if len({f.nobs for f in fits}) > 1:
+        raise FitError("anova() compares fits to the same observations; these have " +
+                       ", ".join(str(f.nobs) for f in fits) + ".")
+    fits = [_ml(f) for f in fits]
+    order = sorted(range(len(fits)), key=lambda k: fits[k].n_params)
+    fits, names = [fits[k] for k in order], [names[k] for k in order]
+    loglik = np.array([f.loglik for f in fits])
+    npar = np.array([f.n_params for f in fits], dtype=float)
+    chisq = np.r_[np.nan, 2.0 * np.diff(loglik)]
+    df = np.r_[np.nan, np.diff(npar)]
+    with np.errstate(invalid="ignore"):
+        p = np.where(df > 0, chdtrc(np.where(df > 0, df, 1.0), np.maximum(chisq, 0.0)), np.nan)
+    return pd.DataFrame({"npar": npar.astype(int), "AIC": [f.aic for f in fits], "BIC": [f.bic for f in fits],
+                         "logLik": loglik, "deviance": -2.0 * loglik, "Chisq": chisq, "Df": df, "Pr(>Chisq)": p},
+                        index=pd.Index(names, name="model"))
+
+
+def _fit_name(fit) -> str:
+    return fit.design.formula.text if fit.design is not None else fit.model_name
+
+
+def _ml(fit):
+    if fit.criterion == "ml":
+        return fit
+    if fit.design is None:
+        raise FitError(f"anova() compares ML fits; `{fit.model_name}` was fitted by {fit.method.upper()}: "
+                       "refit it with m.fit(data, method='ml').")
+    return fit.design.build(fit.model_name).fit(fit.design.data, method="ml")
+
+
+def simulate(fit, n: int = 1, seed=None) -> pd.DataFrame:
+    """``n`` new responses from the fitted model of a formula fit (random effects drawn afresh), as lme4's ``simulate()``.
+
+    One column per simulation (``sim_1``, ...), one row per row of the data used.
+    """
+    if fit.design is None:
+        raise FitError("simulate() needs a fit of a model from gdag.from_formula. For a model declared by hand, "
+                       "draw from m.posterior({}, params=fit.params).sample(n).")
+    design = fit.design
+    draws = design.build(fit.model_name).posterior({}, params=fit.params).sample(n, seed=seed, nodes=[design.response])
+    columns = [f"sim_{k + 1}" for k in range(draws[design.response].shape[0])]
+    return pd.DataFrame(draws[design.response].T, index=design.rows, columns=columns)
 
 
 # ------------------------------------------------------------------ posterior

@@ -287,3 +287,37 @@ def test_formulas_example_runs(capsys):
     runpy.run_path(str(Path(__file__).parent.parent / "examples" / "formulas.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "Linear mixed model fit by REML" in out and "Subject.1" in out and "new subject" not in out.split("fit.predict")[0]
+
+
+def test_anova_matches_lme4s_likelihood_ratio_table():
+    """Three REML fits, refitted by ML and ordered by their parameters, as lme4's anova() does."""
+    ref = reference("anova")
+    df = frame("sleepstudy")
+    full, diagonal, intercept = (gdag.lmer(f, df) for f in reversed(ref["formulas"]))
+    table = gdag.anova(full, diagonal, intercept)
+    assert list(table.index) == ref["formulas"]
+    assert list(table.columns) == list(ref["table"])
+    for column, want in ref["table"].items():
+        want = np.array([np.nan if w is None else w for w in want], dtype=float)
+        rtol = 1e-4 if column in ("Chisq", "Pr(>Chisq)") else 1e-7  # a small difference of log-likelihoods
+        np.testing.assert_allclose(table[column].to_numpy(dtype=float), want, rtol=rtol)
+    with pytest.raises(gdag.FitError, match="compares two or more fits"):
+        gdag.anova(full)
+    with pytest.raises(gdag.FitError, match="to the same observations; these have 180, 179"):
+        gdag.anova(full, gdag.lmer(ref["formulas"][0], df.iloc[1:]))
+
+
+def test_simulate_draws_new_responses_from_the_fitted_model(lmer_fits):
+    fit = lmer_fits("sleepstudy", "sleepstudy")
+    sims = fit.simulate(4000, seed=7)
+    assert sims.shape == (180, 4000) and list(sims.columns[:2]) == ["sim_1", "sim_2"]
+    pd.testing.assert_frame_equal(fit.simulate(3, seed=7), fit.simulate(3, seed=7))
+    days = frame("sleepstudy").Days.to_numpy()
+    S = gdag.tables.block_covariance(fit, fit.design.blocks[0])
+    z = np.c_[np.ones(180), days]
+    sd = np.sqrt(np.einsum("ij,jk,ik->i", z, S, z) + fit.params["sigma"] ** 2)
+    mean = z @ fit.params["beta"]
+    assert np.all(np.abs(sims.mean(axis=1) - mean) < 5 * sd / np.sqrt(4000))
+    np.testing.assert_allclose(sims.std(axis=1), sd, rtol=0.08)
+    with pytest.raises(gdag.FitError, match="simulate\\(\\) needs a fit of a model from gdag.from_formula"):
+        gdag.tables.simulate(type("HandWritten", (), {"design": None})(), 2)

@@ -162,6 +162,10 @@ class Fit:
         """Mean, ``sd`` and ``sd_obs`` of new rows of a formula fit; see :func:`gdag.tables.predict`."""
         return tables.predict(self, newdata, new_levels)
 
+    def simulate(self, n: int = 1, seed=None):
+        """``n`` new responses from the fitted model (formula fits; lme4's ``simulate()``): columns ``sim_1``, ..."""
+        return tables.simulate(self, n, seed)
+
     def __repr__(self) -> str:
         what = self.design.formula.text if self.design is not None else self.model_name
         state = "converged" if self.converged else "NOT converged"

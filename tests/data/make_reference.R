@@ -347,3 +347,16 @@ write_json_file(list(
   small_group = list(formula = "y ~ 1 + (1 | g)", reml = FALSE,  # a group SD whose interval reaches 0
                      confint = prof_ci(lmer(y ~ 1 + (1 | g), small_group, REML = FALSE)))),
   "profile_reference.json")
+
+## likelihood-ratio table: anova() of three sleepstudy REML fits (lme4 refits them by ML)
+an <- as.data.frame(anova(
+  lmer(Reaction ~ 1 + Days + (1 + Days | Subject), sleepstudy),
+  lmer(Reaction ~ 1 + Days + (1 + Days || Subject), sleepstudy),
+  lmer(Reaction ~ 1 + Days + (1 | Subject), sleepstudy)))
+write_json_file(list(
+  meta = meta(),
+  formulas = I(c("Reaction ~ 1 + Days + (1 | Subject)",
+                 "Reaction ~ 1 + Days + (1 + Days || Subject)",
+                 "Reaction ~ 1 + Days + (1 + Days | Subject)")),  # the table's row order (by npar)
+  table = lapply(as.list(an), function(col) I(unname(col)))),
+  "anova_reference.json")
