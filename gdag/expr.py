@@ -191,7 +191,7 @@ def check_index(index, size: int, what: str) -> np.ndarray:
         integral = np.issubdtype(arr.dtype, np.floating) and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))
         hint = " Convert it with `.astype(int)` if these floats are meant as indices." if integral else ""
         raise ModelSpecError(f"The {what} must hold integers; got dtype {arr.dtype}.{hint}")
-    arr = np.atleast_1d(arr).astype(np.int64, copy=False)
+    arr = np.array(np.atleast_1d(arr), dtype=np.int64)  # a copy: the caller may change theirs later
     bad = np.flatnonzero((arr < 0) | (arr >= size))
     if bad.size:
         first = bad[0]

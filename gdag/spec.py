@@ -161,7 +161,7 @@ def check_param_value(param: Param, value) -> np.ndarray:
     if expr.is_boolean(value):
         raise ParamError(f"The value of parameter `{param.name}` must be numeric; got True/False values.")
     arr = expr.as_float_array(value, ParamError, lambda: f"The value of parameter `{param.name}` must be numeric; got {value!r:.60}.")
-    arr = arr.reshape(-1) if arr.ndim <= 1 else arr
+    arr = np.array(arr.reshape(-1) if arr.ndim <= 1 else arr)  # a copy: the caller may change theirs later
     if arr.ndim != 1 or arr.shape[0] != param.size:
         raise ParamError(
             f"Parameter `{param.name}` has size {param.size}; its value has shape {np.shape(value)}."
