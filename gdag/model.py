@@ -244,7 +244,7 @@ class Model:
             conditioning = queries.query_conditioning(cm, observed)
         self._queries.last_conditioning = conditioning
         check_memory(conditioning.factor_size(), self.name)
-        return Posterior(cm, conditioning, theta, x)
+        return Posterior(cm, conditioning, theta, x, spec.nodes)
 
     def fit(self, data, method: str = "reml", **options):
         """Estimate unknown parameters by ``"reml"``, ``"ml"`` or ``"em"``; see :func:`gdag.fitting.fit.fit`.

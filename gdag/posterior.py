@@ -10,14 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .accuracy import (
-    VARIANCE_HOPELESS,
-    VARIANCE_TOLERANCE,
-    check_system,
-    condition_upper_bound,
-    require_finite,
-    scaled_condition,
-)
+from .accuracy import VARIANCE_HOPELESS, VARIANCE_TOLERANCE, check_system, condition_upper_bound, require_finite, scaled_condition
 from .compiler import CompiledModel
 from .errors import AccuracyWarning, DataError, ModelError, NotIdentifiedError, warn
 from .linalg import LOG_2PI
@@ -40,8 +33,8 @@ class Posterior:
     variance 0.
     """
 
-    def __init__(self, cm: CompiledModel, conditioning: Conditioning, theta: np.ndarray, x: np.ndarray):
-        self._cm = cm
+    def __init__(self, cm: CompiledModel, conditioning: Conditioning, theta: np.ndarray, x: np.ndarray, nodes=None):
+        self._cm, self._nodes = cm, nodes  # nodes: the declared Node objects by name (None: names only)
         self._cond = conditioning
         self._theta = theta.copy()
         self._x = x.copy()
@@ -223,6 +216,9 @@ class Posterior:
         if isinstance(node, _NodeView):
             return node
         name = node.name if isinstance(node, (Node, Param)) else node
+        if isinstance(node, Node) and self._nodes is not None and self._nodes.get(name) is not node:
+            raise DataError(f"Node `{name}` belongs to another model than `{self._cm.name}`; query this posterior "
+                            f"with its own model's node or the name '{name}'.")
         if isinstance(name, str) and name in self._cond.leaf_data:
             return node if isinstance(node, Node) else _LeafView(name, self._cond.leaf_data[name], self._cond)
         if isinstance(node, Param) or (isinstance(name, str) and name in self._cm.param_names

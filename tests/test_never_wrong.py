@@ -4,12 +4,15 @@ Caller arrays changed after declaration, nodes of another model, data gdag
 could misread, and junk options each have a test here that pins the wording.
 """
 
+import re
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gdag
+from gdag.errors import DataError
 
 MUTATE = settings(max_examples=40, deadline=None, derandomize=True,
                   suppress_health_check=[HealthCheck.too_slow])
@@ -62,3 +65,40 @@ def test_changing_the_callers_arrays_after_declaration_changes_nothing(key, posi
         np.testing.assert_array_equal(a, b)
     assert m.to_dict() == saved
     np.testing.assert_array_equal(_answers(gdag.Model.from_dict(m.to_dict()))[0], before[0])
+
+
+def _two_models():
+    models = []
+    for n in (3, 5):
+        m = gdag.Model(f"m{n}")
+        p = m.plate("p", n)
+        u = m.normal("u", 0.0, 1.0, plate=p)
+        m.normal("y", u, 0.5, plate=p)
+        models.append(m)
+    return models
+
+
+@pytest.mark.parametrize("query", [
+    lambda post, other: post.mean(other), lambda post, other: post.var(other),
+    lambda post, other: post.cov(other), lambda post, other: post.cov(post._cm.family_names[0], other),
+    lambda post, other: post.sample(2, nodes=[other], seed=0), lambda post, other: post.sd(other),
+])
+def test_a_node_of_another_model_is_refused_by_every_query(query):
+    small, large = _two_models()
+    post = small.posterior({"y": np.arange(3.0)})
+    with pytest.raises(DataError, match=re.escape(
+            "Node `u` belongs to another model than `m3`; query this posterior with its own model's node or the name 'u'.")):
+        query(post, large.nodes["u"])
+    np.testing.assert_array_equal(post.mean(small.nodes["u"]), post.mean("u"))
+
+
+def test_a_node_of_another_model_is_refused_by_a_fits_posterior():
+    large = _two_models()[1]
+    m = gdag.Model("f")
+    p = m.plate("p", 4)
+    s = m.param("s", positive=True)
+    u = m.normal("u", 0.0, s, plate=p)
+    m.normal("y", u, 1.0, plate=p)
+    fit = m.fit({"y": np.array([0.1, -0.5, 1.2, 0.3])}, method="ml")
+    with pytest.raises(DataError, match="belongs to another model than `f`"):
+        fit.posterior.mean(large.nodes["u"])

@@ -309,7 +309,7 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
             ConvergenceWarning,
         )
     theta = best.theta
-    posterior = Deferred(lambda: Posterior(cm, cond, theta, x))
+    posterior = Deferred(lambda: Posterior(cm, cond, theta, x, spec.nodes))
     timings = {"setup": t_setup - t_start, "optimize": t_opt - t_setup, "assemble": 0.0, "factor": 0.0,
                "fixed": 0.0, "gradient": 0.0, **phases}
     fit = _make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
