@@ -105,6 +105,8 @@ def without(model: ModelSpec, data: Mapping[str, Any], names) -> dict:
 
 def node_values(node: Node, value) -> np.ndarray:
     value = numeric(value)  # a pandas column: floats with NaN for missing entries
+    if isinstance(value, np.ma.MaskedArray):  # masked entries are unobserved, as NaN entries are
+        value = value.astype(float).filled(np.nan) if value.dtype.kind in "iuf" else value.filled()
     if isinstance(value, (str, bytes)) or value is None:
         raise DataError(f"Data for node `{node.name}` must be numeric; got {value!r:.60}.")
     if isinstance(value, Mapping) or sp.issparse(value):

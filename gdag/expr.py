@@ -15,7 +15,6 @@ An expression of length 1 broadcasts against any length, as in numpy.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import ModelSpecError
+from .inputs import _asarray, as_float_array, is_boolean, is_complex  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -222,9 +222,13 @@ def dot(matrix, source) -> Expr:
     """
     if not isinstance(source, Leaf):
         raise ModelSpecError(f"gdag.dot multiplies a design matrix by a node or parameter; got {type(source).__name__}.")
-    if sp.issparse(matrix):
+    if sp.issparse(matrix) and matrix.ndim == 2:
         coo = sp.coo_matrix(matrix)
+        if coo.dtype.kind not in "iuf":  # as for dense ones: complex parts would be dropped, booleans read as 1.0
+            raise ModelSpecError(f"The design matrix for `{source.name}` must be a real 2-d array; got a scipy.sparse "
+                                 f"{type(matrix).__name__} of {coo.dtype}.")
     else:
+        matrix = matrix.toarray() if sp.issparse(matrix) else matrix  # a 1-d sparse array: a column, as a 1-d array
         dense = _asarray(matrix, f"design matrix for `{source.name}`")
         if dense.ndim == 1:
             dense = dense.reshape(-1, 1)
@@ -369,48 +373,6 @@ def _constant_array(value, what: str) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ModelSpecError(f"The {what} has NaN or infinite entries.")
     return arr
-
-
-def as_float_array(value, error: type, message) -> np.ndarray:
-    """``np.asarray(value, dtype=float)``, raising ``error(message)`` where that fails or would
-    silently drop an imaginary part (complex entries nested in an object array).
-
-    ``message`` is a string, or a callable that makes one (so that large values are
-    formatted only when there is an error to report).
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", np.exceptions.ComplexWarning)
-        try:
-            return np.asarray(value, dtype=float)
-        except (TypeError, ValueError, OverflowError, np.exceptions.ComplexWarning) as err:
-            raise error(message() if callable(message) else message) from err
-
-
-def _asarray(value, what: str) -> np.ndarray:
-    """``np.asarray`` that reports ragged or unconvertible input as a :class:`ModelSpecError`."""
-    try:
-        return np.asarray(value)
-    except (TypeError, ValueError, OverflowError) as err:
-        raise ModelSpecError(f"The {what} must be an array; got a ragged or unconvertible {type(value).__name__}.") from err
-
-
-def is_boolean(value) -> bool:
-    """True for True/False values, boolean arrays and sequences holding them (refused as numbers)."""
-    if isinstance(value, (bool, np.bool_)):
-        return True
-    if isinstance(value, np.ndarray):
-        return value.dtype == bool or (value.dtype == object and any(is_boolean(v) for v in value.reshape(-1)))
-    if isinstance(value, (list, tuple)):
-        return any(is_boolean(v) for v in value)
-    return False
-
-
-def is_complex(value) -> bool:
-    """True for complex input (which a float conversion would silently truncate)."""
-    try:
-        return bool(np.iscomplexobj(value))
-    except (TypeError, ValueError):  # ragged lists and the like: the float conversion reports them
-        return False
 
 
 def _describe(obj) -> str:

@@ -102,3 +102,62 @@ def test_a_node_of_another_model_is_refused_by_a_fits_posterior():
     fit = m.fit({"y": np.array([0.1, -0.5, 1.2, 0.3])}, method="ml")
     with pytest.raises(DataError, match="belongs to another model than `f`"):
         fit.posterior.mean(large.nodes["u"])
+
+
+def _one_level(n=4):
+    m = gdag.Model("masked")
+    p = m.plate("p", n)
+    mu = m.normal("mu", 0.0, 10.0)
+    m.normal("y", mu, 1.0, plate=p)
+    return m
+
+
+@pytest.mark.parametrize("dtype", [float, int])
+def test_masked_data_entries_are_unobserved(dtype):
+    m = _one_level()
+    y = np.ma.masked_array(np.array([1, 2, 1000000, 3], dtype=dtype), mask=[False, False, True, False])
+    post = m.posterior({"y": y})
+    expected = m.posterior({"y": np.array([1.0, 2.0, np.nan, 3.0])})
+    assert post.mean("mu") == expected.mean("mu")
+    assert post.log_evidence == expected.log_evidence
+    assert post.mean("y")[2] == expected.mean("y")[2]
+
+
+def test_masked_arrays_with_masked_entries_are_refused_in_declarations():
+    masked = np.ma.masked_array([0.5, 1.0, 2.0, 1.0], mask=[False, True, False, False])
+    m = _one_level()
+    q = m.plate("q", 4)
+    with pytest.raises(gdag.ModelSpecError, match=re.escape(
+            "It is a masked array with masked entries, which have no value here: fill them (`.filled(...)`) or leave them out.")):
+        m.normal("z", 0.0, masked, plate=q)
+    with pytest.raises(gdag.ModelError, match="masked array with masked entries"):
+        m.param("beta", size=4, value=masked)
+    with pytest.raises(gdag.ModelSpecError, match=re.escape("The index into `mu` is a masked array with masked entries")):
+        m.normal("w", m.nodes["mu"][np.ma.masked_array([0, 0, 0, 0], mask=[0, 1, 0, 0])], 1.0, plate=q)
+    unmasked = m.normal("v", 0.0, np.ma.masked_array([0.5, 1.0, 2.0, 1.0]), plate=q)
+    assert unmasked.size == 4
+
+
+def test_a_complex_or_boolean_sparse_design_matrix_is_refused():
+    sparse = pytest.importorskip("scipy.sparse")
+    m = gdag.Model("d")
+    beta = m.param("beta", size=2)
+    for matrix, dtype in [(sparse.csr_matrix(np.array([[1 + 2j, 0], [0, 1]])), "complex128"),
+                          (sparse.coo_array(np.eye(2, dtype=bool)), "bool")]:
+        with pytest.raises(gdag.ModelSpecError, match=re.escape(
+                f"The design matrix for `beta` must be a real 2-d array; got a scipy.sparse {type(matrix).__name__} of {dtype}.")):
+            gdag.dot(matrix, beta)
+
+
+def test_a_one_dimensional_sparse_array_is_a_column_like_a_one_dimensional_array():
+    sparse = pytest.importorskip("scipy.sparse")
+    m = gdag.Model("d")
+    b = m.param("b")
+    column = sparse.coo_array(np.array([1.0, 0.0, 2.0]))
+    assert column.ndim == 1
+    expr, dense = gdag.dot(column, b), gdag.dot(np.array([1.0, 0.0, 2.0]), b)
+    assert expr.length == dense.length == 3
+    np.testing.assert_array_equal(expr.terms[0].vals, dense.terms[0].vals)
+    with pytest.raises(gdag.ModelSpecError, match=re.escape(
+            "The design matrix for `b` must be a real 2-d array; got a scipy.sparse coo_array of complex128.")):
+        gdag.dot(sparse.coo_array(np.array([[1j], [0.0]])), b)
