@@ -22,6 +22,7 @@ from .errors import (
 )
 from .expr import Expr, dot
 from .fitting.fit import Fit
+from .intervene import shift
 from .model import Model
 from .posterior import Posterior
 from .spec import Node, Param, Plate
@@ -38,6 +39,7 @@ __all__ = [
     "Posterior",
     "Fit",
     "dot",
+    "shift",
     "from_formula",
     "lmer",
     "anova",

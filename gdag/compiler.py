@@ -70,8 +70,11 @@ class CompiledModel:
     # (the dataclass stays frozen; functools stores them in the instance dict).
     @cached_property
     def deterministic(self) -> np.ndarray:
-        """Boolean mask of variables with sd 0 (eliminated exactly); computed once, read-only."""
-        return _read_only((self.sd_base == 0) & (self.sd_param < 0))
+        """Boolean mask of variables with sd 0 (eliminated exactly); computed once, read-only.
+
+        A zero base is 0 whatever its parameter (``m.do()`` zeroes the base of the entries it sets).
+        """
+        return _read_only(self.sd_base == 0)
 
     @cached_property
     def _index(self) -> dict[str, int]:

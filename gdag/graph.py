@@ -118,9 +118,7 @@ def graph_of(model: ModelSpec | ModelGraph) -> ModelGraph:
 
 def node_kind(node: Node) -> str:
     """``"random"``, ``"deterministic"`` (sd 0 everywhere) or ``"partly deterministic"``."""
-    if node.sd.param is not None:
-        return "random"
-    zero = node.sd.base == 0
+    zero = node.sd.base == 0  # a parameter's sd has positive bases, except where m.do() set the entries
     if zero.all():
         return "deterministic"
     return "partly deterministic" if zero.any() else "random"

@@ -26,6 +26,7 @@ from .fitting.fit import fit as fit_model
 from .frame import frame_data, is_frame, plate_labels
 from .frame import levels as level_codes
 from .graph import check_self_reference, expanded_graph, family_graph
+from .intervene import check_data, intervened_model
 from .observations import reducible_families
 from .posterior import Posterior
 from .render import render as render_model
@@ -62,6 +63,7 @@ class Model:
         self.nodes: dict[str, Node] = {}
         self.params: dict[str, Param] = {}
         self.design = None  # what gdag.from_formula built the model from (gdag.design.Design)
+        self.interventions = ()  # what m.do() set or shifted to make this model (gdag.intervene)
         self._version = 0  # bumped by each declaration
         self._queries = QueryCache()  # replaced by each declaration, so never stale
 
@@ -228,6 +230,7 @@ class Model:
         """
         spec = self.spec()
         data = {} if data is None else frame_data(data, spec.nodes) if is_frame(data) else data
+        check_data(self, data)
         full = fully_observed(spec, data)
         leaves = reducible_families(self._queries.graph(spec), full) if full else ()
         if leaves:  # observed leaf families enter as sums over their rows (gdag.observations)
@@ -260,8 +263,14 @@ class Model:
             )
         spec = self.spec()
         data = frame_data(data, spec.nodes) if is_frame(data) else data
+        check_data(self, data)
         result = fit_model(spec, self._queries, data, method=method, **options)
         return result if self.design is None else replace(result, design=self.design)
+
+    def do(self, interventions: Mapping[Any, Any]) -> "Model":
+        """A new model in which ``{node: value}`` entries are cut from their parents and fixed (NaN: left alone),
+        or moved by ``gdag.shift(delta)``; this model is not changed.  See :mod:`gdag.intervene`."""
+        return intervened_model(self, interventions)
 
     def graph(self, expanded: bool = False):
         """The model as a ``networkx.DiGraph``: families (default) or scalar variables."""
