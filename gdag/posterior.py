@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from .accuracy import VARIANCE_HOPELESS, VARIANCE_TOLERANCE, check_system, condition_upper_bound, require_finite, scaled_condition
 from .compiler import CompiledModel
+from .counterfactual import Counterfactual
 from .errors import AccuracyWarning, DataError, ModelError, NotIdentifiedError, warn
 from .linalg import LOG_2PI
 from .pattern import Conditioning, LinearSystem
@@ -171,6 +172,9 @@ class Posterior:
             out[name] = (self._mean[span][:, None] + G[span] @ draws_U).T.copy()
         return out
 
+    def counterfactual(self, interventions) -> Counterfactual:
+        """Given the data, the world had ``{node: value | gdag.shift(delta)}`` been made (gdag.counterfactual)."""
+        return Counterfactual(self, interventions)
     def summary(self, node, max_rows: int = 10) -> str:
         """A small table of posterior means and sds of ``node``'s first entries."""
         node = self._node(node)

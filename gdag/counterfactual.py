@@ -1,0 +1,219 @@
+"""Counterfactuals: abduction, action and prediction, exact for linear-Gaussian models.
+
+Every scalar variable satisfies ``x = c + B x + e`` (``A = I - B``), so the
+noises are ``e = A x - c``: linear in ``x``, and Gaussian given the data with
+the posterior of ``x`` (abduction).  The intervention (action) replaces the
+rows of the set entries by ``x*_k = v_k`` (``A*``: those rows of ``B`` zeroed,
+their noise dropped) and adds ``delta`` to ``c`` at shifted entries.  The
+counterfactual world keeps every other noise (prediction):
+``A* x* = c* + e*`` with ``e*_k = e_k`` off the set entries.  Subtracting
+``A x = c + e`` row by row leaves
+
+    x* = x + A*^{-1} (J_set (v - x_set) + J_shift delta),
+
+so with ``H = A*^{-1} J_set`` and the factual posterior ``x = m + G u``
+(``u = x_U - m_U ~ N(0, Q_UU^{-1})``) the counterfactual is Gaussian with
+
+    mean  m* = m + A*^{-1} (J_set (v - m_set) + J_shift delta),
+    map   G* = G - H G_set,    cov  G* Q_UU^{-1} G*^T.
+
+``A*^{-1} J`` is the finite series ``sum_k B*^k J`` (``B*`` is nilpotent), so
+only descendants of the intervened entries move, exactly.  Observed leaf
+families summed over their rows (:mod:`gdag.observations`) move through
+their coefficient rows ``Z``: ``y* = y + Z (x* - x)``.  docs/concepts.md
+derives this in full.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import DataError, ModelError
+from .intervene import parse_interventions
+
+# Dense covariance blocks and variance solves beyond this many entries are refused.
+SOLVE_LIMIT = 50_000_000
+
+
+class Counterfactual:
+    """The exact Gaussian distribution of the counterfactual world given the data.
+
+    Returned by :meth:`gdag.Posterior.counterfactual`; query it like a
+    posterior: :meth:`mean`, :meth:`var`, :meth:`sd`, :meth:`cov`,
+    :meth:`sample`.  ``factual`` is the posterior it was computed from and
+    ``interventions`` what was set or shifted.
+    """
+
+    def __init__(self, post, interventions):
+        cm, cond = post._cm, post._cond
+        self.factual = post
+        self._factor = post._factor
+        leaves = {leaf.name: leaf for leaf in getattr(cond, "leaves", ()) if leaf.name in cond.leaf_data}
+        sizes = {name: int(cm.family_size[i]) for i, name in enumerate(cm.family_names)}
+        sizes.update({name: leaf.size for name, leaf in leaves.items()})
+        self.interventions = parse_interventions(interventions, sizes, set(cm.param_names), cm.name)
+        n = cm.n
+        coef, _, _ = cm.values(post._theta)
+        set_pos, set_val, shift_pos, shift_val = [], [], [], []
+        for iv in self.interventions:
+            if iv.name in leaves:
+                continue
+            pos = iv.entries + int(cm.family_offset[cm.family(iv.name)])
+            (set_pos if iv.kind == "set" else shift_pos).append(pos)
+            (set_val if iv.kind == "set" else shift_val).append(iv.values)
+        set_pos, shift_pos = _cat(set_pos, np.int64), _cat(shift_pos, np.int64)
+        set_val, shift_val = _cat(set_val, float), _cat(shift_val, float)
+        keep = np.ones(n)
+        keep[set_pos] = 0.0
+        B_star = sp.diags(keep) @ cm.B_matrix(coef)  # A* = I - B*: the set rows cut from their parents
+        k_set = set_pos.shape[0]
+        cols = np.concatenate([set_pos, shift_pos])
+        J = sp.csr_matrix((np.ones(cols.shape[0]), (cols, np.arange(cols.shape[0]))), shape=(n, cols.shape[0]))
+        H = _descendant_solve(B_star, J)  # A*^{-1} J
+        mu = post._mean
+        move = H @ np.concatenate([set_val - mu[set_pos], shift_val])
+        G = post._affine_map()
+        H_set = H[:, :k_set].tocsr()
+        change = (H_set @ G[set_pos]).tocsr()
+        mean, G_star = mu + move, (G - change).tocsr()
+        mean[set_pos] = set_val  # exactly the value (the series gives it up to rounding)
+        self._changed = np.flatnonzero(np.diff(H_set.indptr))  # rows whose map differs from the factual one
+        self._span = {name: slice(int(cm.family_offset[i]), int(cm.family_offset[i] + cm.family_size[i]))
+                      for i, name in enumerate(cm.family_names)}
+        self._scalar = {name: cm.family_plate[i] is None for i, name in enumerate(cm.family_names)}
+        means, maps, start = [mean], [G_star], n
+        for name, leaf in leaves.items():  # observed leaves: y* = y + Z (x* - x)
+            Z = _leaf_rows(leaf, post._theta, n)
+            y_mean = cond.leaf_data[name] + Z @ move
+            y_map = (Z @ (-change)).tocsr()
+            for iv in self.interventions:
+                if iv.name == name and iv.kind == "set":
+                    y_mean[iv.entries] = iv.values
+                    y_map = sp.diags(np.isin(np.arange(leaf.size), iv.entries, invert=True).astype(float)) @ y_map
+                elif iv.name == name:
+                    y_mean[iv.entries] += iv.values
+            y_map = sp.csr_matrix(y_map)
+            y_map.eliminate_zeros()
+            self._changed = np.concatenate([self._changed, start + np.flatnonzero(np.diff(y_map.indptr))])
+            self._span[name] = slice(start, start + leaf.size)
+            self._scalar[name] = leaf.is_scalar
+            means.append(y_mean)
+            maps.append(y_map)
+            start += leaf.size
+        self._mean = np.concatenate(means)
+        self._G = sp.vstack(maps).tocsr() if len(maps) > 1 else G_star
+        self._var = None
+
+    # ------------------------------------------------------------------ API
+
+    def mean(self, node) -> np.ndarray | float:
+        """Counterfactual mean of every entry of ``node`` (a float for a scalar node)."""
+        return self._shaped(node, self._mean)
+
+    def var(self, node) -> np.ndarray | float:
+        """Counterfactual variances: ``diag(G* Q_UU^{-1} G*^T)``, the factual ones where nothing moved."""
+        if self._var is None:
+            self._var = self._variances()
+        return self._shaped(node, self._var)
+
+    def sd(self, node) -> np.ndarray | float:
+        """Counterfactual standard deviations."""
+        return np.sqrt(self.var(node))
+
+    def cov(self, a, b=None) -> np.ndarray:
+        """Dense covariance block between the entries of nodes ``a`` and ``b`` in the counterfactual world."""
+        sa = self._span[self._name(a)]
+        sb = sa if b is None else self._span[self._name(b)]
+        Ga, Gb = self._G[sa], self._G[sb]
+        if self._factor is None:
+            return np.zeros((Ga.shape[0], Gb.shape[0]))
+        if Gb.shape[0] * Gb.shape[1] > SOLVE_LIMIT:
+            raise ModelError("This counterfactual covariance block needs too many solves; ask for smaller nodes.")
+        self.factual._check_variance_accuracy("counterfactual covariances")
+        return np.asarray(Ga @ self._factor.solve(Gb.T.toarray()))
+
+    def sample(self, n: int, seed=None, nodes=None) -> dict[str, np.ndarray]:
+        """``n`` exact joint draws of the counterfactual world: ``{name: array (n, size)}``."""
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ModelError(f"sample(n) needs a positive integer n; got {n!r}.")
+        rng = np.random.default_rng(seed)
+        names = list(self._span) if nodes is None else [self._name(v) for v in (
+            [nodes] if isinstance(nodes, str) or hasattr(nodes, "name") else nodes)]
+        n_U = self._G.shape[1]
+        draws = np.zeros((n_U, n))
+        if self._factor is not None:
+            self.factual._check_variance_accuracy("counterfactual draws")
+            draws = self._factor.sample(rng.standard_normal((n_U, n)))
+        return {name: (self._mean[self._span[name]][:, None] + self._G[self._span[name]] @ draws).T.copy()
+                for name in names}
+
+    def __repr__(self) -> str:
+        what = ", ".join(f"{iv.name}" + (" (shift)" if iv.kind == "shift" else "") for iv in self.interventions)
+        return f"<gdag.Counterfactual of `{self.factual._cm.name}`: do({what})>"
+
+    # ------------------------------------------------------------ internals
+
+    def _name(self, node) -> str:
+        name = getattr(node, "name", node)
+        if not isinstance(name, str) or name not in self._span:
+            known = ", ".join(f"`{f}`" for f in list(self._span)[:10])
+            raise DataError(f"This counterfactual has no node `{name}`; its nodes are {known}.")
+        return name
+
+    def _shaped(self, node, values: np.ndarray):
+        name = self._name(node)
+        out = values[self._span[name]].copy()
+        return float(out[0]) if self._scalar[name] else out
+
+    def _variances(self, chunk: int = 256) -> np.ndarray:
+        post = self.factual
+        var = np.zeros(self._mean.shape[0])
+        n = post._cm.n
+        for name, span in self._span.items():
+            if span.stop <= n:
+                var[span] = post.var(name)
+        if self._factor is None:
+            return var
+        rows = self._changed
+        if rows.shape[0] * self._G.shape[1] > SOLVE_LIMIT * 4:
+            raise ModelError(
+                f"The counterfactual moves {rows.shape[0]} variables; their variances need as many solves of size "
+                f"{self._G.shape[1]}. Intervene on fewer entries, or ask for means and draws."
+            )
+        post._check_variance_accuracy("counterfactual variances")
+        for start in range(0, rows.shape[0], chunk):
+            block = rows[start: start + chunk]
+            half = self._factor.half_solve(self._G[block].T.toarray())
+            var[block] = np.einsum("ij,ij->j", half, half)
+        return var
+
+
+def _descendant_solve(B: sp.spmatrix, J: sp.csr_matrix) -> sp.csr_matrix:
+    """``(I - B)^{-1} J = sum_k B^k J`` for nilpotent ``B``: exact zeros off the descendants of J's rows."""
+    B = sp.csr_matrix(B)
+    B.eliminate_zeros()
+    total, term = J.copy(), J
+    for _ in range(B.shape[0]):
+        term = (B @ term).tocsr()
+        term.eliminate_zeros()
+        if term.nnz == 0:
+            break
+        total = total + term
+    return total.tocsr()
+
+
+def _leaf_rows(leaf, theta: np.ndarray, n: int) -> sp.csr_matrix:
+    """``Z`` (rows x n): the coefficients of a leaf family's rows on the latent variables."""
+    rows, cols, vals = [], [], []
+    for parent, coef, scale in zip(leaf.parent, leaf.coef, leaf.scale):
+        has = parent >= 0
+        r = np.flatnonzero(has)
+        rows.append(r)
+        cols.append(parent[has])
+        vals.append(coef[has] * (theta[scale] if scale >= 0 else 1.0))
+    return sp.csr_matrix((_cat(vals, float), (_cat(rows, np.int64), _cat(cols, np.int64))), shape=(leaf.size, n))
+
+
+def _cat(parts, dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)

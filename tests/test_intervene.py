@@ -1,0 +1,248 @@
+"""Interventions (m.do, gdag.shift) and counterfactuals (post.counterfactual) against dense numpy.
+
+The interventional oracle is the mutilated SEM: the set rows of ``B`` zeroed,
+``c`` the value, ``d`` 0, then conditioned densely.  The counterfactual oracle
+is the twin network written out literally: ``e = A x - c`` under the dense
+factual posterior of ``x``, then ``x* = A*^{-1} (c* + e*)`` with ``e*`` the
+same noises except at the set entries.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gdag
+from gdag import observations
+
+from reference import (
+    assert_close,
+    build_gdag,
+    dense_condition,
+    joint_moments,
+    observe,
+    random_spec,
+    spec_matrices,
+)
+
+
+def _random_intervention(spec, offsets, rng, allow_shift=True):
+    """``(name, values, positions, kind)``: some entries of a random family set or shifted (NaN elsewhere)."""
+    fam = spec.families[int(rng.integers(len(spec.families)))]
+    pick = rng.random(fam.size) < 0.6
+    pick[int(rng.integers(fam.size))] = True
+    values = np.where(pick, rng.normal(size=fam.size) * 2, np.nan)
+    kind = "shift" if allow_shift and rng.random() < 0.3 else "set"
+    positions = offsets[fam.name] + np.flatnonzero(pick)
+    given = float(values[0]) if fam.scalar else values
+    return fam.name, given, positions, values[pick], kind
+
+
+def _mutilated(B, c, d, positions, values, kind):
+    B, c, d = B.copy(), c.copy(), d.copy()
+    if kind == "shift":
+        c[positions] += values
+    else:
+        B[positions, :] = 0.0
+        c[positions] = values
+        d[positions] = 0.0
+    return B, c, d
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), fraction=st.sampled_from([0.0, 0.4, 0.8]))
+def test_do_matches_the_mutilated_model_conditioned_densely(seed, fraction):
+    rng = np.random.default_rng(seed)
+    spec = random_spec(rng)
+    m = build_gdag(spec)
+    before = m.to_dict()
+    B, c, d, offsets = spec_matrices(spec)
+    name, given_values, pos, vals, kind = _random_intervention(spec, offsets, rng)
+    iv = {name: gdag.shift(given_values) if kind == "shift" else given_values}
+    m2 = m.do(iv)
+    assert m.to_dict() == before  # the original is untouched
+    Bs, cs, ds = _mutilated(B, c, d, pos, vals, kind)
+    mu, Sigma = joint_moments(Bs, cs, ds)
+    truth = rng.multivariate_normal(mu, Sigma + 1e-12 * np.eye(len(mu)), method="svd")
+    data, x = observe(spec, ds, offsets, truth, rng, fraction)
+    mean, cov, loglik = dense_condition(mu, Sigma, ~np.isnan(x), x)
+    post = m2.posterior(data)
+    scale, vscale = 1.0 + np.max(np.abs(mean)), 1.0 + np.max(np.diag(Sigma))
+    for fam in spec.families:
+        s = slice(offsets[fam.name], offsets[fam.name] + fam.size)
+        assert_close(post.mean(fam.name), mean[s], scale)
+        assert_close(post.var(fam.name), np.diag(cov)[s], vscale)
+    if (~np.isnan(x)).any():
+        assert post.log_evidence == pytest.approx(loglik, rel=1e-9, abs=1e-9)
+
+
+def _twin_network(B, c, d, mean, cov, positions, values, kind):
+    """Mean and covariance of ``x* = A*^{-1} (c* + P (A x - c))`` under ``x ~ N(mean, cov)``."""
+    n = len(c)
+    A = np.eye(n) - B
+    Bs, cs, _ = _mutilated(B, c, d, positions, values, kind)
+    keep = np.ones(n)
+    if kind == "set":
+        keep[positions] = 0.0
+    A_star_inv = np.linalg.inv(np.eye(n) - Bs)
+    M = A_star_inv @ np.diag(keep) @ A  # x -> x*, through the noises e = A x - c
+    offset = A_star_inv @ (cs - keep * c)
+    return M @ mean + offset, M @ cov @ M.T
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), fraction=st.sampled_from([0.0, 0.4, 0.8, 1.0]))
+def test_counterfactual_matches_the_dense_twin_network(seed, fraction):
+    rng = np.random.default_rng(seed)
+    spec = random_spec(rng)
+    m = build_gdag(spec)
+    B, c, d, offsets = spec_matrices(spec)
+    mu, Sigma = joint_moments(B, c, d)
+    truth = rng.multivariate_normal(mu, Sigma + 1e-12 * np.eye(len(mu)), method="svd")
+    data, x = observe(spec, d, offsets, truth, rng, fraction)
+    mean, cov, _ = dense_condition(mu, Sigma, ~np.isnan(x), x)
+    name, given_values, pos, vals, kind = _random_intervention(spec, offsets, rng)
+    cf = m.posterior(data).counterfactual({name: gdag.shift(given_values) if kind == "shift" else given_values})
+    cf_mean, cf_cov = _twin_network(B, c, d, mean, cov, pos, vals, kind)
+    scale, vscale = 1.0 + np.max(np.abs(cf_mean)), 1.0 + np.max(np.diag(Sigma)) + np.max(np.diag(cf_cov))
+    for fam in spec.families:
+        s = slice(offsets[fam.name], offsets[fam.name] + fam.size)
+        assert_close(cf.mean(fam.name), cf_mean[s], scale)
+        assert_close(cf.var(fam.name), np.diag(cf_cov)[s], vscale)
+    a, b = spec.families[0].name, spec.families[-1].name
+    sa = slice(offsets[a], offsets[a] + spec.families[0].size)
+    sb = slice(offsets[b], offsets[b] + spec.families[-1].size)
+    assert_close(cf.cov(a, b), cf_cov[sa, sb], vscale)
+
+
+def _chain_model():
+    m = gdag.Model("chain")
+    a = m.normal("a", mean=1.0, sd=1.0)
+    b = m.normal("b", mean=2 * a + 1, sd=0.5)
+    m.normal("y", mean=b - a, sd=0.3)
+    return m
+
+
+def test_counterfactual_by_hand_and_its_draws():
+    m = _chain_model()
+    post = m.posterior({"y": 2.0, "b": 4.0})
+    cf = post.counterfactual({"a": 0.0})
+    # e_b = b - 2a - 1 and e_y = y - b + a under the posterior of a; b* = 1 + e_b, y* = b* + e_y
+    a_mean, a_var = post.mean("a"), post.var("a")
+    assert cf.mean("a") == 0.0 and cf.var("a") == 0.0
+    assert cf.mean("b") == pytest.approx(4.0 - 2 * a_mean)
+    assert cf.var("b") == pytest.approx(4 * a_var)
+    assert cf.mean("y") == pytest.approx(2.0 - a_mean)  # y* = y + (b* - b) - (a* - a) = y - a
+    assert cf.var("y") == pytest.approx(a_var)
+    draws = cf.sample(20000, seed=1)
+    assert np.all(draws["a"] == 0.0)
+    assert np.mean(draws["b"]) == pytest.approx(cf.mean("b"), abs=0.05)
+    assert np.std(draws["b"]) == pytest.approx(cf.sd("b"), rel=0.05)
+    shifted = post.counterfactual({"a": gdag.shift(1.0)})  # b* = b + 2, y* = y + 2 - 1; nothing random moves
+    assert shifted.mean("y") == pytest.approx(3.0) and shifted.var("y") == pytest.approx(0.0, abs=1e-15)
+
+
+def test_counterfactual_of_leaves_summed_over_rows(monkeypatch):
+    rng = np.random.default_rng(3)
+    m = gdag.Model("romcom")
+    friend, rating = m.plate("friend", 8), m.plate("rating", 40, within=None)
+    who = rng.integers(0, 8, size=40)
+    R = m.normal("R", mean=3.0, sd=1.0)
+    R_i = m.normal("R_i", mean=R, sd=0.7, plate=friend)
+    m.normal("X", mean=1.5 * R_i[who] + 0.2, sd=0.5, plate=rating)
+    data = {"X": rng.normal(3.0, 1.0, size=40)}
+    value = np.full(8, np.nan)
+    value[2] = 5.0
+    joint = m.posterior(data).counterfactual({"R_i": value})
+    monkeypatch.setattr(observations, "MIN_ROWS", 0)
+    reduced_post = m.posterior(data)
+    assert "X" in reduced_post._cond.leaf_data
+    reduced = reduced_post.counterfactual({"R_i": value})
+    for name in ("R", "R_i", "X"):
+        np.testing.assert_allclose(reduced.mean(name), joint.mean(name), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(reduced.var(name), joint.var(name), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(reduced.cov("X"), joint.cov("X"), atol=1e-10)
+    assert np.all(reduced.var("X")[who != 2] == 0.0)  # ratings of other friends stay as observed
+
+
+def test_intervened_model_is_an_ordinary_model():
+    m = _chain_model()
+    m2 = m.do({"b": 3.0})
+    assert m2.interventions[0].name == "b" and m.interventions == ()
+    d = m2.to_dict()
+    assert gdag.Model.from_dict(d).to_dict() == d
+    post = m2.posterior({"y": 2.5})
+    assert post.mean("b") == 3.0 and post.var("b") == 0.0
+    # y = 3 - a + e_y: a's posterior is the prior's, updated by y alone
+    assert post.mean("a") == pytest.approx(1.0 + (0.5 - 1.0) / 1.09)
+    chained = m2.do({"a": gdag.shift(1.0)})
+    assert [iv.kind for iv in chained.interventions] == ["set", "shift"]
+    assert chained.posterior().mean("y") == pytest.approx(3.0 - 2.0)
+
+
+def test_do_with_a_parameter_sd_on_some_entries_and_a_fit():
+    rng = np.random.default_rng(0)
+    m = gdag.Model("groups")
+    g = m.plate("g", 6)
+    obs = m.plate("obs", 60)
+    where = np.repeat(np.arange(6), 10)
+    s_u, s_y = m.param("s_u", positive=True, value=1.0), m.param("s_y", positive=True, value=0.5)
+    mu = m.param("mu", value=0.0)
+    u = m.normal("u", mean=mu, sd=s_u, plate=g)
+    m.normal("y", mean=u[where], sd=s_y, plate=obs)
+    y = rng.normal(size=60) + np.repeat(rng.normal(size=6), 10)
+    fixed = np.full(6, np.nan)
+    fixed[:2] = [1.0, -1.0]
+    m2 = m.do({"u": fixed})
+    post = m2.posterior({"y": y})
+    np.testing.assert_array_equal(post.mean("u")[:2], [1.0, -1.0])
+    np.testing.assert_array_equal(post.var("u")[:2], [0.0, 0.0])
+    assert np.all(post.var("u")[2:] > 0)
+    fit = m2.fit({"y": y}, method="ml")
+    assert fit.converged
+    sub = gdag.Model("sub")  # the same fit on the groups left alone, and the set groups' rows as known means
+    s_u2, s_y2 = sub.param("s_u", positive=True), sub.param("s_y", positive=True)
+    mu2 = sub.param("mu")
+    g4, o = sub.plate("g", 4), sub.plate("obs", 60)
+    u4 = sub.normal("u", mean=mu2, sd=s_u2, plate=g4)
+    known = np.where(where < 2, fixed[np.minimum(where, 1)], 0.0)
+    take = np.maximum(where - 2, 0)
+    sub.normal("y", mean=u4.take(take, where=where >= 2) + known, sd=s_y2, plate=o)
+    ref = sub.fit({"y": y}, method="ml")
+    for name in ("s_u", "s_y", "mu"):
+        assert fit.params[name] == pytest.approx(ref.params[name], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "interventions, error, message",
+    [
+        ({"beta": 1.0}, gdag.ModelSpecError, "`beta` is a parameter of model `chain`, not a node"),
+        ({"c": 1.0}, gdag.ModelSpecError, "Cannot intervene on `c`: model `chain` has no such node"),
+        ({}, gdag.ModelSpecError, "do() and counterfactual() take a non-empty mapping"),
+        ({"a": [1.0, 2.0]}, gdag.DataError, "The value given to do() for node `a` has shape (2,); it needs 1 value"),
+        ({"a": np.inf}, gdag.DataError, "The value given to do() for node `a` is infinite at entries [0]"),
+        ({"a": np.nan}, gdag.DataError, "The intervention on `a` is NaN at every entry"),
+        ({"a": "x"}, gdag.DataError, "The value given to do() for node `a` must be a number"),
+        ({"a": gdag.shift(True)}, gdag.DataError, "The shift given to do() for node `a` must be numeric"),
+    ],
+)
+def test_errors_are_worded(interventions, error, message):
+    m = _chain_model()
+    m.param("beta", value=1.0)
+    with pytest.raises(error, match=re.escape(message)):
+        m.do(interventions)
+    with pytest.raises(error, match=re.escape(message)):
+        m.posterior({"y": 1.0}).counterfactual(interventions)
+
+
+def test_observing_a_set_entry_is_refused():
+    m2 = _chain_model().do({"b": 3.0})
+    with pytest.raises(gdag.DataError, match=re.escape("Node `b` is set by do() at entries [0], so the intervened")):
+        m2.posterior({"b": 3.0})
+    other = gdag.Model("other")
+    with pytest.raises(gdag.ModelSpecError, match=re.escape("do() names `a` from another model")):
+        _chain_model().do({other.normal("a"): 1.0})
