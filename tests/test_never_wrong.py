@@ -161,3 +161,64 @@ def test_a_one_dimensional_sparse_array_is_a_column_like_a_one_dimensional_array
     with pytest.raises(gdag.ModelSpecError, match=re.escape(
             "The design matrix for `b` must be a real 2-d array; got a scipy.sparse coo_array of complex128.")):
         gdag.dot(sparse.coo_array(np.array([[1j], [0.0]])), b)
+
+
+def _regression(n, x=None, groups=None):
+    m = gdag.Model("lm")
+    obs = m.plate("obs", n)
+    mean = m.param("b0") + 0.0
+    if x is not None:
+        mean = mean + m.param("b1") * x
+    if groups is not None:
+        u = m.normal("u", 0.0, m.param("sd_g", positive=True), plate=m.plate("g", int(groups.max()) + 1))
+        mean = mean + u[groups]
+    m.normal("y", mean, m.param("sigma", positive=True), plate=obs)
+    return m
+
+
+@pytest.mark.parametrize("options, wording", [
+    ({"tol": "small"}, "`tol` must be a positive number; got 'small'."),
+    ({"tol": -1e-8}, "`tol` must be a positive number; got -1e-08."),
+    ({"tol": float("nan")}, "`tol` must be a positive number; got nan."),
+    ({"max_iter": 2.5}, "`max_iter` must be a positive whole number; got 2.5."),
+    ({"max_iter": True}, "`max_iter` must be a positive whole number; got True."),
+    ({"max_iter": -3, "method": "em"}, "`max_iter` must be a positive whole number; got -3."),
+    ({"max_iter": "10", "method": "ml"}, "`max_iter` must be a positive whole number; got '10'."),
+])
+def test_junk_fit_options_are_a_fit_error_naming_the_option(options, wording):
+    m = _regression(6, groups=np.repeat(np.arange(3), 2))
+    with pytest.raises(gdag.FitError, match=re.escape(wording)):
+        m.fit({"y": np.array([0.1, 0.5, -0.2, 1.0, 0.7, 0.3])}, **options)
+
+
+def test_whole_numbers_given_as_floats_are_accepted():
+    m = _regression(6)
+    fit = m.fit({"y": np.array([0.1, 0.5, -0.2, 1.0, 0.7, 0.3])}, method="ml", max_iter=50.0, tol=1e-10)
+    assert fit.converged
+
+
+EXACTLY = ("so the likelihood grows without bound as `sigma` goes to 0 and has no estimate. Check for a constant "
+           "response, a response equal to a predictor, or as many fixed effects as observations.")
+
+
+@pytest.mark.parametrize("case", ["one observation", "constant y", "y linear in x", "constant y in groups",
+                                  "as many fixed effects as observations"])
+@pytest.mark.parametrize("method", ["ml", "reml", "em"])
+def test_data_fitted_exactly_are_not_identified_naming_the_scale(case, method):
+    x = np.arange(6.0)
+    m, y = {
+        "one observation": lambda: (_regression(1), np.array([2.0])),
+        "constant y": lambda: (_regression(5), np.full(5, 3.0)),
+        "y linear in x": lambda: (_regression(6, x=x), 1.0 + 2.0 * x),
+        "constant y in groups": lambda: (_regression(20, groups=np.repeat(np.arange(5), 4)), np.full(20, 3.0)),
+        "as many fixed effects as observations": lambda: (_regression(2, x=np.array([0.0, 1.0])), np.array([1.0, 3.0])),
+    }[case]()
+    if method == "reml" and case in ("one observation", "as many fixed effects as observations"):
+        with pytest.raises(gdag.NotIdentifiedError, match="REML needs more observations than fixed effects"):
+            m.fit({"y": y}, method=method)
+        return
+    grouped = method == "em" and case == "constant y in groups"  # EM names every sd it would send to 0
+    wording = EXACTLY.replace("`sigma` goes", "`sd_g`, `sigma` go").replace("has no", "have no") if grouped else EXACTLY
+    with pytest.raises(gdag.NotIdentifiedError, match=r"The data of `lm` are fitted exactly \(residual sum of squares .*, "
+                       r"at the rounding of the data\), " + re.escape(wording)):
+        m.fit({"y": y}, method=method)

@@ -281,6 +281,7 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
         raise FitError(f"EM criterion must be 'ml' or 'reml'; got {criterion!r}.")
     if optimizer not in ("auto", "scoring", "lbfgs"):
         raise FitError(f"`optimizer` must be 'auto', 'scoring' or 'lbfgs'; got {optimizer!r}.")
+    tol, max_iter = _positive("tol", tol, float), _positive("max_iter", max_iter, int)
     if tol is None:
         tol = 1e-10 if method == "em" else 1e-12
     # One BLAS thread for the whole fit, the optimizer's own work included (OneBlasThread)
@@ -315,6 +316,14 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
     fit = _make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
     seen = tuple(name for name in cm.family_names if observed[cm.span(name)].any())
     return replace(fit, spec=spec, observed=seen)
+
+
+def _positive(option: str, value, kind: type):
+    """``tol`` (a positive finite number) or ``max_iter`` (a positive integer) as ``kind``, or None; else a FitError."""
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if value is None or number and math.isfinite(value) and value > 0 and (kind is float or float(value).is_integer()):
+        return None if value is None else kind(value)
+    raise FitError(f"`{option}` must be {'a positive number' if kind is float else 'a positive whole number'}; got {value!r}.")
 
 
 def _optimize(obj: Objective, v0: np.ndarray, method: str, optimizer: str, tol: float, max_iter: int | None,

@@ -51,6 +51,9 @@ from . import derivatives
 from .derivatives import Point, dense
 from .roles import SD_FLOOR, Roles, not_identified_message
 
+# A residual rms below this fraction of the data's is rounding: the data are fitted exactly
+EXACT_FIT = 256 * np.finfo(float).eps
+
 # Constant-design models keep one Gram matrix per variance class up to this many classes.
 MAX_CLASSES = 64
 # Scoring takes coefficients whose parents have at most this many generations of ancestors (else L-BFGS-B).
@@ -280,6 +283,8 @@ class Objective:
         logdet = float(np.sum(np.log(pt.d))) + pt.logdet_Q + (logdet_S if self.reml else 0.0)
         if self.roles.profiled >= 0:
             pt.sigma2 = quad / self.dof
+            if quad <= EXACT_FIT**2 * float(np.sum(pt.W * pt.xbar * pt.xbar)):
+                raise exact_fit_error(self.cm.name, [self.roles.labels[self.roles.profiled]], quad)
             objective = self.dof * (1.0 + LOG_2PI + math.log(pt.sigma2)) + logdet
         else:
             objective = self.dof * LOG_2PI + logdet + quad
@@ -392,3 +397,14 @@ class Objective:
         elif not self.constant_design:
             np.take(entry_vals, self._A_U_order, out=self._A_U.data)
         return self._A_U
+
+
+def exact_fit_error(model: str, names: list[str], quad: float) -> NotIdentifiedError:
+    """The error for data the fixed effects fit exactly: the sds ``names`` go to 0, the likelihood to infinity."""
+    sds = ", ".join(f"`{n}`" for n in names)
+    return NotIdentifiedError(
+        f"The data of `{model}` are fitted exactly (residual sum of squares {quad:.3g}, at the rounding of the "
+        f"data), so the likelihood grows without bound as {sds} {'goes' if len(names) == 1 else 'go'} to 0 and "
+        f"{'has' if len(names) == 1 else 'have'} no estimate. Check for a constant response, a response equal to "
+        "a predictor, or as many fixed effects as observations."
+    )

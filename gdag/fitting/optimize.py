@@ -17,7 +17,7 @@ from ..compiler import CompiledModel
 from ..errors import FitError, NotIdentifiedError, ParamError
 from ..pattern import Conditioning
 from ..spec import ModelSpec, check_param_value
-from .objective import Evaluation, Objective
+from .objective import EXACT_FIT, Evaluation, Objective, exact_fit_error
 from .roles import SD_FLOOR, Roles
 
 # An sd below this, relative to its scale, is at its boundary 0 (lme4's isSingular tolerance on theta).
@@ -260,9 +260,13 @@ def run_em(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: FitLo
     counts = np.bincount(obj.sd_R[obj.sd_R >= 0], minlength=cm.n_theta)
     v = np.asarray(v0, dtype=float)
     previous = None
+    observed = np.ones(obj.x_R.shape[0], dtype=bool)
+    observed[obj.u_in_R] = False
     for it in range(1, max_iter + 1):
         ev = log.record(v, obj.evaluate(v, moments=True))
         loglik = -0.5 * ev.objective
+        if it == 1 and np.sum(ev.e[observed] ** 2) <= EXACT_FIT**2 * np.sum(obj.x_R[observed] ** 2):
+            raise exact_fit_error(cm.name, [obj.roles.labels[k] for k in obj.free], float(np.sum(ev.e[observed] ** 2)))
         if previous is not None and abs(loglik - previous) <= tol * max(1.0, abs(loglik)):
             return True, it - 1, "relative change of the log-likelihood below tolerance"
         previous = loglik
