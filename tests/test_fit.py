@@ -509,12 +509,6 @@ def roles_of_case(spec, cm, cond, x, profile):
     return roles, own
 
 
-# Random cases (every sd a parameter; seed, reml) where a fixed effect the data do not see is let through:
-# at the point drawn its information S_kk is round-off (~1e-17), not 0, and gdag returns a beta with a
-# variance of ~1e16 instead of a NotIdentifiedError.  See the xfail test below.
-UNREFUSED = ((38, False), (932, False))
-
-
 @pytest.mark.parametrize("sds_are_params", [False, True])
 def test_objective_equals_dense_formula_on_random_models(sds_are_params):
     """gdag's objective, GLS fixed effects and natural parameters at random points equal the dense oracle's.
@@ -534,9 +528,8 @@ def test_objective_equals_dense_formula_on_random_models(sds_are_params):
             v = rng.uniform(0.5, 1.5, size=len(own.optimized))
             expected = dense_objective(spec, own, v, x, reml)
             if expected is None:  # the fixed effects are not identified by the data
-                if not (sds_are_params and (seed, reml) in UNREFUSED):
-                    with pytest.raises(gdag.NotIdentifiedError):
-                        Objective(cm, cond, x_gdag, roles, reml).evaluate(v)
+                with pytest.raises(gdag.NotIdentifiedError):
+                    Objective(cm, cond, x_gdag, roles, reml).evaluate(v)
                 continue
             dense, beta, theta = expected
             ev = Objective(cm, cond, x_gdag, roles, reml).evaluate(v)
@@ -550,16 +543,16 @@ def test_objective_equals_dense_formula_on_random_models(sds_are_params):
     assert checked >= 60 and profiled >= 20 * sds_are_params
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="gdag's identification check misses a fixed effect whose information is round-off, not 0")
-@pytest.mark.parametrize("seed, reml", UNREFUSED)
+@pytest.mark.parametrize("seed, reml", [(38, False), (932, False)])
 def test_a_fixed_effect_without_data_is_refused_at_every_point(seed, reml):
+    """Random cases whose unseen fixed effect has round-off information S_kk (~1e-17, not 0): refused by
+    comparing S_kk with the fixed effect's information before the latent variables take theirs away."""
     rng, spec, cm, x_gdag, cond, x = conditioned_case(seed, sds_are_params=True)
     roles, own = roles_of_case(spec, cm, cond, x, profile=bool(seed % 2))
     for _ in range(1 + reml):  # the point the random test draws for this criterion
         v = rng.uniform(0.5, 1.5, size=len(own.optimized))
     assert dense_objective(spec, own, v, x, reml) is None
-    with pytest.raises(gdag.NotIdentifiedError):
+    with pytest.raises(gdag.NotIdentifiedError, match="are not identified by the data: in the means of the observed"):
         Objective(cm, cond, x_gdag, roles, reml).evaluate(v)
 
 

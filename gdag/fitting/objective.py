@@ -302,21 +302,27 @@ class Objective:
             m0, pt.Z_F = both[:, 0], both[:, 1:]
         else:
             m0, G, pt.Z_F = pt.m, np.zeros((0, p)), np.zeros((0, p))
-        S = dense(F.T @ WF) - G.T @ pt.Z_F
+        FWF = dense(F.T @ WF)
+        S = FWF - G.T @ pt.Z_F
         S = 0.5 * (S + S.T)
         # r(beta) = r0 + F' beta, b(beta) = b0 + G beta: quad is least at S beta = G^T m0 - F'^T W r0
         rhs = G.T @ m0 - np.asarray(WF.T @ pt.r).reshape(-1)
-        pt.chol_S = self._cholesky_S(S)
+        pt.chol_S = self._cholesky_S(S, np.diag(FWF))
         beta = sla.cho_solve((pt.chol_S, True), rhs, check_finite=False)
         pt.m = m0 + pt.Z_F @ beta
         return beta, 2.0 * float(np.sum(np.log(np.diag(pt.chol_S)))), pt.c + F @ beta
 
-    def _cholesky_S(self, S: np.ndarray) -> np.ndarray:
-        """Cholesky factor of the fixed effects' information ``S``; NotIdentifiedError if singular."""
+    def _cholesky_S(self, S: np.ndarray, data_info: np.ndarray) -> np.ndarray:
+        """Cholesky factor of the fixed effects' information ``S``; NotIdentifiedError if singular.
+
+        ``data_info`` is ``diag(F'^T W F')``, each fixed effect's information before the latent
+        variables take theirs away: an ``S_kk`` below 1e-10 of it is cancellation (round-off of a
+        fixed effect the data do not see), not information.
+        """
         labels = [self.roles.labels[k] for k in self.roles.fixed]
         diag = np.diag(S)
-        if not np.all(np.isfinite(S)) or np.any(~(diag > 0)):
-            bad = [labels[i] for i in np.flatnonzero(~(diag > 0))] or labels
+        if not np.all(np.isfinite(S)) or np.any(~(diag > 1e-10 * data_info)):
+            bad = [labels[i] for i in np.flatnonzero(~(diag > 1e-10 * data_info))] or labels
             raise NotIdentifiedError(not_identified_message(bad))
         scale = np.sqrt(diag)
         w, V = np.linalg.eigh(S / np.outer(scale, scale))
