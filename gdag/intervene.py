@@ -12,7 +12,7 @@ shared with counterfactuals (:mod:`gdag.counterfactual`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -63,6 +63,7 @@ class Intervention:
     entries: np.ndarray  # int64 positions within the node
     values: np.ndarray  # value (set) or delta (shift) per entry
     size: int  # the node's number of entries
+    cut: tuple[str, ...] = ()  # sources whose every edge into the node this intervention removed (for drawings)
 
     @property
     def whole(self) -> bool:
@@ -141,16 +142,20 @@ def intervened_model(model, interventions: Mapping[Any, Any]):
     changes = {iv.name: [] for iv in parsed}
     for iv in parsed:
         changes[iv.name].append(iv)
+    done = []
     for old in spec.nodes.values():
         node = nodes[old.name]
         mean, sd = old.mean, old.sd
         for iv in changes.get(old.name, ()):
             mean, sd = _apply(mean, sd, iv)
+            kept = {t.source.name for t in mean.terms}
+            done.append(replace(iv, cut=tuple(dict.fromkeys(t.source.name for t in old.mean.terms
+                                                           if t.source.name not in kept))))
         node.mean = _rebind(mean, by_name)
         node.sd = SdSpec(sd.base, None if sd.param is None else params[sd.param.name], sd.param_index)
     new.params, new.nodes = params, nodes
     new.design = model.design
-    new.interventions = tuple(getattr(model, "interventions", ())) + parsed
+    new.interventions = tuple(getattr(model, "interventions", ())) + tuple(done)
     new._touch()
     return new
 

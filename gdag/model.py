@@ -284,6 +284,7 @@ class Model:
         spec = self.spec()
         if options.get("expanded") is True and "compiled" not in options:
             options["compiled"] = self._queries.compiled(spec)
+        options.setdefault("interventions", self.interventions)  # what m.do() set, drawn marked
         return render_model(self._queries.graph(spec), path, **options)
 
     def describe(self) -> str:

@@ -18,11 +18,14 @@ Vertices
       vector parameter shows its size (``● alpha (5)``);
     * observed family: filled grey; partly observed (some NaN in the data):
       filled light grey.
+    * set by ``m.do()``: double box filled orange (dashed: some entries set);
+      shifted by ``gdag.shift``: orange outline and ``+δ``.
 
 Edges
     * solid: the source enters the target's mean (a parent, a fixed effect,
       or a parameter scaling a parent's term, as ``rho`` in ``rho * u0``);
     * dashed: a parameter is the target's standard deviation.
+    * dashed grey, marked ✕: an edge ``m.do()`` cut.
     * A self-referencing family (an AR chain) has a self-loop labelled with
       the recurrence: ``[t-1]`` for ``x.lag(1)``, ``[self]`` for any other
       pattern of earlier entries.
@@ -121,6 +124,7 @@ def render(
     max_vertices: int = MAX_VERTICES,
     rankdir: str | None = None,
     compiled: CompiledModel | None = None,
+    interventions=(),
 ) -> "graphviz.Digraph":
     """Draw ``model`` as a plate diagram (or one vertex per scalar) with graphviz.
 
@@ -153,6 +157,12 @@ def render(
     compiled : CompiledModel, optional
         The model's compiled form, when the caller has it (the expanded view
         needs it; without it, it is compiled here).
+    interventions : tuple of gdag.intervene.Intervention
+        What ``m.do()`` set or shifted (``Model.render`` passes
+        ``m.interventions``): set families are double boxes filled orange
+        (dashed when only some entries are set), the edges into them that do()
+        cut are dashed grey and marked ✕, shifted families have an orange
+        outline and ``+δ``.  The plate view only.
 
     Returns
     -------
@@ -189,7 +199,7 @@ def render(
     if expanded:
         dot = draw_expanded(gv, graph, masks, style, max_vertices, rankdir, compiled)
     else:
-        dot = draw_plates(gv, graph, masks, style, rankdir or "TB")
+        dot = draw_plates(gv, graph, masks, style, rankdir or "TB", interventions)
     if path is not None:
         _write(gv, dot, os.fspath(path), fmt)
     return dot

@@ -12,15 +12,20 @@ from collections.abc import Iterable
 import numpy as np
 
 from .graph import Edge, ModelGraph, ancestors, nesting_map
-from .render_style import Style, add_edge, new_digraph, node_attrs
+from .render_style import INTERVENED_LINE, Style, add_edge, intervened_attrs, new_digraph, node_attrs
 from .spec import Node, Plate
 
 Members = dict  # plate name (None: outside every box) -> [(vertex id, attributes)]
 
 
-def draw_plates(gv, graph: ModelGraph, masks: dict[str, np.ndarray], style: Style, rankdir: str):
-    """The plate diagram of ``graph``; ``masks`` (family -> observed entries) shades families."""
+def draw_plates(gv, graph: ModelGraph, masks: dict[str, np.ndarray], style: Style, rankdir: str, interventions=()):
+    """The plate diagram of ``graph``; ``masks`` (family -> observed entries) shades families.
+
+    ``interventions`` (``Model.interventions``, see :mod:`gdag.intervene`) marks the families
+    ``m.do()`` set or shifted, and draws the edges it cut dashed and crossed.
+    """
     spec = graph.spec
+    how, cut = _interventions(interventions)
     dot = new_digraph(gv, spec, rankdir)
     members: Members = {None: []}
     for param in spec.params.values():
@@ -34,11 +39,32 @@ def draw_plates(gv, graph: ModelGraph, masks: dict[str, np.ndarray], style: Styl
         where = "" if node.plate is None else f", {node.size} entries on plate {node.plate.name}"
         attrs = dict(node_attrs(kind, seen), label=style.label(style.name(node.name)),
                      tooltip=f"{node.name}: {kind}{where}")
+        if node.name in how:
+            attrs = intervened_attrs(attrs, how[node.name], style)
+            attrs["tooltip"] = f"{node.name}: {how[node.name].replace('shift', 'shifted')} by do(){where}"
         members.setdefault(None if node.plate is None else node.plate.name, []).append((node.name, attrs))
     _add_clusters(dot, graph, members, style)
     for node in spec.nodes.values():
         _add_family_edges(dot, node, graph.incoming[node.name], style)
+    for target, sources in cut.items():
+        for source in sources:
+            add_edge(dot, source, target, style, index=style.text("✕"), dashed=True, color="gray55",
+                     fontcolor=INTERVENED_LINE, tooltip=f"{source} -> {target}: cut by do()")
     return dot
+
+
+def _interventions(interventions) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Family -> "set", "partly set" or "shift", and family -> the sources whose edges do() cut."""
+    masks, how, cut = {}, {}, {}
+    for iv in interventions:
+        if iv.kind == "shift":
+            how.setdefault(iv.name, "shift")
+            continue
+        mask = masks.setdefault(iv.name, np.zeros(iv.size, dtype=bool))
+        mask[iv.entries] = True
+        how[iv.name] = "set" if mask.all() else "partly set"
+        cut.setdefault(iv.name, []).extend(s for s in iv.cut if s not in cut[iv.name])
+    return how, cut
 
 
 def _add_family_edges(dot, node: Node, edges: tuple[Edge, ...], style: Style) -> None:

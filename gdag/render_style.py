@@ -17,6 +17,8 @@ from .spec import ModelSpec, Param
 FONT = "Helvetica,Arial,sans-serif"
 OBSERVED_FILL = "gray70"
 PARTLY_OBSERVED_FILL = "gray90"
+INTERVENED_FILL = "#f9d9b4"  # entries set by m.do(): a double box in this fill
+INTERVENED_LINE = "darkorange3"  # a shifted family's outline, and the colour of the marks of do()
 
 GREEK = {
     name: chr(code)
@@ -114,6 +116,18 @@ def node_attrs(kind: str, observed: str | None) -> dict[str, str]:
         attrs["fillcolor"] = OBSERVED_FILL if observed == "all" else PARTLY_OBSERVED_FILL
     if styles:
         attrs["style"] = ",".join(styles)
+    return attrs
+
+
+def intervened_attrs(attrs: dict[str, str], how: str, style: "Style") -> dict[str, str]:
+    """``attrs`` of a vertex marked as set by ``m.do()`` (``how``: "set", "partly set") or shifted ("shift")."""
+    attrs = dict(attrs)
+    if how == "shift":  # keeps its parents and noise: its own shape, an orange outline and "+δ"
+        attrs.update(color=INTERVENED_LINE, penwidth="2", xlabel=style.label(style.text("+δ")))
+        return attrs
+    styles = ["filled"] + (["dashed"] if how == "partly set" else [])
+    attrs.update(shape="box", peripheries="2", style=",".join(styles), fillcolor=INTERVENED_FILL,
+                 color=INTERVENED_LINE)
     return attrs
 
 

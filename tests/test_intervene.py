@@ -246,3 +246,37 @@ def test_observing_a_set_entry_is_refused():
     other = gdag.Model("other")
     with pytest.raises(gdag.ModelSpecError, match=re.escape("do() names `a` from another model")):
         _chain_model().do({other.normal("a"): 1.0})
+
+
+def _vertex(source: str, name: str) -> str:
+    match = re.search(rf"^\s*\"?{re.escape(name)}\"? \[(.*)\]$", source, re.M)
+    assert match, f"no vertex {name} in\n{source}"
+    return match.group(1)
+
+
+def test_drawing_marks_set_and_shifted_nodes_and_cut_edges():
+    m = _chain_model()
+    plain = m.render().source
+    src = m.do({"b": 3.0, "a": gdag.shift(1.0)}).render().source
+    b, a, y = _vertex(src, "b"), _vertex(src, "a"), _vertex(src, "y")
+    assert "shape=box" in b and "peripheries=2" in b and "style=filled" in b and "fillcolor=" in b
+    assert "xlabel=<+δ>" in a and "penwidth=2" in a and "shape=ellipse" in a
+    assert "shape=ellipse" in y and "fillcolor" not in y
+    cut = re.search(r"^\s*a -> b \[(.*)\]$", src, re.M).group(1)
+    assert "style=dashed" in cut and "✕" in cut and "cut by do()" in cut
+    assert re.search(r"^\s*a -> y$", src, re.M) and re.search(r"^\s*b -> y$", src, re.M)
+    assert "✕" not in plain and "shape=box" not in plain  # the original model draws as before
+
+
+def test_drawing_of_a_partly_set_plate():
+    m = gdag.Model("groups")
+    g = m.plate("g", 4)
+    mu = m.normal("mu", mean=0.0, sd=1.0)
+    m.normal("u", mean=mu, sd=1.0, plate=g)
+    src = m.do({"u": [1.0, np.nan, np.nan, np.nan]}).render().source
+    u = _vertex(src, "u")
+    assert "shape=box" in u and "dashed" in u  # only some entries set: the edge from mu stays, solid
+    assert re.search(r"^\s*mu -> u$", src, re.M) and "✕" not in src
+    whole = m.do({"u": 1.0}).render().source
+    assert "style=\"filled\"" in whole or "style=filled" in _vertex(whole, "u")
+    assert re.search(r"^\s*mu -> u \[.*style=dashed", whole, re.M)
