@@ -186,8 +186,11 @@ def curvature(obj, pt: Point, grad: np.ndarray, v: np.ndarray) -> np.ndarray:
     M[:, :m] *= obj.scales
     if prof:
         C[:, m] = e / pt.sigma2
-    P = projected_residuals(obj, pt, np.hstack([C, M]))
-    H = (C.T @ P[:, :m + prof] + 2.0 * (M.T @ P[:, m + prof:])) / pt.sigma2
+    moves = np.flatnonzero(np.any(M != 0, axis=0))  # the mean part's columns, solved only where there is one
+    P = projected_residuals(obj, pt, np.hstack([C, M[:, moves]]))
+    H = C.T @ P[:, :m + prof]
+    H[np.ix_(moves, moves)] += 2.0 * (M[:, moves].T @ P[:, m + prof:])
+    H /= pt.sigma2
     H = 0.5 * (H + H.T)
     vv = np.maximum(np.asarray(v, float), SD_FLOOR)
     H[np.arange(m), np.arange(m)] += np.where(obj.is_sd, np.maximum(0.0, grad / vv), 0.0)
