@@ -10,7 +10,22 @@ crossed with socio-economic background (the seed article's second model).
 
 Students belong to a classroom (a tree) and to a background group at the same
 time, so the dependency graph is not a tree.  gdag conditions on the scores
-and reports every latent effect exactly.  Writes docs/figures/students.svg.
+and reports every latent effect exactly.
+
+Then a school-level intervention.  ``m.do({"school_effect": v})`` sets one
+school's effect from outside (a new head teacher, say): the school is cut
+from its district, its classrooms and students follow.  Two questions:
+
+* interventional: what would school k's students score under the new
+  effect?  Its own scores were made without the intervention, so they are
+  left out (NaN); the other schools' scores, which it does not touch, still
+  inform the shared effects (``m.do(...).posterior(other_scores)``).
+* counterfactual: given the scores we saw, what would school k's students
+  have scored had its effect been v?  (``post.counterfactual(...)``: each
+  student keeps their own noise; the scores move by v - school_k, whose
+  posterior uncertainty is the counterfactual's.)
+
+Writes docs/figures/students.svg and students_do.svg.
 """
 
 from pathlib import Path
@@ -28,9 +43,8 @@ def nest(rng, n_children, n_parents):
     return np.sort(parent)
 
 
-def main():
-    rng = np.random.default_rng(7)
-    n_state, n_district, n_school, n_class, n_student, n_ses = 3, 8, 20, 60, 1500, 4
+def build(rng, n_state=3, n_district=8, n_school=20, n_class=60, n_student=1500, n_ses=4):
+    """The seed's model: ``(m, index)``, ``index`` the parent arrays by name (``index["school_of_student"]``)."""
     state_of_district = nest(rng, n_district, n_state)
     district_of_school = nest(rng, n_school, n_district)
     school_of_class = nest(rng, n_class, n_school)
@@ -51,6 +65,25 @@ def main():
     c = m.normal("class_effect", mean=k[school_of_class], sd=2.0, plate=classroom)
     g = m.normal("ses_effect", mean=0.0, sd=5.0, plate=background)
     m.normal("score", mean=70.0 + c[class_of_student] + g[ses_of_student], sd=8.0, plate=student)
+    index = dict(state_of_district=state_of_district, district_of_school=district_of_school,
+                 school_of_class=school_of_class, class_of_student=class_of_student, ses_of_student=ses_of_student,
+                 school_of_student=school_of_class[class_of_student])
+    return m, index
+
+
+def school_intervention(m, post, school_of_student, scores, school: int, value: float):
+    """The school set to ``value``: ``(interventional posterior given the other schools' scores, counterfactual)``."""
+    v = np.full(post.mean("school_effect").shape[0], np.nan)
+    v[school] = value  # NaN: every other school left alone
+    others = np.where(school_of_student == school, np.nan, scores)
+    return m.do({"school_effect": v}).posterior({"score": others}), post.counterfactual({"school_effect": v})
+
+
+def main():
+    rng = np.random.default_rng(7)
+    m, index = build(rng)
+    school_of_student = index["school_of_student"]
+    n_student = school_of_student.shape[0]
 
     truth = m.posterior({}).sample(1, seed=1)  # a draw from the prior plays the true world
     scores = truth["score"][0]
@@ -66,9 +99,24 @@ def main():
     inside = np.abs(post.mean("class_effect") - truth["class_effect"][0]) < 2 * post.sd("class_effect")
     print(f"\n{inside.mean():.0%} of classroom effects lie within 2 posterior sds of the truth")
 
+    k = int(np.argmin(post.mean("school_effect")))
+    value = float(np.max(post.mean("school_effect")))
+    do_post, cf = school_intervention(m, post, school_of_student, scores, k, value)
+    mine = school_of_student == k
+    print(f"\nSchool {k} (effect {post.mean('school_effect')[k]:.2f} +- {post.sd('school_effect')[k]:.2f}) set to "
+          f"{value:.2f}, the best school's effect:")
+    print(f"  school {k}'s {mine.sum()} students: observed mean score {scores[mine].mean():.2f}")
+    print(f"  under do(), predicted from the other schools: {do_post.mean('score')[mine].mean():.2f} "
+          f"(each +- {do_post.sd('score')[mine][0]:.2f}: a new student's noise included)")
+    print(f"  counterfactual, each student's own noise kept: {cf.mean('score')[mine].mean():.2f} "
+          f"(each +- {cf.sd('score')[mine][0]:.2f})")
+
     FIGURES.mkdir(parents=True, exist_ok=True)
     m.render(FIGURES / "students.svg", observed=["score"])
-    print(f"figure written to {FIGURES}/students.svg")
+    v = np.full(post.mean("school_effect").shape[0], np.nan)
+    v[k] = value
+    m.do({"school_effect": v}).render(FIGURES / "students_do.svg", observed=["score"])
+    print(f"figures written to {FIGURES}/students.svg and students_do.svg")
 
 
 if __name__ == "__main__":

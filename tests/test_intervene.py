@@ -10,6 +10,8 @@ same noises except at the set entries.
 from __future__ import annotations
 
 import re
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -280,3 +282,88 @@ def test_drawing_of_a_partly_set_plate():
     whole = m.do({"u": 1.0}).render().source
     assert "style=\"filled\"" in whole or "style=filled" in _vertex(whole, "u")
     assert re.search(r"^\s*mu -> u \[.*style=dashed", whole, re.M)
+
+
+# ------------------------------------------------------------ the seed's models, from the examples, small
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _dense_sem(families):
+    """``(B, c, d, offsets)`` from ``[(name, size, const, sd, [(source, index, coef), ...])]``, by loops."""
+    offsets, n = {}, 0
+    for name, size, *_ in families:
+        offsets[name] = n
+        n += size
+    B, c, d = np.zeros((n, n)), np.zeros(n), np.zeros(n)
+    for name, size, const, sd, terms in families:
+        for i in range(size):
+            row = offsets[name] + i
+            c[row], d[row] = const, sd**2
+            for source, index, coef in terms:
+                B[row, offsets[source] + (0 if index is None else index[i])] += coef
+    return B, c, d, offsets
+
+
+def test_app_reliability_counterfactual_matches_the_dense_twin_network():
+    example = runpy.run_path(str(EXAMPLES / "app_reliability.py"))
+    rng = np.random.default_rng(5)
+    m, pub, app, dev = example["build"](rng, n_pub=4, n_app=12, n_dev=5, n_inst=60)
+    y = m.posterior().sample(1, seed=2)["Y"][0]
+    y[rng.random(60) < 0.2] = np.nan
+    post = m.posterior({"Y": y})
+    j, best, k, rows, cf = example["best_app_counterfactual"](post, pub, app, dev, y)
+    assert pub[j] == pub[best] and rows.size and np.all(app[rows] == j)
+    B, c, d, offsets = _dense_sem([
+        ("P", 1, 0.0, 1.0, []), ("D", 1, 0.0, 1.0, []), ("P_i", 4, 0.0, 0.5, [("P", None, 1.0)]),
+        ("A_j", 12, 0.0, 0.3, [("P_i", pub, 1.0)]), ("D_k", 5, 0.0, 0.4, [("D", None, 1.0)]),
+        ("Y", 60, 0.0, 0.8, [("A_j", app, 1.0), ("D_k", dev, 1.0)]),
+    ])
+    x = np.full(len(c), np.nan)
+    x[offsets["Y"]:] = y
+    mu, Sigma = joint_moments(B, c, d)
+    mean, cov, _ = dense_condition(mu, Sigma, ~np.isnan(x), x)
+    value = post.mean("A_j")[best]
+    cf_mean, cf_cov = _twin_network(B, c, d, mean, cov, np.array([offsets["A_j"] + j]), np.array([value]), "set")
+    ys = slice(offsets["Y"], offsets["Y"] + 60)
+    assert_close(cf.mean("Y"), cf_mean[ys], 10.0)
+    assert_close(cf.var("Y"), np.diag(cf_cov)[ys], 1.0)
+    assert_close(cf.cov("Y", "A_j"), cf_cov[ys, offsets["A_j"]:offsets["A_j"] + 12], 1.0)
+
+
+def test_students_school_intervention_matches_dense():
+    example = runpy.run_path(str(EXAMPLES / "students.py"))
+    rng = np.random.default_rng(1)
+    sizes = dict(n_state=2, n_district=3, n_school=5, n_class=8, n_student=40, n_ses=3)
+    m, ix = example["build"](rng, **sizes)
+    scores = m.posterior().sample(1, seed=4)["score"][0]
+    post = m.posterior({"score": scores})
+    school, value = 2, 4.0
+    do_post, cf = example["school_intervention"](m, post, ix["school_of_student"], scores, school, value)
+    B, c, d, offsets = _dense_sem([
+        ("state_effect", 2, 0.0, 4.0, []),
+        ("district_effect", 3, 0.0, 3.0, [("state_effect", ix["state_of_district"], 1.0)]),
+        ("school_effect", 5, 0.0, 2.0, [("district_effect", ix["district_of_school"], 1.0)]),
+        ("class_effect", 8, 0.0, 2.0, [("school_effect", ix["school_of_class"], 1.0)]),
+        ("ses_effect", 3, 0.0, 5.0, []),
+        ("score", 40, 70.0, 8.0, [("class_effect", ix["class_of_student"], 1.0), ("ses_effect", ix["ses_of_student"], 1.0)]),
+    ])
+    pos = np.array([offsets["school_effect"] + school])
+    s = slice(offsets["score"], offsets["score"] + 40)
+    # interventional: the mutilated model given the other schools' scores
+    Bs, cs, ds = _mutilated(B, c, d, pos, np.array([value]), "set")
+    x = np.full(len(c), np.nan)
+    x[s] = np.where(ix["school_of_student"] == school, np.nan, scores)
+    mean, cov, _ = dense_condition(*joint_moments(Bs, cs, ds), ~np.isnan(x), x)
+    for name, size in (("district_effect", 3), ("class_effect", 8), ("score", 40)):
+        f = slice(offsets[name], offsets[name] + size)
+        assert_close(do_post.mean(name), mean[f], 100.0)
+        assert_close(do_post.var(name), np.diag(cov)[f], 100.0)
+    # counterfactual: the twin network under the factual posterior
+    x[s] = scores
+    mean, cov, _ = dense_condition(*joint_moments(B, c, d), ~np.isnan(x), x)
+    cf_mean, cf_cov = _twin_network(B, c, d, mean, cov, pos, np.array([value]), "set")
+    assert_close(cf.mean("score"), cf_mean[s], 100.0)
+    assert_close(cf.var("score"), np.diag(cf_cov)[s], 100.0)
+    assert np.all(cf.var("score")[ix["school_of_student"] != school] == 0.0)  # other students: as observed
