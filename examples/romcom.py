@@ -32,7 +32,7 @@ def romcom_model(n_friends, who, sd_of_rating, name="romcom"):
     """The seed's hierarchical model for ``n_friends`` and ratings by friend ``who``."""
     m = gdag.Model(name)
     friend = m.plate("friend", n_friends)
-    rating = m.plate("rating", who.size)
+    rating = m.plate("rating", who.size, within=friend, index=who)  # X_ij inside friend i's plate, as the seed draws it
     R = m.normal("R", mean=3.0, sd=1.0)
     R_i = m.normal("R_i", mean=R, sd=SIGMA, plate=friend)
     m.normal("X", mean=R_i[who], sd=sd_of_rating, plate=rating)
