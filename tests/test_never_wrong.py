@@ -222,3 +222,40 @@ def test_data_fitted_exactly_are_not_identified_naming_the_scale(case, method):
     with pytest.raises(gdag.NotIdentifiedError, match=r"The data of `lm` are fitted exactly \(residual sum of squares .*, "
                        r"at the rounding of the data\), " + re.escape(wording)):
         m.fit({"y": y}, method=method)
+
+
+FLAT = ("The data do not identify `sd_g`: the {}likelihood is flat along it at the optimum (logLik {}), so another "
+        "start would give another estimate with the same fit. Typical causes: one observation per group (the group's "
+        "effect and the noise are confounded), one group (under REML its effect is the intercept's). Drop the "
+        "variance component or give it more groups or replicates.")
+STARTS = [{}, {"init": {"sd_g": 0.05, "sigma": 1.0}}, {"init": {"sd_g": 3.0, "sigma": 0.2}}, {"optimizer": "lbfgs"}]
+
+
+@pytest.mark.parametrize("method", ["ml", "reml"])
+@pytest.mark.parametrize("options", STARTS)
+def test_one_observation_per_group_does_not_identify_the_group_sd(method, options):
+    m = _regression(10, groups=np.arange(10))
+    y = np.random.default_rng(0).normal(size=10)
+    with pytest.raises(gdag.NotIdentifiedError, match=re.escape(FLAT.format("REML " if method == "reml" else "", "X"))
+                       .replace("X", r"-?[0-9.]+")):
+        m.fit({"y": y}, method=method, **options)
+
+
+@pytest.mark.parametrize("options", STARTS)
+def test_one_group_is_not_identified_under_reml_and_a_singular_fit_under_ml(options):
+    m = _regression(10, groups=np.zeros(10, dtype=int))
+    y = np.random.default_rng(1).normal(size=10)
+    with pytest.raises(gdag.NotIdentifiedError, match=re.escape(FLAT.format("REML ", "X")).replace("X", r"-?[0-9.]+")):
+        m.fit({"y": y}, method="reml", **options)
+    fit = m.fit({"y": y}, method="ml", **options)
+    reference = m.fit({"y": y}, method="ml")
+    assert fit.singular and fit.boundary == ("sd_g",) and fit.converged
+    assert fit.loglik == pytest.approx(reference.loglik, abs=1e-9)
+    assert fit.params["sigma"] == pytest.approx(np.std(y), rel=1e-6)  # the ML sd of the data: u is 0
+
+
+@pytest.mark.parametrize("init", [None, {"sd_g": 0.05, "sigma": 1.0}, {"sd_g": 3.0, "sigma": 0.2}])
+def test_em_with_one_observation_per_group_is_not_identified_either(init):
+    m = _regression(10, groups=np.arange(10))
+    with pytest.raises(gdag.NotIdentifiedError, match=r"The data do not identify `(sd_g|sigma)`.*: the likelihood is flat"):
+        m.fit({"y": np.random.default_rng(0).normal(size=10)}, method="em", init=init)

@@ -37,7 +37,7 @@ from ..linalg.blas import one_blas_thread
 from ..posterior import Posterior
 from ..spec import ModelSpec
 from .objective import MAX_DEPTH, Objective
-from .optimize import SINGULAR_TOL, FitLog, run_em, run_lbfgs, run_scoring, starting_point
+from .optimize import SINGULAR_TOL, FitLog, check_identified, run_em, run_lbfgs, run_scoring, starting_point
 from .roles import infer_roles
 
 __all__ = ["Fit", "fit"]
@@ -300,6 +300,7 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
         t_setup = time.perf_counter()
         log = FitLog()
         converged, n_iter, message = _optimize(obj, v0, method, optimizer, tol, max_iter, log)
+        check_identified(obj, log)
         t_opt = time.perf_counter()
     best = log.best
     if not converged:

@@ -33,9 +33,12 @@ class FitLog:
         self.entries: list = []
         self.best: Evaluation | None = None
         self.v_best: np.ndarray | None = None
+        self.curved = None
 
     def record(self, v, ev: Evaluation) -> Evaluation:
         self.entries.append((ev.theta.copy(), ev.objective))
+        if ev.curvature is not None:  # the last point with curvature, for check_identified
+            self.curved = (np.array(v, dtype=float), ev.curvature, ev.gradient)
         if self.best is None or ev.objective < self.best.objective:
             self.best, self.v_best = ev, np.array(v, dtype=float)
         return ev
@@ -276,3 +279,68 @@ def run_em(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: FitLo
         theta2 = second[obj.free] / counts[obj.free]
         v = np.sqrt(theta2) / obj.scales
     return False, max_iter, "iteration limit reached"
+
+
+def check_identified(obj: Objective, log: FitLog) -> None:
+    """NotIdentifiedError when the objective is flat at the optimum along some variance component.
+
+    A candidate direction is the null vector of the information scaled to relative
+    changes, ``diag(v) I diag(v)`` (``I``: the average information without the
+    boundary term; its eigenvalues are of the order of the number of observations
+    when identified, round-off when not: one observation per group, one group under
+    REML).  The variables are then moved by half of themselves along it (sds in their
+    squares), and an sd
+    at 0 (where that scaling vanishes) to 1 (relative): -2 log L changing by no more than
+    1e-5 (a likelihood ratio of 1.000005; more only where its own rounding is more) is flat,
+    statistically and numerically (one group under REML drifts to ratios of 1e4, where
+    the objective's rounding is 1e-6); a boundary fit or a component of any size changes it.
+    The curvature is the last the optimizer computed (within its tolerance of the
+    optimum), else one more evaluation; n_eval counts the optimizer's evaluations only.
+    """
+    v, best, n_evaluations = log.v_best, log.best, obj.n_evaluations
+    if not obj.has_curvature or obj.free.size == 0 or v is None:
+        return
+    if log.curved is not None and np.allclose(log.curved[0], v, rtol=1e-3, atol=SINGULAR_TOL):
+        H, g = log.curved[1], log.curved[2]
+    else:
+        ev = obj.evaluate(v, gradient=True, curvature=True)
+        H, g = ev.curvature, ev.gradient
+    H = H - np.diag(np.where(obj.is_sd, np.maximum(0.0, g / np.maximum(v, SD_FLOOR)), 0.0))
+    labels = [obj.roles.labels[k] for k in obj.free]
+
+    def unchanged(moved) -> bool:
+        try:
+            return abs(obj.evaluate(moved).objective - best.objective) <= max(1e-5, 1e-11 * abs(best.objective))
+        except NotIdentifiedError:  # too extreme a point to factor: no evidence either way
+            return False
+
+    inside = np.flatnonzero(~obj.is_sd | (v >= SINGULAR_TOL))
+    flat = []
+    if inside.size:
+        w, V = np.linalg.eigh(v[inside, None] * H[np.ix_(inside, inside)] * v[None, inside])
+        u = V[:, 0] / np.max(np.abs(V[:, 0]))
+        if w[0] < 1e-6 * max(1, obj.n_obs) and any(unchanged(_moved(obj, v, inside, step * u)) for step in (0.5, -0.5)):
+            flat = [labels[inside[i]] for i in np.flatnonzero(np.abs(u) > 0.1)]
+    for i in np.flatnonzero(obj.is_sd & (v < SINGULAR_TOL)):
+        moved = v.copy()
+        moved[i] = 1.0
+        if not flat and unchanged(moved):
+            flat = [labels[i]]
+    obj.n_evaluations = n_evaluations
+    if flat:
+        names = ", ".join(f"`{n}`" for n in flat)
+        raise NotIdentifiedError(
+            f"The data do not identify {names}: the {'REML ' if obj.reml else ''}likelihood is flat along "
+            f"{'it' if len(flat) == 1 else 'a combination of them'} at the optimum (logLik {-0.5 * best.objective:.10g}), "
+            "so another start would give another estimate with the same fit. Typical causes: one observation per "
+            "group (the group's effect and the noise are confounded), one group (under REML its effect is the "
+            "intercept's). Drop the variance component or give it more groups or replicates."
+        )
+
+
+def _moved(obj: Objective, v: np.ndarray, inside: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """``v`` moved by ``step`` relative to itself on ``inside``: sds in their squares (``V`` is linear in
+    the variances, so a set of them that leaves it unchanged is a line there), other variables directly."""
+    moved = v.copy()
+    moved[inside] *= np.where(obj.is_sd[inside], np.sqrt(1.0 + step), 1.0 + step)
+    return moved
