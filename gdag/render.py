@@ -35,7 +35,10 @@ Plates
     bottom right; a family sits in the box of its plate and scalar families
     and parameters sit outside every box.  A plate declared ``within``
     another is drawn inside that plate's box: nesting is drawn only where it
-    is declared, never inferred from the indices.
+    is declared, never inferred from the indices.  When an edge would run
+    through a box's label (a small box whose one family has edges in and
+    out), the label becomes a plaintext vertex in the box's bottom row, which
+    edges go around (:mod:`gdag.render_labels`, from a first layout).
 
 Gathers and crossing
     An edge into a plate that is not declared within the source's plate
@@ -95,6 +98,7 @@ from .data import node_values
 from .errors import DataError, ModelSpecError
 from .graph import ModelGraph, graph_of, plate_crossings
 from .render_expanded import draw_expanded
+from .render_labels import crossed_labels
 from .render_plates import draw_plates
 from .render_style import Style
 from .spec import ModelSpec, Node
@@ -200,6 +204,9 @@ def render(
         dot = draw_expanded(gv, graph, masks, style, max_vertices, rankdir, compiled)
     else:
         dot = draw_plates(gv, graph, masks, style, rankdir or "TB", interventions)
+        crossed = crossed_labels(gv, dot) if graph.spec.plates else set()
+        if crossed:  # edges ran through these plates' labels: draw them as vertices edges go around
+            dot = draw_plates(gv, graph, masks, style, rankdir or "TB", interventions, crossed)
     if path is not None:
         _write(gv, dot, os.fspath(path), fmt)
     return dot

@@ -12,19 +12,23 @@ from collections.abc import Iterable
 import numpy as np
 
 from .graph import Edge, ModelGraph, ancestors, nesting_map
+from .render_labels import add_label_vertex, rank_label_vertices
 from .render_style import INTERVENED_LINE, Style, add_edge, intervened_attrs, new_digraph, node_attrs
 from .spec import Node, Plate
 
 Members = dict  # plate name (None: outside every box) -> [(vertex id, attributes)]
 
 
-def draw_plates(gv, graph: ModelGraph, masks: dict[str, np.ndarray], style: Style, rankdir: str, interventions=()):
+def draw_plates(gv, graph: ModelGraph, masks: dict[str, np.ndarray], style: Style, rankdir: str, interventions=(),
+                label_vertices=None):
     """The plate diagram of ``graph``; ``masks`` (family -> observed entries) shades families.
 
     ``interventions`` (``Model.interventions``, see :mod:`gdag.intervene`) marks the families
-    ``m.do()`` set or shifted, and draws the edges it cut dashed and crossed.
+    ``m.do()`` set or shifted, and draws the edges it cut dashed and crossed.  The plates in
+    ``label_vertices`` get their label as a vertex in their bottom row (:mod:`gdag.render_labels`).
     """
     spec = graph.spec
+    label_vertices = {} if label_vertices is None else label_vertices
     how, cut = _interventions(interventions)
     dot = new_digraph(gv, spec, rankdir)
     members: Members = {None: []}
@@ -43,7 +47,8 @@ def draw_plates(gv, graph: ModelGraph, masks: dict[str, np.ndarray], style: Styl
             attrs = intervened_attrs(attrs, how[node.name], style)
             attrs["tooltip"] = f"{node.name}: {how[node.name].replace('shift', 'shifted')} by do(){where}"
         members.setdefault(None if node.plate is None else node.plate.name, []).append((node.name, attrs))
-    _add_clusters(dot, graph, members, style)
+    _add_clusters(dot, graph, members, style, label_vertices)
+    rank_label_vertices(dot, label_vertices)
     for node in spec.nodes.values():
         _add_family_edges(dot, node, graph.incoming[node.name], style)
     for target, sources in cut.items():
@@ -121,7 +126,7 @@ def _join(parts: Iterable[str]) -> str:
     return ", ".join(dict.fromkeys(p for p in parts if p))
 
 
-def _add_clusters(dot, graph: ModelGraph, members: Members, style: Style) -> None:
+def _add_clusters(dot, graph: ModelGraph, members: Members, style: Style, label_vertices) -> None:
     """Add vertices (``members[plate name]``: (id, attrs)) in nested plate clusters."""
     nested, crossings = graph.nested, graph.crossings
 
@@ -133,8 +138,12 @@ def _add_clusters(dot, graph: ModelGraph, members: Members, style: Style) -> Non
             head = style.text(f"{plate.name} ({plate.size})")
             if plate.name in crossings:
                 head = style.lines(head, style.text("crossed: " + " × ".join(crossings[plate.name])))
-            sub.attr(label=style.label(head), labeljust="r", labelloc="b", style="rounded",
-                     color="gray40", fontsize="11", margin="10")
+            if plate.name in label_vertices:  # an edge ran through the box's label: a vertex edges go around
+                sub.attr(style="rounded", color="gray40", margin="10")
+                add_label_vertex(sub, plate.name, style.label(head))
+            else:
+                sub.attr(label=style.label(head), labeljust="r", labelloc="b", style="rounded",
+                         color="gray40", fontsize="11", margin="10")
             for vid, attrs in members.get(plate.name, []):
                 sub.node(vid, **attrs)
             for child in nested.get(plate.name, ()):

@@ -342,3 +342,30 @@ def test_unknown_extension(tmp_path):
     with pytest.raises(gdag.ModelSpecError, match="none"):
         romcom().render(tmp_path / "m")
     assert not list(tmp_path.iterdir())
+
+
+@needs_dot
+def test_plate_labels_that_edges_cross_become_vertices_in_the_bottom_row():
+    import json
+
+    from gdag.render_labels import LABEL_PREFIX, crossed_labels
+
+    m = gdag.Model("app_reliability")  # the example's shape: one node per small box, edges in and out
+    pub = np.repeat(np.arange(4), 5)
+    publisher = m.plate("publisher", 4)
+    app = m.plate("app", 20, within=publisher, index=pub)
+    device, install = m.plate("device", 5), m.plate("install", 60)
+    P, D = m.normal("P"), m.normal("D")
+    P_i = m.normal("P_i", mean=P, sd=0.5, plate=publisher)
+    A_j = m.normal("A_j", mean=P_i[pub], sd=0.3, plate=app)
+    D_k = m.normal("D_k", mean=D, sd=0.4, plate=device)
+    rng = np.random.default_rng(0)
+    m.normal("Y", mean=A_j[rng.integers(0, 20, 60)] + D_k[rng.integers(0, 5, 60)], sd=0.8, plate=install)
+    dot = m.render(observed=["Y"])
+    moved = set(re.findall(rf"{LABEL_PREFIX}(\w+) \[", dot.source))
+    assert {"app", "device"} <= moved and "install" not in moved
+    assert crossed_labels(graphviz, dot) == {}  # drawn again, no edge runs through a label
+    layout = json.loads(dot.pipe(format="json"))
+    y = {o["name"]: float(o["pos"].split(",")[1]) for o in layout["objects"] if "pos" in o}
+    assert y[LABEL_PREFIX + "app"] == y["A_j"] and y[LABEL_PREFIX + "device"] == y["D_k"]
+    assert LABEL_PREFIX not in students().render().source  # labels nothing crosses stay at the bottom right
