@@ -409,6 +409,6 @@ class Model:
         term = expr.terms[0]
         if expr.length != node.size or term.rows.shape[0] != node.size or np.any(term.rows != np.arange(node.size)):
             raise ModelSpecError(f"{where}: the sd in `{param.name}` must give one value per entry ({node.size}).")
-        if np.any(term.vals <= 0):
-            raise ModelSpecError(f"{where}: the sd in `{param.name}` must be multiplied by positive numbers.")
+        if np.any(term.vals < 0):  # 0 makes the entry deterministic (as m.do() leaves the entries it sets)
+            raise ModelSpecError(f"{where}: the sd in `{param.name}` must be multiplied by non-negative numbers.")
         return SdSpec(term.vals.copy(), param, term.cols.copy())

@@ -200,6 +200,8 @@ def test_do_with_a_parameter_sd_on_some_entries_and_a_fit():
     fixed = np.full(6, np.nan)
     fixed[:2] = [1.0, -1.0]
     m2 = m.do({"u": fixed})
+    saved = m2.to_dict()  # a parameter sd with zero multipliers at the set entries round-trips
+    assert gdag.Model.from_dict(saved).to_dict() == saved
     post = m2.posterior({"y": y})
     np.testing.assert_array_equal(post.mean("u")[:2], [1.0, -1.0])
     np.testing.assert_array_equal(post.var("u")[:2], [0.0, 0.0])
