@@ -99,7 +99,7 @@ def main():
     print(f"installs of other apps unchanged: {np.array_equal(cf.mean('Y')[others], post.mean('Y')[others], equal_nan=True)}")
 
     FIGURES.mkdir(parents=True, exist_ok=True)
-    m.render(FIGURES / "app_reliability.svg", observed=["Y"])
+    m.render(FIGURES / "app_reliability.svg", observed=["Y"], distributions=True)
     value = np.full(post.mean("A_j").shape[0], np.nan)
     value[j] = post.mean("A_j")[best]
     m.do({"A_j": value}).render(FIGURES / "app_reliability_do.svg", observed=["Y"])

@@ -74,7 +74,7 @@ def main():
     at_scale(rng)
 
     FIGURES.mkdir(parents=True, exist_ok=True)
-    m.render(FIGURES / "romcom.svg", observed=["X"])
+    m.render(FIGURES / "romcom.svg", observed=["X"], distributions=True)
     few = np.array([0, 0, 1, 2, 2, 2, 3])
     small = romcom_model(4, few, 1.0, name="romcom_4_friends")
     small.render(FIGURES / "romcom_expanded.svg", expanded=True, observed=["X"])

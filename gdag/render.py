@@ -129,6 +129,7 @@ def render(
     rankdir: str | None = None,
     compiled: CompiledModel | None = None,
     interventions=(),
+    distributions: bool = False,
 ) -> "graphviz.Digraph":
     """Draw ``model`` as a plate diagram (or one vertex per scalar) with graphviz.
 
@@ -161,6 +162,10 @@ def render(
     compiled : CompiledModel, optional
         The model's compiled form, when the caller has it (the expanded view
         needs it; without it, it is compiled here).
+    distributions : bool
+        Write each family's distribution under its name, ``~ N(R, 0.5²)``
+        (the plate view; see :mod:`gdag.render_distributions`).  Textbook
+        figures; wider vertices.
     interventions : tuple of gdag.intervene.Intervention
         What ``m.do()`` set or shifted (``Model.render`` passes
         ``m.interventions``): set families are double boxes filled orange
@@ -203,10 +208,10 @@ def render(
     if expanded:
         dot = draw_expanded(gv, graph, masks, style, max_vertices, rankdir, compiled)
     else:
-        dot = draw_plates(gv, graph, masks, style, rankdir or "TB", interventions)
+        dot = draw_plates(gv, graph, masks, style, rankdir or "TB", interventions, None, distributions)
         crossed = crossed_labels(gv, dot) if graph.spec.plates else set()
         if crossed:  # edges ran through these plates' labels: draw them as vertices edges go around
-            dot = draw_plates(gv, graph, masks, style, rankdir or "TB", interventions, crossed)
+            dot = draw_plates(gv, graph, masks, style, rankdir or "TB", interventions, crossed, distributions)
     if path is not None:
         _write(gv, dot, os.fspath(path), fmt)
     return dot

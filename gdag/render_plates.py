@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from .graph import Edge, ModelGraph, ancestors, nesting_map
+from .render_distributions import distribution
 from .render_labels import add_label_vertex, rank_label_vertices
 from .render_style import INTERVENED_LINE, Style, add_edge, intervened_attrs, new_digraph, node_attrs
 from .spec import Node, Plate
@@ -20,7 +21,7 @@ Members = dict  # plate name (None: outside every box) -> [(vertex id, attribute
 
 
 def draw_plates(gv, graph: ModelGraph, masks: dict[str, np.ndarray], style: Style, rankdir: str, interventions=(),
-                label_vertices=None):
+                label_vertices=None, distributions: bool = False):
     """The plate diagram of ``graph``; ``masks`` (family -> observed entries) shades families.
 
     ``interventions`` (``Model.interventions``, see :mod:`gdag.intervene`) marks the families
@@ -41,8 +42,11 @@ def draw_plates(gv, graph: ModelGraph, masks: dict[str, np.ndarray], style: Styl
         seen = None if mask is None else ("all" if mask.all() else "some")
         kind = graph.kinds[node.name]
         where = "" if node.plate is None else f", {node.size} entries on plate {node.plate.name}"
-        attrs = dict(node_attrs(kind, seen), label=style.label(style.name(node.name)),
-                     tooltip=f"{node.name}: {kind}{where}")
+        text = style.name(node.name)
+        if distributions:  # the family's distribution under its name (gdag.render_distributions)
+            under = distribution(node, style, _index_label)
+            text += f'<BR/><FONT POINT-SIZE="10">{under}</FONT>' if style.html else f"\\n{under}"
+        attrs = dict(node_attrs(kind, seen), label=style.label(text), tooltip=f"{node.name}: {kind}{where}")
         if node.name in how:
             attrs = intervened_attrs(attrs, how[node.name], style)
             attrs["tooltip"] = f"{node.name}: {how[node.name].replace('shift', 'shifted')} by do(){where}"

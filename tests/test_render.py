@@ -369,3 +369,18 @@ def test_plate_labels_that_edges_cross_become_vertices_in_the_bottom_row():
     y = {o["name"]: float(o["pos"].split(",")[1]) for o in layout["objects"] if "pos" in o}
     assert y[LABEL_PREFIX + "app"] == y["A_j"] and y[LABEL_PREFIX + "device"] == y["D_k"]
     assert LABEL_PREFIX not in students().render().source  # labels nothing crosses stay at the bottom right
+
+
+def test_distributions_under_the_names():
+    src = render(romcom(), distributions=True).source
+    assert 'FONT POINT-SIZE="10">~ N(3, 1<SUP>2</SUP>)' in vertex(src, "R")
+    assert "~ N(R, 0.5<SUP>2</SUP>)" in vertex(src, "R_i")
+    assert "~ N(R<SUB>i</SUB>[friend], 0.8<SUP>2</SUP>)" in vertex(src, "X")
+    m = gdag.Model("by_entry")
+    m.normal("v", mean=np.array([1.0, 2.0]), sd=np.array([1.0, 2.0]), plate=m.plate("p", 2))
+    assert "~ N(c, σ<SUB>k</SUB><SUP>2</SUP>)" in vertex(render(m, distributions=True).source, "v")  # by entry
+    apps_src = render(apps(), distributions=True, subscripts=False).source
+    assert "~ N(A_j[app] + D_k[device], sigma_Y^2)" in apps_src and "~ N(P_i, 1^2)" in apps_src
+    feat = render(features(), distributions=True, subscripts=False).source
+    assert "x\\n~ N(0.9·x[t-1], 1^2)" in feat and "z\\n= beta" in feat and "u1\\n~ N(rho·u0, 1^2)" in feat
+    assert "~ N(" not in render(romcom()).source  # off by default
