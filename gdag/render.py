@@ -171,7 +171,7 @@ def render(
         ``m.interventions``): set families are double boxes filled orange
         (dashed when only some entries are set), the edges into them that do()
         cut are dashed grey and marked ✕, shifted families have an orange
-        outline and ``+δ``.  The plate view only.
+        outline and ``+δ``; in the expanded view, the entries themselves.
 
     Returns
     -------
@@ -206,7 +206,7 @@ def render(
     masks = observed_masks(graph.spec, observed)
     style = Style(subscripts=subscripts, edge_labels=edge_labels)
     if expanded:
-        dot = draw_expanded(gv, graph, masks, style, max_vertices, rankdir, compiled)
+        dot = draw_expanded(gv, graph, masks, style, max_vertices, rankdir, compiled, interventions)
     else:
         dot = draw_plates(gv, graph, masks, style, rankdir or "TB", interventions, None, distributions)
         crossed = crossed_labels(gv, dot) if graph.spec.plates else set()

@@ -13,13 +13,18 @@ import numpy as np
 from .compiler import CompiledModel, compile_model
 from .errors import ModelSpecError
 from .graph import ModelGraph, check_acyclic, expanded_graph
-from .render_style import Style, add_edge, new_digraph, node_attrs
+from .render_style import Style, add_edge, intervened_attrs, new_digraph, node_attrs
 from .spec import label
 
 
 def draw_expanded(gv, graph: ModelGraph, masks: dict[str, np.ndarray], style: Style, max_vertices: int,
-                  rankdir: str | None, compiled: CompiledModel | None):
-    """The expanded drawing; refused over ``max_vertices`` vertices.  ``compiled`` is compiled here if None."""
+                  rankdir: str | None, compiled: CompiledModel | None, interventions=()):
+    """The expanded drawing; refused over ``max_vertices`` vertices.  ``compiled`` is compiled here if None.
+
+    Entries ``m.do()`` set (``interventions``) are orange double boxes (their cut edges are gone), shifted ones
+    have an orange outline.
+    """
+    marked = {(iv.name, int(k)): iv.kind for iv in interventions for k in iv.entries}
     spec = graph.spec
     total = sum(n.size for n in spec.nodes.values()) + sum(p.size for p in spec.params.values())
     if total > max_vertices:
@@ -50,8 +55,10 @@ def draw_expanded(gv, graph: ModelGraph, masks: dict[str, np.ndarray], style: St
         seen = "all" if mask is not None and mask[idx] else None
         plate = spec.nodes[fam].plate
         tip = label(fam, None if plate is None else plate.name, idx)
-        dot.node(vid, label=style.label(style.name(fam) + style.text(suffix)), tooltip=f"{tip} ({kind})",
-                 **node_attrs(kind, seen))
+        attrs = node_attrs(kind, seen)
+        if (fam, idx) in marked:
+            attrs = intervened_attrs(attrs, marked[(fam, idx)], style)
+        dot.node(vid, label=style.label(style.name(fam) + style.text(suffix)), tooltip=f"{tip} ({kind})", **attrs)
 
     scaled: dict[tuple[str, str], str] = {}  # (source entry, target entry) -> the scale of their term
     if style.edge_labels:

@@ -369,3 +369,13 @@ def test_students_school_intervention_matches_dense():
     assert_close(cf.mean("score"), cf_mean[s], 100.0)
     assert_close(cf.var("score"), np.diag(cf_cov)[s], 100.0)
     assert np.all(cf.var("score")[ix["school_of_student"] != school] == 0.0)  # other students: as observed
+
+
+def test_expanded_drawing_marks_the_set_entries():
+    m = gdag.Model("groups")
+    g = m.plate("g", 3)
+    mu = m.normal("mu", mean=0.0, sd=1.0)
+    m.normal("u", mean=mu, sd=1.0, plate=g)
+    src = m.do({"u": [np.nan, 2.0, np.nan]}).render(expanded=True).source
+    assert "shape=box" in _vertex(src, "u[1]") and "shape=box" not in _vertex(src, "u[0]")
+    assert re.search(r'^\s*mu -> "u\[0\]"', src, re.M) and not re.search(r'^\s*mu -> "u\[1\]"', src, re.M)
