@@ -29,8 +29,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import DataError, ModelError
+from .errors import DataError, ModelError, ModelSpecError
 from .intervene import parse_interventions
+from .spec import Node
 
 # Dense covariance blocks and variance solves beyond this many entries are refused.
 SOLVE_LIMIT = 50_000_000
@@ -53,6 +54,10 @@ class Counterfactual:
         sizes = {name: int(cm.family_size[i]) for i, name in enumerate(cm.family_names)}
         sizes.update({name: leaf.size for name, leaf in leaves.items()})
         self.interventions = parse_interventions(interventions, sizes, set(cm.param_names), cm.name)
+        nodes = getattr(post, "_nodes", None)  # the declared nodes, when the posterior knows them
+        for key in interventions:
+            if isinstance(key, Node) and nodes is not None and nodes.get(key.name) is not key:
+                raise ModelSpecError(f"counterfactual() names `{key.name}` from another model than `{cm.name}`.")
         n = cm.n
         coef, _, _ = cm.values(post._theta)
         set_pos, set_val, shift_pos, shift_val = [], [], [], []

@@ -94,6 +94,8 @@ def parse_interventions(interventions, sizes: Mapping[str, int], params, model_n
         if not isinstance(name, str) or name not in sizes:
             known = ", ".join(f"`{n}`" for n in list(sizes)[:10])
             raise ModelSpecError(f"Cannot intervene on `{name}`: model `{model_name}` has no such node (its nodes: {known}).")
+        if any(iv.name == name for iv in out):  # a node and its name both given: which value is meant?
+            raise ModelSpecError(f"The interventions name `{name}` twice (as a node and as a name); give it once.")
         kind, raw = ("shift", value.delta) if isinstance(value, Shift) else ("set", value)
         values = _values(name, sizes[name], raw, kind)
         entries = np.flatnonzero(~np.isnan(values))

@@ -250,6 +250,11 @@ def test_observing_a_set_entry_is_refused():
     other = gdag.Model("other")
     with pytest.raises(gdag.ModelSpecError, match=re.escape("do() names `a` from another model")):
         _chain_model().do({other.normal("a"): 1.0})
+    with pytest.raises(gdag.ModelSpecError, match=re.escape("counterfactual() names `a` from another model")):
+        _chain_model().posterior({"y": 1.0}).counterfactual({other.nodes["a"]: 1.0})
+    m = _chain_model()
+    with pytest.raises(gdag.ModelSpecError, match=re.escape("The interventions name `a` twice")):
+        m.posterior({"y": 1.0}).counterfactual({m.nodes["a"]: 1.0, "a": 2.0})
 
 
 def _vertex(source: str, name: str) -> str:
