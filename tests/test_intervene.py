@@ -169,6 +169,16 @@ def test_counterfactual_of_leaves_summed_over_rows(monkeypatch):
         np.testing.assert_allclose(reduced.var(name), joint.var(name), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(reduced.cov("X"), joint.cov("X"), atol=1e-10)
     assert np.all(reduced.var("X")[who != 2] == 0.0)  # ratings of other friends stay as observed
+    x_set = np.full(40, np.nan)
+    x_set[:3] = [1.0, 2.0, 3.0]  # set some leaf entries themselves, and shift R
+    both = {"X": x_set, "R": gdag.shift(0.5)}
+    reduced_both = reduced_post.counterfactual(both)
+    monkeypatch.setattr(observations, "MIN_ROWS", 10**9)
+    joint_both = m.posterior(data).counterfactual(both)
+    for name in ("R", "R_i", "X"):
+        np.testing.assert_allclose(reduced_both.mean(name), joint_both.mean(name), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(reduced_both.var(name), joint_both.var(name), rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(reduced_both.mean("X")[:3], [1.0, 2.0, 3.0])
 
 
 def test_intervened_model_is_an_ordinary_model():
