@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse.linalg import spsolve_triangular
 
 from .errors import DataError, ModelError, ModelSpecError
 from .intervene import parse_interventions
@@ -35,6 +36,8 @@ from .spec import Node
 
 # Dense covariance blocks and variance solves beyond this many entries are refused.
 SOLVE_LIMIT = 50_000_000
+# The descendants of the set entries by one dense forward substitution up to this many entries (n x k).
+DENSE_SOLVE = 20_000_000
 
 
 class Counterfactual:
@@ -88,16 +91,19 @@ class Counterfactual:
                       for i, name in enumerate(cm.family_names)}
         self._scalar = {name: cm.family_plate[i] is None for i, name in enumerate(cm.family_names)}
         means, maps, start = [mean], [G_star], n
+        moved, self._G_set = [H_set], G[set_pos]  # rows of G* - G = -(H G_set), leaves' rows below
         for name, leaf in leaves.items():  # observed leaves: y* = y + Z (x* - x)
             Z = _leaf_rows(leaf, post._theta, n)
             y_mean = cond.leaf_data[name] + Z @ move
-            y_map = (Z @ (-change)).tocsr()
+            y_H = (Z @ H_set).tocsr()
             for iv in self.interventions:
                 if iv.name == name and iv.kind == "set":
                     y_mean[iv.entries] = iv.values
-                    y_map = sp.diags(np.isin(np.arange(leaf.size), iv.entries, invert=True).astype(float)) @ y_map
+                    y_H = sp.diags(np.isin(np.arange(leaf.size), iv.entries, invert=True).astype(float)) @ y_H
                 elif iv.name == name:
                     y_mean[iv.entries] += iv.values
+            moved.append(y_H)
+            y_map = -(y_H @ self._G_set)
             y_map = sp.csr_matrix(y_map)
             y_map.eliminate_zeros()
             self._changed = np.concatenate([self._changed, start + np.flatnonzero(np.diff(y_map.indptr))])
@@ -108,6 +114,8 @@ class Counterfactual:
             start += leaf.size
         self._mean = np.concatenate(means)
         self._G = sp.vstack(maps).tocsr() if len(maps) > 1 else G_star
+        self._H = sp.vstack(moved).tocsr() if len(moved) > 1 else H_set
+        self._G_factual = G
         self._var = None
 
     # ------------------------------------------------------------------ API
@@ -180,24 +188,47 @@ class Counterfactual:
                 var[span] = post.var(name)
         if self._factor is None:
             return var
-        rows = self._changed
-        if rows.shape[0] * self._G.shape[1] > SOLVE_LIMIT * 4:
+        rows, n_U, k = self._changed, self._G.shape[1], self._G_set.shape[0]
+        if min(rows.shape[0], k) * n_U > SOLVE_LIMIT:
             raise ModelError(
-                f"The counterfactual moves {rows.shape[0]} variables; their variances need as many solves of size "
-                f"{self._G.shape[1]}. Intervene on fewer entries, or ask for means and draws."
+                f"The counterfactual moves {rows.shape[0]} variables from {k} set entries; their variances need "
+                f"{min(rows.shape[0], k)} solves of size {n_U}. Intervene on fewer entries, or ask for means and draws."
             )
         post._check_variance_accuracy("counterfactual variances")
-        for start in range(0, rows.shape[0], chunk):
-            block = rows[start: start + chunk]
-            half = self._factor.half_solve(self._G[block].T.toarray())
-            var[block] = np.einsum("ij,ij->j", half, half)
+        if rows.shape[0] <= k:  # one half-solve per moved variable: ||L^-1 P G*_r^T||^2, no cancellation
+            for start in range(0, rows.shape[0], chunk):
+                block = rows[start: start + chunk]
+                half = self._factor.half_solve(self._G[block].T.toarray())
+                var[block] = np.einsum("ij,ij->j", half, half)
+            return var
+        # few set entries moving many variables (a chain): one solve per set entry,
+        # var*_r = var_r - 2 h_r C_r + h_r S h_r^T with C = Cov(x_set, x_r), S = Cov(x_set)
+        solved = self._factor.solve(self._G_set.T.toarray())  # Q_UU^{-1} G_set^T
+        S = np.asarray(self._G_set @ solved)
+        for start in range(0, rows.shape[0], chunk * 16):
+            block = rows[start: start + chunk * 16]
+            h = self._H[block].toarray()
+            inside = block[block < self._G_factual.shape[0]]
+            C = np.zeros((block.shape[0], k))
+            C[: inside.shape[0]] = np.asarray(self._G_factual[inside] @ solved)  # leaves' factual rows are 0
+            moved = var[block] - 2 * np.einsum("ij,ij->i", h, C) + np.einsum("ij,ij->i", h @ S, h)
+            var[block] = np.maximum(moved, 0.0)
         return var
 
 
 def _descendant_solve(B: sp.spmatrix, J: sp.csr_matrix) -> sp.csr_matrix:
-    """``(I - B)^{-1} J = sum_k B^k J`` for nilpotent ``B``: exact zeros off the descendants of J's rows."""
+    """``(I - B)^{-1} J`` for nilpotent ``B``: exact zeros off the descendants of J's rows.
+
+    Families refer to earlier declarations, so ``B`` is usually strictly lower triangular in
+    gdag's order: then one forward substitution (a non-descendant sums only zeros, so stays 0);
+    otherwise the finite series ``sum_k B^k J``, one sparse product per generation.
+    """
     B = sp.csr_matrix(B)
     B.eliminate_zeros()
+    coo = B.tocoo()
+    if np.all(coo.row > coo.col) and B.shape[0] * J.shape[1] <= DENSE_SOLVE:
+        A = (sp.eye(B.shape[0], format="csr") - B).tocsr()
+        return sp.csr_matrix(spsolve_triangular(A, J.toarray(), lower=True, unit_diagonal=True))
     total, term = J.copy(), J
     for _ in range(B.shape[0]):
         term = (B @ term).tocsr()

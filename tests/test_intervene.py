@@ -394,3 +394,24 @@ def test_expanded_drawing_marks_the_set_entries():
     src = m.do({"u": [np.nan, 2.0, np.nan]}).render(expanded=True).source
     assert "shape=box" in _vertex(src, "u[1]") and "shape=box" not in _vertex(src, "u[0]")
     assert re.search(r'^\s*mu -> "u\[0\]"', src, re.M) and not re.search(r'^\s*mu -> "u\[1\]"', src, re.M)
+
+
+def test_counterfactual_on_a_chain_moves_every_later_step():
+    n = 60  # one set entry moving 100 variables: the variances by one solve per set entry
+    m = gdag.Model("ar")
+    t = m.plate("t", n)
+    m.normal("x", mean=lambda x: 0.9 * x.lag(1), sd=1.0, plate=t)
+    m.normal("y", mean=m.nodes["x"], sd=0.5, plate=t)
+    y = np.random.default_rng(0).normal(size=n)
+    value = np.full(n, np.nan)
+    value[10] = 3.0
+    cf = m.posterior({"y": y}).counterfactual({"x": value})
+    B = np.zeros((2 * n, 2 * n))
+    B[np.arange(1, n), np.arange(n - 1)] = 0.9
+    B[np.arange(n, 2 * n), np.arange(n)] = 1.0
+    c, d = np.zeros(2 * n), np.r_[np.ones(n), np.full(n, 0.25)]
+    x = np.r_[np.full(n, np.nan), y]
+    mean, cov, _ = dense_condition(*joint_moments(B, c, d), ~np.isnan(x), x)
+    cf_mean, cf_cov = _twin_network(B, c, d, mean, cov, np.array([10]), np.array([3.0]), "set")
+    assert_close(np.r_[cf.mean("x"), cf.mean("y")], cf_mean, 10.0)
+    assert_close(np.r_[cf.var("x"), cf.var("y")], np.diag(cf_cov), 1.0)
