@@ -10,7 +10,16 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .accuracy import VARIANCE_HOPELESS, VARIANCE_TOLERANCE, check_system, condition_upper_bound, require_finite, scaled_condition
+from .accuracy import (
+    VARIANCE_HOPELESS,
+    VARIANCE_TOLERANCE,
+    check_mean_accuracy,
+    check_system,
+    condition_upper_bound,
+    refined_mean,
+    require_finite,
+    scaled_condition,
+)
 from .compiler import CompiledModel
 from .counterfactual import Counterfactual
 from .errors import AccuracyWarning, DataError, ModelError, NotIdentifiedError, warn
@@ -43,7 +52,7 @@ class Posterior:
             self._system: LinearSystem = conditioning.system(self._theta, self._x)
         check_system(cm, conditioning, self._system)
         self._factor = conditioning.factorize(self._system) if conditioning.n_unobserved else None
-        self._A_U_values = None
+        self._A_U_values, self._mean_error = None, None
         self._mean_U = self._refined_mean() if self._factor is not None else np.zeros(0)
         with np.errstate(over="ignore", invalid="ignore"):
             self._mean = self._full_mean()
@@ -93,6 +102,7 @@ class Posterior:
         node = self._node(node)
         if node.name in self._cond.leaf_data:
             return self._leaf_shaped(node, self._cond.leaf_data[node.name])
+        self._check_mean_accuracy()
         return self._shaped(node, self._mean)
 
     def var(self, node) -> np.ndarray | float:
@@ -161,6 +171,7 @@ class Posterior:
         draws_U = np.zeros((n_U, n))
         if self._factor is not None:
             self._check_variance_accuracy("draws")
+            self._check_mean_accuracy()
             draws_U = self._factor.sample(rng.standard_normal((n_U, n)))
         G = self._affine_map()
         out = {}
@@ -268,32 +279,9 @@ class Posterior:
         return self._A_U_values
 
     @timed("solve")
-    def _refined_mean(self, max_steps: int = 3) -> np.ndarray:
-        """Solve ``Q_UU m = b``, then refine ``m`` against the unformed least-squares problem.
-
-        ``m`` minimizes ``f(m) = e^T D^{-1} e`` with ``e = r - A_U m``.  Forming
-        ``Q_UU = A_U^T D^{-1} A_U`` and ``b`` rounds away information when sds
-        span many orders of magnitude (1e-8 next to 1e8), so the first solve can
-        be off by many posterior sds.  Each step solves ``Q_UU delta =
-        A_U^T D^{-1} e`` with the gradient computed from the residual itself
-        (corrected semi-normal equations) and is kept only if it lowers
-        ``f``, which is evaluated as a sum of non-negative terms.
-        """
-        s, gram = self._system, self._cond.gram
-        m = self._factor.solve(s.b)
-        values = self._entries_of_A_U()
-        with np.errstate(over="ignore", invalid="ignore"):
-            _, w, f = gram.weighted_residual(values, m, s.r, s.d)  # w = D^{-1} e
-            for _ in range(max_steps):
-                step = self._factor.solve(gram.transpose_times(values, w))
-                candidate = m + step
-                _, w_new, f_new = gram.weighted_residual(values, candidate, s.r, s.d)
-                if not f_new < f:
-                    break
-                negligible = f - f_new <= 8 * np.finfo(float).eps * f  # a gain at the rounding of f itself
-                m, w, f = candidate, w_new, f_new
-                if negligible or np.max(np.abs(step)) <= 4 * np.finfo(float).eps * np.max(np.abs(m)):
-                    break
+    def _refined_mean(self) -> np.ndarray:
+        """``m_U``, refined against the unformed problem (:func:`gdag.accuracy.refined_mean`)."""
+        m, self._mean_error = refined_mean(self._factor.solve, self._cond.gram, self._entries_of_A_U(), self._system)
         return m
 
     def _full_mean(self) -> np.ndarray:
@@ -339,6 +327,11 @@ class Posterior:
         if self._kappa is None:
             self._kappa = scaled_condition(self._system.Q, self._factor.solve)
         return self._kappa
+
+    def _check_mean_accuracy(self) -> None:
+        """Warn about or refuse means whose refinement left a doubt (:func:`gdag.accuracy.check_mean_accuracy`)."""
+        check_mean_accuracy(self._cm.name, self._mean_error, self.variance_error_bound,
+                            lambda j: self._cond.label_unobserved(np.array([j]))[0])
 
     @timed("accuracy check")
     def _check_variance_accuracy(self, what: str = "variances", variances_U: np.ndarray | None = None) -> None:
