@@ -128,6 +128,16 @@ def model_from_dict(d, model_class) -> Any:
     CycleError
         When nodes refer to each other in a cycle.
     """
+    try:
+        return _model_from_dict(d, model_class)
+    except RecursionError:  # lists nested thousands deep: their repr and numpy's conversion recurse
+        raise ModelSpecError(
+            "The model dict is nested too deeply to read (Python's recursion limit was reached): "
+            "Model.to_dict() writes numbers and flat lists only."
+        ) from None
+
+
+def _model_from_dict(d, model_class) -> Any:
     where = "The model dict"
     _check_type(d, dict, where)
     fmt, version = d.get("format"), d.get("version")

@@ -259,3 +259,20 @@ def test_em_with_one_observation_per_group_is_not_identified_either(init):
     m = _regression(10, groups=np.arange(10))
     with pytest.raises(gdag.NotIdentifiedError, match=r"The data do not identify `(sd_g|sigma)`.*: the likelihood is flat"):
         m.fit({"y": np.random.default_rng(0).normal(size=10)}, method="em", init=init)
+
+
+@pytest.mark.parametrize("where", ["name", "nodes", "mean", "format"])
+def test_a_model_dict_nested_thousands_deep_is_a_model_spec_error(where):
+    m = _one_level()
+    d = m.to_dict()
+    deep = []
+    for _ in range(100_000):
+        deep = [deep]
+    if where == "mean":
+        d["nodes"] = [dict(d["nodes"][0], mean=deep)]
+    else:
+        d[where] = deep
+    with pytest.raises(gdag.ModelSpecError, match=re.escape(
+            "The model dict is nested too deeply to read (Python's recursion limit was reached): "
+            "Model.to_dict() writes numbers and flat lists only.")):
+        gdag.Model.from_dict(d)
