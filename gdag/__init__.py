@@ -6,6 +6,7 @@ factor (CHOLMOD) gives exact posteriors, the log evidence and fits.
 """
 
 from . import timing  # noqa: F401  (gdag.timing.record)
+from .counterfactual import Counterfactual
 from .design import from_formula, lmer
 from .errors import (
     AccuracyWarning,
@@ -37,6 +38,7 @@ __all__ = [
     "Plate",
     "Expr",
     "Posterior",
+    "Counterfactual",
     "Fit",
     "dot",
     "shift",
