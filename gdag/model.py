@@ -30,7 +30,7 @@ from .intervene import check_data, intervened_model
 from .observations import reducible_families
 from .posterior import Posterior
 from .render import render as render_model
-from .resources import check_memory
+from .resources import BYTES_PER_DECLARED_ENTRY, check_entries, check_memory, check_model_size
 from .serialize import model_from_dict, model_to_dict
 from .spec import MAX_SIZE, ModelSpec, Node, Param, Plate, SdSpec
 
@@ -173,6 +173,8 @@ class Model:
         self._check_new_name(name, self.nodes, "node")
         if plate is not None and (not isinstance(plate, Plate) or self.plates.get(plate.name) is not plate):
             raise ModelSpecError(f"Node `{name}`: `plate` must be a plate declared on this model with m.plate().")
+        size = 1 if plate is None else plate.size
+        check_entries(float(size) * BYTES_PER_DECLARED_ENTRY, f"The {size} scalar entries of node `{name}`")
         node = Node(self, name, plate, declaration_site())
         if callable(mean) and not isinstance(mean, Operand):
             mean = mean(node)
@@ -229,6 +231,7 @@ class Model:
         Posterior
         """
         spec = self.spec()
+        check_model_size(spec, self.name)
         data = {} if data is None else frame_data(data, spec.nodes) if is_frame(data) else data
         check_data(self, data)
         full = fully_observed(spec, data)
@@ -262,6 +265,7 @@ class Model:
                 + ", ".join(f"`{k}`" for k in sorted(known)) + "."
             )
         spec = self.spec()
+        check_model_size(spec, self.name)
         data = frame_data(data, spec.nodes) if is_frame(data) else data
         check_data(self, data)
         result = fit_model(spec, self._queries, data, method=method, **options)

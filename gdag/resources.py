@@ -86,6 +86,39 @@ def factor_size(cond) -> FactorSize:
     return FactorSize(cond.n_unobserved, int(pattern.nnz), nnz_L, flops, cond.cm.n)
 
 
+# Arrays smaller than this are never refused up front (before declaring or compiling)
+UPFRONT_FLOOR = 2**27
+# Bytes a declaration keeps per scalar entry (its sd and a term's row and column indices)
+BYTES_PER_DECLARED_ENTRY = 24
+# Bytes a compiled model and its data take per parameter entry (theta, F's column and defaults)
+BYTES_PER_PARAMETER_ENTRY = 32
+
+
+def check_entries(need: float, what: str) -> None:
+    """Refuse, before numpy tries to allocate them, arrays of ``need`` bytes beyond the available memory.
+
+    ``what`` says whose arrays, and their sizes (the start of the message).  Below
+    ``UPFRONT_FLOOR`` bytes nothing is refused here: such arrays are harmless, and the
+    factor's own check (:func:`check_memory`) sees everything a posterior needs.
+    """
+    if need < UPFRONT_FLOOR:
+        return
+    available = available_memory()
+    if need > available:
+        raise ModelError(
+            f"{what} need an estimated {gigabytes(need):.3g} GB, more than the {gigabytes(available):.3g} GB "
+            "available (MemAvailable). Use smaller plates, or a machine with more memory."
+        )
+
+
+def check_model_size(spec, name: str) -> None:
+    """Refuse a query whose compiled model alone would not fit in memory, before compiling it."""
+    n_vars = sum(nd.size for nd in spec.nodes.values())
+    n_params = sum(p.size for p in spec.params.values())
+    check_entries(float(n_vars) * BYTES_PER_VARIABLE + float(n_params) * BYTES_PER_PARAMETER_ENTRY,
+                  f"The {n_vars} scalar variables and {n_params} parameter entries of `{name}`")
+
+
 def check_memory(size: FactorSize, name: str) -> None:
     """Refuse, with both numbers, a posterior whose estimated memory exceeds what is available."""
     available = available_memory()

@@ -276,3 +276,33 @@ def test_a_model_dict_nested_thousands_deep_is_a_model_spec_error(where):
             "The model dict is nested too deeply to read (Python's recursion limit was reached): "
             "Model.to_dict() writes numbers and flat lists only.")):
         gdag.Model.from_dict(d)
+
+
+def test_a_node_on_a_2_to_the_40_plate_is_refused_before_allocating():
+    m = gdag.Model("big")
+    p = m.plate("p", 2**40)
+    with pytest.raises(gdag.ModelError, match=r"The 1099511627776 scalar entries of node `u` need an estimated "
+                       r"2\.64e\+04 GB, more than the .* GB available \(MemAvailable\)\. Use smaller plates"):
+        m.normal("u", 0.0, 1.0, plate=p)
+
+
+def test_a_parameter_of_1e12_entries_is_refused_before_compiling():
+    m = gdag.Model("big")
+    m.param("b", size=10**12)
+    m.normal("y", 0.0, 1.0)
+    with pytest.raises(gdag.ModelError, match=re.escape("The 1 scalar variables and 1000000000000 parameter entries "
+                                                        "of `big` need an estimated 3.2e+04 GB")):
+        m.posterior({"y": 1.0})
+    with pytest.raises(gdag.ModelError, match="1000000000000 parameter entries of `big` need an estimated"):
+        gdag.Model.from_dict(m.to_dict()).posterior({"y": 1.0})
+
+
+def test_a_wide_model_is_refused_before_compiling_when_memory_is_short(monkeypatch):
+    m = gdag.Model("wide")
+    m.normal("u", 0.0, 1.0, plate=m.plate("p", 10**6))
+    monkeypatch.setattr(gdag.resources, "available_memory", lambda: 1e8)
+    with pytest.raises(gdag.ModelError, match=re.escape("The 1000000 scalar variables and 0 parameter entries of "
+                                                        "`wide` need an estimated 0.2 GB, more than the 0.1 GB")):
+        m.posterior({})
+    with pytest.raises(gdag.ModelError, match="need an estimated 0.2 GB"):
+        m.fit({"u": np.zeros(10**6)})
