@@ -127,6 +127,11 @@ class Leaf(Operand):
     def __len__(self) -> int:
         return self.size
 
+    def __iter__(self):
+        # without this, iteration would call __getitem__(0, 1, ...) until an index error about an index never given
+        raise ModelSpecError(f"`{self.name}` is a family of {self.size} entries, not a sequence to iterate over; "
+                             f"use `{self.name}[idx]` with an integer array, or `len({self.name})`.")
+
 
 def constant(values, length: int | None = None) -> Expr:
     """An expression with no terms, only an offset."""

@@ -363,6 +363,8 @@ class Model:
             owner = t.source.model
             if owner is not self:
                 raise ModelSpecError(f"Node `{node.name}`: its mean uses `{t.source.name}` from another model.")
+            if t.source is not node and (self.params if t.source.is_param else self.nodes).get(t.source.name) is not t.source:
+                raise ModelSpecError(f"Node `{node.name}`: its mean uses `{t.source.name}`, whose declaration failed.")
             for p in (t.scale,) if t.scale is not None else ():
                 if p.model is not self:
                     raise ModelSpecError(f"Node `{node.name}`: its mean uses `{p.name}` from another model.")

@@ -306,3 +306,23 @@ def test_a_wide_model_is_refused_before_compiling_when_memory_is_short(monkeypat
         m.posterior({})
     with pytest.raises(gdag.ModelError, match="need an estimated 0.2 GB"):
         m.fit({"u": np.zeros(10**6)})
+
+
+def test_a_node_whose_declaration_failed_is_refused_as_a_parent():
+    m = gdag.Model("c")
+    captured = []
+    with pytest.raises(gdag.ModelSpecError, match="must be numeric"):
+        m.normal("a", mean=lambda node: (captured.append(node), "junk")[1])
+    with pytest.raises(gdag.ModelSpecError, match=re.escape("Node `b`: its mean uses `a`, whose declaration failed.")):
+        m.normal("b", captured[0] + 1.0)
+    assert list(m.nodes) == []
+
+
+def test_iterating_a_node_or_parameter_is_a_clear_error():
+    m = gdag.Model("it")
+    u = m.normal("u", 0.0, 1.0, plate=m.plate("p", 3))
+    with pytest.raises(gdag.ModelSpecError, match=re.escape(
+            "`u` is a family of 3 entries, not a sequence to iterate over; use `u[idx]` with an integer array, or `len(u)`.")):
+        list(u)
+    with pytest.raises(gdag.ModelSpecError, match="`beta` is a family of 2 entries"):
+        [b for b in m.param("beta", size=2)]
