@@ -32,7 +32,7 @@ from .posterior import Posterior
 from .render import render as render_model
 from .resources import BYTES_PER_DECLARED_ENTRY, check_entries, check_memory, check_model_size
 from .serialize import model_from_dict, model_to_dict
-from .spec import MAX_SIZE, ModelSpec, Node, Param, Plate, SdSpec
+from .spec import MAX_SIZE, ModelSpec, Node, Param, Plate, SdSpec, check_parent
 
 
 class Model:
@@ -363,8 +363,7 @@ class Model:
             owner = t.source.model
             if owner is not self:
                 raise ModelSpecError(f"Node `{node.name}`: its mean uses `{t.source.name}` from another model.")
-            if t.source is not node and (self.params if t.source.is_param else self.nodes).get(t.source.name) is not t.source:
-                raise ModelSpecError(f"Node `{node.name}`: its mean uses `{t.source.name}`, whose declaration failed.")
+            check_parent(node, t, self.params if t.source.is_param else self.nodes)
             for p in (t.scale,) if t.scale is not None else ():
                 if p.model is not self:
                     raise ModelSpecError(f"Node `{node.name}`: its mean uses `{p.name}` from another model.")

@@ -65,8 +65,9 @@ class SdSpec:
 class Node(Leaf):
     """A family of Gaussian scalar variables (one per plate entry, or one).
 
-    Use it in other nodes' means directly (same plate or a scalar node),
-    gathered (``node[index]``), or through :func:`gdag.dot`.
+    Use it in other nodes' means directly (same plate or a scalar node; on
+    another plate of its size, entry by entry, unless the plates nest, which
+    needs an index), gathered (``node[index]``), or through :func:`gdag.dot`.
     """
 
     def __init__(self, model, name: str, plate: Plate | None, site: str):
@@ -171,6 +172,25 @@ def check_param_value(param: Param, value) -> np.ndarray:
     if param.positive and np.any(arr <= 0):
         raise ParamError(f"Parameter `{param.name}` is positive; got {value!r}.")
     return arr
+
+
+def check_parent(node: Node, term, declared) -> None:
+    """Refuse a term of ``node``'s mean whose source's declaration failed (it is not in ``declared``, the
+    model's nodes or parameters), or that uses a node of a plate nested with ``node``'s without an index
+    (its entries would be paired by position)."""
+    source = term.source
+    if source is not node and declared.get(source.name) is not source:
+        raise ModelSpecError(f"Node `{node.name}`: its mean uses `{source.name}`, whose declaration failed.")
+    a, b = getattr(source, "plate", None), node.plate
+    if term.rows is term.cols and a is not None and b is not None and a is not b and (_within(a, b) or _within(b, a)):
+        raise ModelSpecError(f"Node `{node.name}` uses `{source.name}` of plate `{a.name}`, which nests with "
+                             f"`{b.name}`, without an index: gather it (`{source.name}[index]`).")
+
+
+def _within(inner: Plate, outer: Plate) -> bool:
+    while inner is not None and inner is not outer:
+        inner = inner.within
+    return inner is outer
 
 
 def label(family: str, plate: str | None, index: int) -> str:

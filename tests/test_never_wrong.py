@@ -326,3 +326,17 @@ def test_iterating_a_node_or_parameter_is_a_clear_error():
         list(u)
     with pytest.raises(gdag.ModelSpecError, match="`beta` is a family of 2 entries"):
         [b for b in m.param("beta", size=2)]
+
+
+def test_a_node_of_a_nested_plate_used_without_an_index_is_refused():
+    m = gdag.Model("n")
+    g = m.plate("g", 3)
+    h = m.plate("h", 3, within=g, index=np.array([0, 0, 1]))
+    u = m.normal("u", 0.0, 1.0, plate=g)
+    with pytest.raises(gdag.ModelSpecError, match=re.escape(
+            "Node `v` uses `u` of plate `g`, which nests with `h`, without an index: gather it (`u[index]`).")):
+        m.normal("v", u, 1.0, plate=h)
+    v = m.normal("v", u[h.index], 1.0, plate=h)  # gathered: the plate's own index says which entry
+    assert v.size == 3
+    w = m.normal("w", 2.0 * u + 1.0, 1.0, plate=g)  # the same plate: entry by entry, as documented
+    assert w.size == 3
