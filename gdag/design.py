@@ -119,6 +119,12 @@ class Design:
             new_labels = _combined_labels(frame, g.factors)
             found = g.labels.get_indexer(pd.Index(new_labels))
             unseen = pd.unique(np.asarray(new_labels, dtype=object)[found < 0])
+            as_text = set(map(str, g.labels))
+            mistyped = [v for v in unseen if str(v) in as_text]
+            if mistyped:  # "300" for the level 300: the same level in another type, never a new one
+                raise DataError(f"`newdata` gives {g.name!s} level {mistyped[0]!r} ({type(mistyped[0]).__name__}), "
+                                f"which matches a fitted level only as text; the fitted levels are "
+                                f"{type(g.labels[0]).__name__}. Convert the column to the fitted type.")
             if unseen.size and new_levels == "error":
                 shown = ", ".join(repr(v) for v in unseen[:5])
                 raise DataError(f"`newdata` has levels of `{g.name}` the data did not have: {shown}. "
@@ -229,11 +235,13 @@ def from_formula(formula: str, data, *, name: str | None = None, family: str | N
     return design.build(name or _identifier(parsed.response))
 
 
-def lmer(formula: str, data, method: str = "reml", *, family: str | None = None, **options):
+def lmer(formula: str, data, method: str = "reml", *, family: str | None = None, REML: bool | None = None,
+         **options):
     """Fit an lme4 formula in one call: ``from_formula(formula, data).fit(...)``; returns a :class:`~gdag.Fit`.
 
     ``method`` is ``"reml"`` (lme4's default ``REML = TRUE``), ``"ml"`` or
-    ``"em"``; ``options`` go to :meth:`Model.fit`.  The Fit's tables
+    ``"em"``; lme4's own ``REML=True/False`` is accepted too and names the
+    method.  ``options`` go to :meth:`Model.fit`.  The Fit's tables
     (``fixef``, ``ranef``, ``varcorr``, ...) speak lme4's names and parameterization.
 
     Examples
@@ -246,6 +254,12 @@ def lmer(formula: str, data, method: str = "reml", *, family: str | None = None,
     >>> fit.design.fixed_names
     ('(Intercept)',)
     """
+    if REML is not None:
+        if not isinstance(REML, (bool, np.bool_)):
+            raise FitError(f"`REML` must be True or False; got {REML!r}.")
+        if method not in ("reml", "ml") or method != "reml" and REML:
+            raise FitError(f"`REML={REML}` and method={method!r} disagree; give one of them.")
+        method = "reml" if REML else "ml"
     model = from_formula(formula, data, family=family)
     return model.fit(model.design.data, method=method, **options)
 

@@ -18,6 +18,7 @@ sorts them), so that codes and tables line up with lme4's.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Container
 
 import numpy as np
@@ -42,7 +43,16 @@ def frame_data(frame: pd.DataFrame, names: Container[str]) -> dict[str, pd.Serie
     duplicated = frame.columns[frame.columns.duplicated()]
     if len(duplicated):
         raise DataError(f"The data frame has the column `{duplicated[0]}` more than once; column names must be unique.")
-    return {col: frame[col] for col in frame.columns if isinstance(col, str) and col in names}
+    found = {col: frame[col] for col in frame.columns if isinstance(col, str) and col in names}
+    if not found and len(frame.columns):
+        # no column names a node: a typo (`Score` for `score`) would otherwise give the prior, silently
+        listed = ", ".join(f"`{c}`" for c in list(frame.columns)[:8])
+        hints = [h for c in frame.columns if isinstance(c, str)
+                 for h in difflib.get_close_matches(c, list(names), n=1, cutoff=0.6)]
+        hint = f" Did you mean `{hints[0]}`?" if hints else ""
+        raise DataError(f"No column of the data frame names a node of the model (columns: {listed}); "
+                        f"its nodes are {', '.join(f'`{n}`' for n in list(names)[:8])}.{hint}")
+    return found
 
 
 def numeric(value: Any) -> Any:
