@@ -5,6 +5,7 @@ could misread, and junk options each have a test here that pins the wording.
 """
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -340,3 +341,42 @@ def test_a_node_of_a_nested_plate_used_without_an_index_is_refused():
     assert v.size == 3
     w = m.normal("w", 2.0 * u + 1.0, 1.0, plate=g)  # the same plate: entry by entry, as documented
     assert w.size == 3
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(groups=st.integers(1, 6), reps=st.integers(1, 4), sd_g=st.sampled_from([0.0, 0.3, 1.0, 5.0]),
+       method=st.sampled_from(["ml", "reml"]), seed=st.integers(0, 2**16), lbfgs=st.booleans())
+def test_random_one_way_designs_are_fitted_or_not_identified_as_their_design_says(groups, reps, sd_g, method, seed, lbfgs):
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(groups), reps)
+    y = 1.0 + sd_g * rng.normal(size=groups)[g] + rng.normal(size=g.size)
+    m = _regression(g.size, groups=g)
+    options = {"optimizer": "lbfgs"} if lbfgs else {}
+    unidentified = reps == 1 or (groups == 1 and method == "reml")
+    if g.size - (method == "reml") < 2 and not unidentified:  # one observation: fitted exactly
+        unidentified = True
+    if unidentified:
+        with pytest.raises(gdag.NotIdentifiedError):
+            m.fit({"y": y}, method=method, **options)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gdag.ConvergenceWarning)
+        fit = m.fit({"y": y}, method=method, **options)
+    other = m.fit({"y": y}, method=method, init={"sd_g": 2.0, "sigma": 0.3}, **options) if fit.converged else fit
+    assert fit.loglik == pytest.approx(other.loglik, abs=1e-6)
+    if fit.singular:
+        assert fit.boundary == ("sd_g",)
+
+
+@pytest.mark.parametrize("groups, reps, sd_g, method, seed", [(2, 2, 0.3, "reml", 0), (4, 2, 0.0, "ml", 2), (5, 2, 1.0, "reml", 0)])
+def test_lbfgs_does_not_stop_at_a_false_boundary(groups, reps, sd_g, method, seed):
+    # From init sd_g=2, sigma=0.3, L-BFGS-B stopped with sd_g at 0 (logLik 0.0005 to 0.08 below the optimum),
+    # "converged" and marked singular
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(groups), reps)
+    y = 1.0 + sd_g * rng.normal(size=groups)[g] + rng.normal(size=g.size)
+    m = _regression(g.size, groups=g)
+    fit = m.fit({"y": y}, method=method, optimizer="lbfgs", init={"sd_g": 2.0, "sigma": 0.3})
+    reference = m.fit({"y": y}, method=method)
+    assert not fit.singular and fit.loglik == pytest.approx(reference.loglik, abs=1e-8)
+    assert fit.params["sd_g"] == pytest.approx(reference.params["sd_g"], rel=1e-3)

@@ -300,7 +300,8 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
         t_setup = time.perf_counter()
         log = FitLog()
         converged, n_iter, message = _optimize(obj, v0, method, optimizer, tol, max_iter, log)
-        check_identified(obj, log)
+        while (restart := check_identified(obj, log)) is not None:  # an sd stopped at 0 off the optimum: go on
+            converged, n_iter, message = _optimize(obj, restart, method, optimizer, tol, max_iter, log)
         t_opt = time.perf_counter()
     best = log.best
     if not converged:

@@ -281,8 +281,9 @@ def run_em(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: FitLo
     return False, max_iter, "iteration limit reached"
 
 
-def check_identified(obj: Objective, log: FitLog) -> None:
-    """NotIdentifiedError when the objective is flat at the optimum along some variance component.
+def check_identified(obj: Objective, log: FitLog) -> np.ndarray | None:
+    """NotIdentifiedError when the objective is flat at the optimum along some variance component;
+    a point to go on from when an sd stopped at 0 where moving it to 1 lowers the objective.
 
     A candidate direction is the null vector of the information scaled to relative
     changes, ``diag(v) I diag(v)`` (``I``: the average information without the
@@ -290,7 +291,8 @@ def check_identified(obj: Objective, log: FitLog) -> None:
     when identified, round-off when not: one observation per group, one group under
     REML).  The variables are then moved by half of themselves along it (sds in their
     squares), and an sd
-    at 0 (where that scaling vanishes) to 1 (relative): -2 log L changing by no more than
+    at 0 (where that scaling vanishes) to 1 (relative; also to 0.3 and 0.1, and a move that
+    lowers the objective is returned: L-BFGS-B can stop at such a false boundary): -2 log L changing by no more than
     1e-5 (a likelihood ratio of 1.000005; more only where its own rounding is more) is flat,
     statistically and numerically (one group under REML drifts to ratios of 1e4, where
     the objective's rounding is 1e-6); a boundary fit or a component of any size changes it.
@@ -299,7 +301,7 @@ def check_identified(obj: Objective, log: FitLog) -> None:
     """
     v, best, n_evaluations = log.v_best, log.best, obj.n_evaluations
     if not obj.has_curvature or obj.free.size == 0 or v is None:
-        return
+        return None
     if log.curved is not None and np.allclose(log.curved[0], v, rtol=1e-3, atol=SINGULAR_TOL):
         H, g = log.curved[1], log.curved[2]
     else:
@@ -308,11 +310,15 @@ def check_identified(obj: Objective, log: FitLog) -> None:
     H = H - np.diag(np.where(obj.is_sd, np.maximum(0.0, g / np.maximum(v, SD_FLOOR)), 0.0))
     labels = [obj.roles.labels[k] for k in obj.free]
 
-    def unchanged(moved) -> bool:
+    tol = max(1e-5, 1e-11 * abs(best.objective))
+
+    def change(moved) -> float:
         try:
-            return abs(obj.evaluate(moved).objective - best.objective) <= max(1e-5, 1e-11 * abs(best.objective))
+            return obj.evaluate(moved).objective - best.objective
         except NotIdentifiedError:  # too extreme a point to factor: no evidence either way
-            return False
+            return np.inf
+
+    unchanged = lambda moved: abs(change(moved)) <= tol  # noqa: E731
 
     inside = np.flatnonzero(~obj.is_sd | (v >= SINGULAR_TOL))
     flat = []
@@ -322,10 +328,15 @@ def check_identified(obj: Objective, log: FitLog) -> None:
         if w[0] < 1e-6 * max(1, obj.n_obs) and any(unchanged(_moved(obj, v, inside, step * u)) for step in (0.5, -0.5)):
             flat = [labels[inside[i]] for i in np.flatnonzero(np.abs(u) > 0.1)]
     for i in np.flatnonzero(obj.is_sd & (v < SINGULAR_TOL)):
-        moved = v.copy()
-        moved[i] = 1.0
-        if not flat and unchanged(moved):
-            flat = [labels[i]]
+        for size in (1.0, 0.3, 0.1) if not flat else ():
+            moved = v.copy()
+            moved[i] = size
+            delta = change(moved)
+            if delta < -tol:  # better off 0: the optimizer stopped at a boundary that is not the optimum
+                obj.n_evaluations = n_evaluations
+                return moved
+            if size == 1.0 and abs(delta) <= tol:
+                flat = [labels[i]]
     obj.n_evaluations = n_evaluations
     if flat:
         names = ", ".join(f"`{n}`" for n in flat)
@@ -336,6 +347,7 @@ def check_identified(obj: Objective, log: FitLog) -> None:
             "group (the group's effect and the noise are confounded), one group (under REML its effect is the "
             "intercept's). Drop the variance component or give it more groups or replicates."
         )
+    return None
 
 
 def _moved(obj: Objective, v: np.ndarray, inside: np.ndarray, step: np.ndarray) -> np.ndarray:
