@@ -30,8 +30,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from formulaic import Formula, model_matrix
-from formulaic.errors import FormulaicError
 
 from .errors import DataError, FitError, ModelSpecError
 from .expr import dot
@@ -274,8 +272,8 @@ def _fixed(parsed: ParsedFormula, frame: pd.DataFrame):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            mm = model_matrix(f"{parsed.response} ~ {parsed.fixed}", frame, na_action="raise")
-    except (FormulaicError, Warning, ValueError, TypeError, NameError) as err:
+            mm = _formulaic().model_matrix(f"{parsed.response} ~ {parsed.fixed}", frame, na_action="raise")
+    except (_formulaic().errors.FormulaicError, Warning, ValueError, TypeError, NameError) as err:
         raise ModelSpecError(f"formulaic could not build the fixed effects of `{parsed.text}`: {err}") from None
     if mm.lhs.shape[1] != 1:
         raise ModelSpecError(f"The response `{parsed.response}` must be one numeric column; it gave {mm.lhs.shape[1]}.")
@@ -330,8 +328,8 @@ def _matrix_of(expr: str, frame: pd.DataFrame, where: str):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            return model_matrix(expr, frame, na_action="raise")
-    except (FormulaicError, Warning, ValueError, TypeError, NameError) as err:
+            return _formulaic().model_matrix(expr, frame, na_action="raise")
+    except (_formulaic().errors.FormulaicError, Warning, ValueError, TypeError, NameError) as err:
         raise ModelSpecError(f"formulaic could not build the columns of `{where}`: {err}") from None
 
 
@@ -341,7 +339,7 @@ def _matrix(spec, frame: pd.DataFrame, where: str) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             return np.asarray(spec.get_model_matrix(frame, na_action="raise"), dtype=float)
-    except (FormulaicError, Warning, ValueError, TypeError, NameError) as err:
+    except (_formulaic().errors.FormulaicError, Warning, ValueError, TypeError, NameError) as err:
         raise DataError(f"The columns of {where} could not be built: {err}") from None
 
 
@@ -373,7 +371,7 @@ def _group_names(parsed: ParsedFormula) -> set:
 
 
 def _variables_of(expr: str) -> set:
-    return set(Formula(expr).required_variables)
+    return set(_formulaic().Formula(expr).required_variables)
 
 
 def _lme4_name(column: str) -> str:
@@ -397,3 +395,10 @@ def _unique(name: str, taken: set) -> str:
     taken.add(out)
     return out
 
+
+def _formulaic():
+    """formulaic, imported on a formula's first use: ``import gdag`` does not pay its 0.06 s."""
+    import formulaic
+    import formulaic.errors  # noqa: F401 - FormulaicError, named in except clauses
+
+    return formulaic
