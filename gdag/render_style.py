@@ -133,7 +133,8 @@ def intervened_attrs(attrs: dict[str, str], how: str, style: "Style") -> dict[st
 
 def new_digraph(gv, model: ModelSpec, rankdir: str):
     """An empty drawing of ``model`` with gdag's fonts and spacing."""
-    dot = gv.Digraph(name=gv.nohtml(model.name))  # a name like "<a>" is not HTML
+    # a name like "<a>" is not HTML; a backslash would escape the closing quote (`C:\models\`)
+    dot = gv.Digraph(name=gv.nohtml(model.name.replace("\\", "\\\\")))
     dot.attr(rankdir=rankdir, fontname=FONT, fontsize="13", nodesep="0.4", ranksep="0.5",
              newrank="true", labelloc="t", label=f"<{html.escape(model.name)}>")
     dot.attr("node", fontname=FONT, fontsize="12", height="0.4", margin="0.06,0.03")

@@ -380,3 +380,15 @@ def test_lbfgs_does_not_stop_at_a_false_boundary(groups, reps, sd_g, method, see
     reference = m.fit({"y": y}, method=method)
     assert not fit.singular and fit.loglik == pytest.approx(reference.loglik, abs=1e-8)
     assert fit.params["sd_g"] == pytest.approx(reference.params["sd_g"], rel=1e-3)
+
+
+def test_names_and_labels_with_backslashes_and_quotes_render():
+    pd = pytest.importorskip("pandas")
+    if __import__("shutil").which("dot") is None:
+        pytest.skip("graphviz's dot is not installed")
+    m = gdag.Model("C:\\models\\")
+    p, codes = m.plate_from(pd.Series(["C:\\x\\", 'b"q', "<&>"]), "grp")
+    u = m.normal("u", 0.0, 1.0, plate=p)
+    m.normal("y", u[codes], 1.0, plate=m.plate("o", 3))
+    for expanded in (False, True):  # graphviz's CalledProcessError (invalid DOT) before
+        assert m.render(expanded=expanded).pipe(format="svg").startswith(b"<?xml")
