@@ -27,7 +27,8 @@ def _declare(arrays):
     beta = m.param("beta", size=2, value=arrays["beta"])
     s = m.param("s", positive=True, value=arrays["s"])
     u = m.normal("u", 0.0, s, plate=g)
-    m.normal("y", gdag.dot(arrays["X"], beta) + u[arrays["gather"]], arrays["sd"], plate=obs)
+    v = m.normal("v", arrays["offset"] + arrays["coef"] * u, arrays["sd"][:3], plate=g)
+    m.normal("y", gdag.dot(arrays["X"], beta) + u[arrays["gather"]] + v[arrays["plate_index"]], arrays["sd"], plate=obs)
     return m
 
 
@@ -39,6 +40,8 @@ def _arrays():
         "s": np.array([1.5]),
         "sd": np.array([0.5, 0.6, 0.7, 0.8, 0.9, 1.0]),
         "X": np.column_stack([np.ones(6), np.arange(6.0)]),
+        "offset": np.array([0.5, -1.0, 2.0]),
+        "coef": np.array([1.5, 0.7, -0.3]),
     }
 
 
