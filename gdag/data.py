@@ -31,17 +31,27 @@ def _key_name(model: ModelSpec, key, error, where: str):
     return key
 
 
+def _declared(model: ModelSpec, key, params: bool):
+    """``(name, record)`` of a ``params`` (``params=True``) or ``data`` key, refused when it is not one."""
+    error, where = (ParamError, "params") if params else (DataError, "data")
+    name = _key_name(model, key, error, where)
+    found = (model.params if params else model.nodes).get(name) if isinstance(name, str) else None
+    if found is None:
+        other = model.nodes if params else model.params
+        hint = ((" It is a node; observe it through `data`." if params else
+                 " It is a parameter; pass its value in `params`.") if name in other else "")
+        what = "a parameter" if params else "a node"
+        raise error(f"`{where}` names `{name}`, which is not {what} of model `{model.name}`.{hint}")
+    return name, found
+
+
 def parameter_vector(model: ModelSpec, cm: CompiledModel, params: Mapping[str, Any]) -> np.ndarray:
     """Validate ``params`` (name -> value) and return ``theta``."""
     if not isinstance(params, Mapping):
         raise ParamError(f"`params` must be a mapping from parameter names to values; got {type(params).__name__}.")
     checked = {}
     for key, value in params.items():
-        name = _key_name(model, key, ParamError, "params")
-        param = model.params.get(name) if isinstance(name, str) else None
-        if param is None:
-            hint = " It is a node; observe it through `data`." if name in model.nodes else ""
-            raise ParamError(f"`params` names `{name}`, which is not a parameter of model `{model.name}`.{hint}")
+        name, param = _declared(model, key, params=True)
         checked[name] = check_param_value(param, value)
     return cm.theta(checked)
 
@@ -54,11 +64,7 @@ def data_vector(model: ModelSpec, cm: CompiledModel, data: Mapping[str, Any]) ->
     x = np.full(cm.n, np.nan)
     det = cm.deterministic
     for key, value in data.items():
-        name = _key_name(model, key, DataError, "data")
-        node = model.nodes.get(name) if isinstance(name, str) else None
-        if node is None:
-            hint = " It is a parameter; pass its value in `params`." if name in model.params else ""
-            raise DataError(f"`data` names `{name}`, which is not a node of model `{model.name}`.{hint}")
+        name, node = _declared(model, key, params=False)
         values = node_values(node, value)
         span = cm.span(name)
         seen = ~np.isnan(values)
