@@ -23,6 +23,7 @@ from .errors import (
 )
 from .expr import Expr, dot
 from .fitting.fit import Fit
+from .interop import to_arviz
 from .intervene import shift
 from .model import Model
 from .posterior import Posterior
@@ -45,6 +46,7 @@ __all__ = [
     "from_formula",
     "lmer",
     "anova",
+    "to_arviz",
     "ModelError",
     "ModelSpecError",
     "GraphError",

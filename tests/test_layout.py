@@ -13,7 +13,7 @@ import networkx as nx
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gdag"
 # Imported inside functions on purpose: optional, or slow to import and needed by few calls.
-LAZY_ALLOWED = {"graphviz", "scipy.optimize", "inspect", "formulaic", "formulaic.errors"}
+LAZY_ALLOWED = {"graphviz", "scipy.optimize", "inspect", "formulaic", "formulaic.errors", "arviz", "xarray", "tqdm"}
 MAX_LINES = 420
 
 
