@@ -9,7 +9,7 @@ keeps the best; it returns ``(converged, iterations, message)``.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -17,7 +17,8 @@ from ..compiler import CompiledModel
 from ..errors import FitError, NotIdentifiedError, ParamError
 from ..pattern import Conditioning
 from ..spec import ModelSpec, check_param_value
-from .objective import EXACT_FIT, Evaluation, Objective, exact_fit_error
+from .monitor import STOPPED, FitStopped
+from .objective import EXACT_FIT, MAX_DEPTH, Evaluation, Objective, exact_fit_error
 from .roles import SD_FLOOR, Roles
 
 # An sd below this, relative to its scale, is at its boundary 0 (lme4's isSingular tolerance on theta).
@@ -29,11 +30,12 @@ SECANT_STEP = 0.1
 class FitLog:
     """Every evaluation's ``(theta, objective)`` and the best point so far."""
 
-    def __init__(self):
+    def __init__(self, monitor: Callable | None = None):
         self.entries: list = []
         self.best: Evaluation | None = None
         self.v_best: np.ndarray | None = None
         self.curved = None
+        self.monitor = monitor  # called with (theta, objective) after each record (gdag.fitting.monitor)
 
     def record(self, v, ev: Evaluation) -> Evaluation:
         self.entries.append((ev.theta.copy(), ev.objective))
@@ -41,6 +43,8 @@ class FitLog:
             self.curved = (np.array(v, dtype=float), ev.curvature, ev.gradient)
         if self.best is None or ev.objective < self.best.objective:
             self.best, self.v_best = ev, np.array(v, dtype=float)
+        if self.monitor is not None:
+            self.monitor(ev.theta, ev.objective)
         return ev
 
     def best_text(self, labels, shown: int = 8) -> str:
@@ -356,3 +360,40 @@ def _moved(obj: Objective, v: np.ndarray, inside: np.ndarray, step: np.ndarray) 
     moved = v.copy()
     moved[inside] *= np.where(obj.is_sd[inside], np.sqrt(1.0 + step), 1.0 + step)
     return moved
+
+
+def optimize(obj: Objective, v0: np.ndarray, method: str, optimizer: str, tol: float, max_iter: int | None, log: FitLog):
+    """Run the optimizer the method and options ask for, going on from false boundaries (:func:`check_identified`):
+    ``(converged, iterations, message)``; a stop asked by the log's monitor is ``(False, ..., STOPPED)``."""
+    n_iter = 0
+    try:
+        converged, n_iter, message = _optimize(obj, v0, method, optimizer, tol, max_iter, log)
+        while (restart := check_identified(obj, log)) is not None:  # an sd stopped at 0 off the optimum: go on
+            converged, n_iter, message = _optimize(obj, restart, method, optimizer, tol, max_iter, log)
+    except FitStopped:
+        return False, n_iter, STOPPED
+    finally:
+        if log.monitor is not None:
+            log.monitor.close()
+    return converged, n_iter, message
+
+
+def _optimize(obj: Objective, v0: np.ndarray, method: str, optimizer: str, tol: float, max_iter: int | None,
+              log: FitLog):
+    """One run of the optimizer the method and options ask for: ``(converged, iterations, message)``."""
+    if method == "em":
+        return run_em(obj, v0, tol, max_iter or 10000, log)
+    if obj.free.size == 0:
+        log.record(v0, obj.evaluate(v0))
+        return True, 0, "nothing to optimize"
+    scoring_applies = obj.has_curvature
+    if optimizer == "scoring" and not scoring_applies:
+        raise FitError("optimizer='scoring' needs exact gradients and coefficients whose parents have at most "
+                       f"{MAX_DEPTH} generations of ancestors (no chain such as `rho * x.lag(1)`); use optimizer='lbfgs'.")
+    if optimizer == "lbfgs" or not scoring_applies:
+        return run_lbfgs(obj, v0, tol, max_iter or 1000, log)
+    converged, n_iter, message = run_scoring(obj, v0, tol, max_iter or 200, log)
+    if not converged and (message == "line search failed" or max_iter is None):  # hand the best point to L-BFGS-B
+        more = run_lbfgs(obj, log.v_best, tol, max_iter or 1000, log)
+        converged, n_iter, message = more[0], n_iter + more[1], more[2]
+    return converged, n_iter, message
