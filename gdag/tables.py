@@ -30,7 +30,7 @@ from .errors import DataError, FitError
 from .spec import label
 
 __all__ = ["fixef", "ranef", "varcorr", "block_covariance", "confint", "fitted", "residuals", "predict", "anova", "simulate",
-           "posterior_frame", "formula_summary", "summary_notes", "fit_html"]
+           "posterior_frame", "formula_summary", "summary_notes", "fit_html", "posterior_html"]
 
 
 # ------------------------------------------------------------ fixed effects
@@ -366,3 +366,31 @@ def fit_html(fit) -> str:
 
 def _fmt(x: float) -> str:
     return f"{x:.6g}" if math.isfinite(x) else str(x)
+
+
+def posterior_html(post) -> str:
+    """A Posterior for a notebook: one row per node with its size, observed count and mean/sd summary."""
+    cm, cond = post._cm, post._cond
+    rows = []
+    for name in [*cm.family_names, *cond.leaf_data]:
+        if name in cond.leaf_data:
+            size = int(np.asarray(cond.leaf_data[name]).size)
+            n_obs, plate = size, cond.leaf_plates[name]
+        else:
+            f = cm.family(name)
+            size, plate = int(cm.family_size[f]), cm.family_plate[f]
+            n_obs = int(np.count_nonzero(~np.isnan(post._x[cm.span(name)])))
+        if n_obs == size:
+            summary = "observed"
+        else:
+            mean, sd = np.atleast_1d(post.mean(name)), np.atleast_1d(post.sd(name))
+            free = np.isnan(post._x[cm.span(name)])
+            mean, sd = mean[free], sd[free]
+            summary = (f"{mean[0]:.4g} ± {sd[0]:.4g}" if size == 1 else
+                       f"mean {mean.min():.4g} … {mean.max():.4g}; sd {sd.min():.4g} … {sd.max():.4g}")
+        cells = [name, plate or "", size, n_obs, summary]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("node", "plate", "size", "observed", "posterior (unobserved entries)"))
+    return (f"<p><b>gdag posterior</b> of <code>{html.escape(cm.name)}</code>: {cond.n_observed} observed, "
+            f"{cond.n_unobserved} unobserved, {cond.S.shape[0]} deterministic.</p>\n"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
