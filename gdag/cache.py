@@ -42,6 +42,10 @@ class QueryCache:
         self._latent: dict = {}  # leaf families -> (QueryCache, ModelSpec) of the model without them
         self.last_conditioning = None  # the pattern of the last posterior (for Model.describe)
 
+    def __reduce__(self):
+        """A cache pickles empty (a pickled Model carries none): what it keeps is rebuilt on first use."""
+        return QueryCache, ()
+
     def __len__(self) -> int:
         """Number of cached conditionings (for tests of the cache's bound)."""
         return len(self._patterns) + (self._shared is not None)

@@ -308,8 +308,8 @@ class Model:
         size = cond.factor_size()
         return cm.describe() + f"\n  posterior ({which}): {size.describe()}"
 
-    def to_dict(self) -> dict:
-        """The declarations as a JSON-safe dict; :meth:`from_dict` rebuilds the model exactly.
+    def to_dict(self, params: Mapping[str, Any] | None = None) -> dict:
+        """The declarations as a JSON-safe dict, ``params`` (e.g. ``fit.params``) as parameter values; :meth:`from_dict` rebuilds it.
 
         Examples
         --------
@@ -320,7 +320,7 @@ class Model:
         >>> m2.to_dict() == m.to_dict()
         True
         """
-        return model_to_dict(self._queries.graph(self.spec()))
+        return model_to_dict(self._queries.graph(self.spec()), params)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Model":

@@ -190,6 +190,15 @@ class ReducedConditioning:
         self._size = None
         self.gram = _ReducedGram(self)
 
+    def __getstate__(self) -> dict:
+        """Pickled without the analysis (CHOLMOD's does not pickle; :meth:`analysis` redoes it) and the rows' cache."""
+        frozen = {"leaf_data": dict(self.leaf_data), "leaf_plates": dict(self.leaf_plates)}
+        return {**self.__dict__, **frozen, "_analysis": None, "_rows_values": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.leaf_data, self.leaf_plates = MappingProxyType(self.leaf_data), MappingProxyType(self.leaf_plates)
+
     def with_data(self, full: dict[str, np.ndarray]) -> "ReducedConditioning":
         """This structure with the leaves' observed values (a shallow copy: pattern and analysis shared)."""
         other = copy.copy(self)

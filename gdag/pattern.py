@@ -83,6 +83,10 @@ class Conditioning:
         self._analyses: dict = {}  # factorization -> analysis of this pattern, each made once
         self._size = None
 
+    def __getstate__(self) -> dict:
+        """Pickled without its analyses (CHOLMOD's do not pickle): :meth:`analysis` redoes them, identically, on first use."""
+        return {**self.__dict__, "_analyses": {}}
+
     @cached_property
     def _no_deterministic_map(self) -> sp.csr_matrix:
         """The empty ``M`` (0 x |R|) of a model with nothing to eliminate, built once (read-only use)."""

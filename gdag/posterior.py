@@ -61,6 +61,13 @@ class Posterior:
         self._G = None
         self._kappa = None
 
+    def __getstate__(self) -> dict:  # without the factor (CHOLMOD's does not pickle): loading refactors the system
+        return {**self.__dict__, "_factor": None, "_nodes": None if self._nodes is None else dict(self._nodes)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._factor = self._cond.factorize(self._system) if self._cond.n_unobserved else None
+
     # ------------------------------------------------------------------ API
 
     @property
@@ -228,7 +235,7 @@ class Posterior:
     # ------------------------------------------------------------ internals
 
     def _node(self, node) -> Node:
-        if isinstance(node, _NodeView):
+        if isinstance(node, (_NodeView, _LeafView)):
             return node
         name = node.name if isinstance(node, (Node, Param)) else node
         if isinstance(node, Node) and self._nodes is not None and self._nodes.get(name) is not node:

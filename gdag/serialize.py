@@ -31,14 +31,14 @@ fixes the order of the compiled scalar vector.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import CycleError, ModelError, ModelSpecError
+from .errors import CycleError, ModelError, ModelSpecError, ParamError
 from .expr import Expr, Term
 from .graph import ModelGraph, cycle_message, find_cycle, graph_of
-from .spec import ModelSpec
+from .spec import ModelSpec, check_param_value
 
 FORMAT = "gdag.model"
 VERSION = 1
@@ -47,10 +47,15 @@ VERSION = 1
 # ------------------------------------------------------------------- writing
 
 
-def model_to_dict(model: ModelSpec | ModelGraph) -> dict:
-    """The declarations of ``model`` as a JSON-safe dict (see the module docstring)."""
+def model_to_dict(model: ModelSpec | ModelGraph, params: Mapping[str, Any] | None = None) -> dict:
+    """The declarations of ``model`` as a JSON-safe dict (see the module docstring).
+
+    ``params`` (name -> value, such as ``fit.params``) replaces the named
+    parameters' ``value``: the model loaded from the dict queries at them by default.
+    """
     graph = graph_of(model)
     spec = graph.spec
+    values = _param_values(spec, params)
     plates = [
         {
             "name": p.name,
@@ -67,7 +72,7 @@ def model_to_dict(model: ModelSpec | ModelGraph) -> dict:
             "size": int(p.size),
             "scalar": bool(p.is_scalar),
             "positive": bool(p.positive),
-            "value": None if p.value is None else _floats(p.value),
+            "value": None if values.get(p.name, p.value) is None else _floats(values.get(p.name, p.value)),
         }
         for p in spec.params.values()
     ]
@@ -97,6 +102,15 @@ def model_to_dict(model: ModelSpec | ModelGraph) -> dict:
             }
         )
     return {"format": FORMAT, "version": VERSION, "name": spec.name, "plates": plates, "params": params, "nodes": nodes}
+
+
+def _param_values(spec: ModelSpec, params) -> dict:
+    """``params`` (name -> value) checked against ``spec``'s parameters (:func:`gdag.spec.check_param_value`)."""
+    unknown = [name for name in params if name not in spec.params] if isinstance(params, Mapping) else [params]
+    if params is not None and unknown:
+        raise ParamError(f"to_dict(params=...) takes a mapping from parameter names of `{spec.name}` to values; "
+                         f"got {unknown[0]!r:.60}.")
+    return {name: check_param_value(spec.params[name], value) for name, value in (params or {}).items()}
 
 
 def _ints(arr) -> list:

@@ -219,3 +219,6 @@ class ModelSpec:
         """A snapshot of the given declarations (the dicts are copied, then frozen)."""
         return cls(name, MappingProxyType(dict(plates)), MappingProxyType(dict(nodes)),
                    MappingProxyType(dict(params)), version)
+
+    def __reduce__(self):  # pickled as dicts (read-only mappings do not pickle), frozen again by `of`
+        return type(self).of, (self.name, dict(self.plates), dict(self.nodes), dict(self.params), self.version)

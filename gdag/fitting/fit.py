@@ -53,12 +53,12 @@ class Deferred:
 
     __slots__ = ("_build", "_value")
 
-    def __init__(self, build: Callable[[], Any]):
-        self._build, self._value = build, None
+    def __init__(self, build: Callable[..., Any], *args):  # build(*args): picklable when they are
+        self._build, self._value = (build, args), None
 
     def get(self):
         if self._build is not None:
-            self._value, self._build = self._build(), None
+            self._value, self._build = self._build[0](*self._build[1]), None
         return self._value
 
 
@@ -312,7 +312,7 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
             ConvergenceWarning,
         )
     theta = best.theta
-    posterior = Deferred(lambda: Posterior(cm, cond, theta, x, spec.nodes))
+    posterior = Deferred(Posterior, cm, cond, theta, x, dict(spec.nodes))
     timings = {"setup": t_setup - t_start, "optimize": t_opt - t_setup, "assemble": 0.0, "factor": 0.0,
                "fixed": 0.0, "gradient": 0.0, **phases}
     fit = _make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
