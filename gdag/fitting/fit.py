@@ -36,8 +36,9 @@ from ..errors import ConvergenceWarning, FitError, warn
 from ..linalg.blas import one_blas_thread
 from ..posterior import Posterior
 from ..spec import ModelSpec
-from .objective import MAX_DEPTH, Objective
-from .optimize import SINGULAR_TOL, FitLog, check_identified, run_em, run_lbfgs, run_scoring, starting_point
+from .monitor import STOPPED, Monitor
+from .objective import Objective
+from .optimize import SINGULAR_TOL, FitLog, optimize, starting_point
 from .roles import infer_roles
 
 __all__ = ["Fit", "fit"]
@@ -78,7 +79,8 @@ class Fit:
     posterior : :class:`~gdag.Posterior` at the estimates (fixed effects at their
         estimates): conditional means and sds of the random effects, as lme4's
         ``ranef(condVar=TRUE)``.  Built on first access.
-    converged, n_iter, n_eval : optimizer outcome.
+    converged, n_iter, n_eval, message : optimizer outcome; ``message`` says why it ended
+        (``"stopped by the callback"`` when the ``callback`` of ``m.fit`` stopped it).
     fitlog : list of ``(theta, objective)``, one per evaluation; ``theta`` in
         the model's parameter order (:attr:`labels`), ``objective`` = -2 log L.
     singular : bool, some variance component is at its boundary 0 (:attr:`boundary` names it).
@@ -111,6 +113,7 @@ class Fit:
     spec: ModelSpec | None = field(default=None, repr=False, compare=False)  # the declarations fitted
     observed: tuple = field(default=(), repr=False)  # families with observed entries
     design: Any = field(default=None, repr=False, compare=False)  # gdag.design.Design of a formula model
+    message: str = field(default="", repr=False)
 
     @property
     def posterior(self) -> Posterior:
@@ -218,7 +221,7 @@ class Fit:
 
 def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: str = "reml", *, init: Mapping[str, Any] | None = None,
         tol: float | None = None, max_iter: int | None = None, criterion: str | None = None,
-        optimizer: str = "auto", factorization: str = "auto") -> Fit:
+        optimizer: str = "auto", factorization: str = "auto", progress: bool | None = None, callback: Callable | None = None) -> Fit:
     """Estimate the unknown parameters of the model ``spec`` from ``data`` (``m.fit`` calls this).
 
     Parameters
@@ -259,6 +262,13 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
     factorization : ``"auto"``, ``"sparse"`` or ``"blocked"``
         CHOLMOD, or the head/dense-tail factor of :mod:`gdag.linalg.blocked` for
         crossed designs.  Changes speed, never results.
+    progress : bool or None
+        A progress display (tqdm, the ``gdag[progress]`` extra) on stderr for fits that run longer
+        than 2 seconds; default None: shown when stderr is a terminal and tqdm is installed.
+    callback : function ``(theta, objective)``, optional
+        Called after each evaluation with a dict parameter name -> value and -2 log L (ML) or the REML
+        criterion there.  Returning True stops the fit: the Fit keeps the best point seen, with
+        ``converged`` False and ``message`` ``"stopped by the callback"`` (and a ConvergenceWarning).
 
     Returns
     -------
@@ -298,17 +308,17 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
         v0, scales = starting_point(spec, cm, cond, x, roles, init)
         obj = Objective(cm, cond, x, roles, reml=(criterion == "reml"), factorization=factorization, scales=scales)
         t_setup = time.perf_counter()
-        log = FitLog()
-        converged, n_iter, message = _optimize(obj, v0, method, optimizer, tol, max_iter, log)
-        while (restart := check_identified(obj, log)) is not None:  # an sd stopped at 0 off the optimum: go on
-            converged, n_iter, message = _optimize(obj, restart, method, optimizer, tol, max_iter, log)
+        spans = [cm.param_span(name) for name in cm.param_names]
+        log = FitLog(Monitor(cm.param_names, spans, cm.param_scalar, progress, callback, spec.name))
+        converged, n_iter, message = optimize(obj, v0, method, optimizer, tol, max_iter, log)
         t_opt = time.perf_counter()
     best = log.best
     if not converged:
         warn(
             f"The fit of model `{spec.name}` did not converge ({message}) after {n_iter} iterations and "
             f"{obj.n_evaluations} evaluations; kept the best point (objective {best.objective:.10g}, "
-            f"parameters {log.best_text(obj.roles.labels)}). Try other `init` values or a larger `max_iter`.",
+            f"parameters {log.best_text(obj.roles.labels)})." + ("" if message == STOPPED else
+                                                               " Try other `init` values or a larger `max_iter`."),
             ConvergenceWarning,
         )
     theta = best.theta
@@ -317,7 +327,7 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
                "fixed": 0.0, "gradient": 0.0, **phases}
     fit = _make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
     seen = tuple(name for name in cm.family_names if observed[cm.span(name)].any())
-    return replace(fit, spec=spec, observed=seen)
+    return replace(fit, spec=spec, observed=seen, message=message)
 
 
 def _positive(option: str, value, kind: type):
@@ -326,27 +336,6 @@ def _positive(option: str, value, kind: type):
     if value is None or number and math.isfinite(value) and value > 0 and (kind is float or float(value).is_integer()):
         return None if value is None else kind(value)
     raise FitError(f"`{option}` must be {'a positive number' if kind is float else 'a positive whole number'}; got {value!r}.")
-
-
-def _optimize(obj: Objective, v0: np.ndarray, method: str, optimizer: str, tol: float, max_iter: int | None,
-              log: FitLog):
-    """Run the optimizer the method and options ask for: ``(converged, iterations, message)``."""
-    if method == "em":
-        return run_em(obj, v0, tol, max_iter or 10000, log)
-    if obj.free.size == 0:
-        log.record(v0, obj.evaluate(v0))
-        return True, 0, "nothing to optimize"
-    scoring_applies = obj.has_curvature
-    if optimizer == "scoring" and not scoring_applies:
-        raise FitError("optimizer='scoring' needs exact gradients and coefficients whose parents have at most "
-                       f"{MAX_DEPTH} generations of ancestors (no chain such as `rho * x.lag(1)`); use optimizer='lbfgs'.")
-    if optimizer == "lbfgs" or not scoring_applies:
-        return run_lbfgs(obj, v0, tol, max_iter or 1000, log)
-    converged, n_iter, message = run_scoring(obj, v0, tol, max_iter or 200, log)
-    if not converged and (message == "line search failed" or max_iter is None):  # hand the best point to L-BFGS-B
-        more = run_lbfgs(obj, log.v_best, tol, max_iter or 1000, log)
-        converged, n_iter, message = more[0], n_iter + more[1], more[2]
-    return converged, n_iter, message
 
 
 def _make_fit(spec: ModelSpec, cm: CompiledModel, obj: Objective, log: FitLog, method: str, criterion: str,
