@@ -27,7 +27,7 @@ from .linalg import LOG_2PI
 from .pattern import Conditioning, LinearSystem
 from .resources import available_memory, gigabytes
 from .spec import Node, Param, label
-from .tables import posterior_frame
+from .tables import posterior_frame, posterior_html
 from .timing import timed
 
 # Dense covariance blocks beyond this many solved entries are refused.
@@ -57,9 +57,7 @@ class Posterior:
         with np.errstate(over="ignore", invalid="ignore"):
             self._mean = self._full_mean()
         require_finite(self._mean, "posterior mean", cm)
-        self._var = None
-        self._G = None
-        self._kappa = None
+        self._var = self._G = self._kappa = None
 
     def __getstate__(self) -> dict:  # without the factor (CHOLMOD's does not pickle): loading refactors the system
         return {**self.__dict__, "_factor": None, "_nodes": None if self._nodes is None else dict(self._nodes)}
@@ -231,6 +229,8 @@ class Posterior:
     def __repr__(self) -> str:
         return (f"<gdag.Posterior of `{self._cm.name}`: {self._cond.n_observed} observed, "
                 f"{self._cond.n_unobserved} unobserved, {self._cond.S.shape[0]} deterministic>")
+
+    _repr_html_ = posterior_html  # a table of the nodes for notebooks (gdag.tables)
 
     # ------------------------------------------------------------ internals
 

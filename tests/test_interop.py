@@ -76,3 +76,14 @@ def test_without_arviz_the_error_says_what_to_install(monkeypatch):
 def test_to_arviz_refuses_other_objects():
     with pytest.raises(gdag.ModelError, match="takes a gdag.Posterior or a gdag.Fit; got dict"):
         gdag.to_arviz({})
+
+
+def test_posterior_html_lists_nodes_sizes_observed_counts_and_summaries():
+    post = labelled_model().posterior({"y": [1.0, 1.5, -0.3, 0.2, np.nan, 4.0]})
+    page = post._repr_html_()
+    assert "<table>" in page and "<code>schools</code>" in page
+    assert "<td>u</td><td>school</td><td>3</td><td>0</td><td>mean " in page
+    assert "<td>y</td><td>obs</td><td>6</td><td>5</td>" in page
+    assert f"<td>{post.mean('mu'):.4g} ± {post.sd('mu'):.4g}</td>" in page
+    full = labelled_model().posterior({"y": np.zeros(6)})._repr_html_()
+    assert "<td>y</td><td>obs</td><td>6</td><td>6</td><td>observed</td>" in full
