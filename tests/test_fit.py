@@ -874,3 +874,41 @@ def test_a_fit_holds_one_blas_thread_throughout_and_restores_the_count(monkeypat
     finally:
         for (_, put), n in zip(guard._libs, before):
             put(n)
+
+
+def _rank_one_deviance(p, x, y, X, groups, reml):
+    """-2 log L (REML: restricted) of ``y = X beta + (1 + c x) u_g + e`` with ``u_g ~ N(0, (t sigma)^2)``, sigma
+    profiled, computed densely: the boundary of ``(1 + x | g)`` with no slope variance (correlation 1)."""
+    t, c = p
+    z = 1 + c * x
+    Vi, logdet = np.zeros((y.size, y.size)), 0.0
+    for k in np.unique(groups):
+        i = np.flatnonzero(groups == k)
+        Vk = np.eye(i.size) + t * t * np.outer(z[i], z[i])
+        Vi[np.ix_(i, i)] = np.linalg.inv(Vk)
+        logdet += np.linalg.slogdet(Vk)[1]
+    XtVX = X.T @ Vi @ X
+    r = y - X @ np.linalg.solve(XtVX, X.T @ Vi @ y)
+    n = y.size - (X.shape[1] if reml else 0)
+    return logdet + n * (1 + np.log(2 * np.pi * float(r @ Vi @ r) / n)) + (np.linalg.slogdet(XtVX)[1] if reml else 0.0)
+
+
+@pytest.mark.parametrize("method", ["reml", "ml"])
+def test_correlated_slope_without_slope_variance_is_a_clean_boundary_fit(method):
+    """(1 + x | g) on data with no slope variance (issue 15): lme4 reports a singular fit (slope sd ~0,
+    correlation 1); gdag converges at the boundary with no warning, marks the slope sd, and its logLik is the
+    rank-one model's, computed densely (to the round-off of the precision form with an sd at its floor)."""
+    import scipy.optimize as so
+
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(30), 10)
+    x = rng.normal(size=300)
+    y = 1 + 0.5 * x + rng.normal(size=30)[g] + rng.normal(size=300)
+    X = np.column_stack([np.ones_like(x), x])
+    dense = so.minimize(_rank_one_deviance, [1.0, 0.0], args=(x, y, X, g, method == "reml"), method="Nelder-Mead",
+                        options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 4000})
+    for options in ({}, {"init": {"sd_g_x": 0.5, "c_g_x_Intercept": -0.3}}, {"optimizer": "lbfgs"}):
+        fit = gdag.lmer("y ~ 1 + x + (1 + x | g)", {"y": y, "x": x, "g": g}, method=method, **options)
+        assert fit.converged and fit.singular and fit.boundary == ("sd_g_x",)
+        assert fit.loglik == pytest.approx(-0.5 * dense.fun, abs=5e-6)
+        assert fit.params["c_g_x_Intercept"] == pytest.approx(dense.x[1], abs=1e-4)

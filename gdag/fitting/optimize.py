@@ -17,6 +17,7 @@ from ..compiler import CompiledModel
 from ..errors import FitError, NotIdentifiedError, ParamError
 from ..pattern import Conditioning
 from ..spec import ModelSpec, check_param_value
+from .boundary import Held, HeldLog, at_optimum, boundary_sds
 from .monitor import STOPPED, FitStopped
 from .objective import EXACT_FIT, MAX_DEPTH, Evaluation, Objective, exact_fit_error
 from .roles import SD_FLOOR, Roles
@@ -25,6 +26,9 @@ from .roles import SD_FLOOR, Roles
 SINGULAR_TOL = 1e-4
 # Scoring corrects its curvature by the secant of the last step when that step moved no variable by more than this (relative).
 SECANT_STEP = 0.1
+# Scoring stops when STALL iterations brought no progress with an sd at 0 (then held there: optimize()).
+STALL = 5
+STALLED = "no progress with an sd at 0"
 
 
 class FitLog:
@@ -167,6 +171,7 @@ def run_scoring(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: 
     ev = log.record(v, obj.evaluate(v, gradient=True, curvature=True))
     xtol = math.sqrt(tol)
     secant = None  # (step, change of the gradient) of the last step, when small
+    history = [ev.objective]
     for it in range(1, max_iter + 1):
         g = ev.gradient
         H = _secant_update(ev.curvature, *secant) if secant is not None else ev.curvature
@@ -198,6 +203,10 @@ def run_scoring(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: 
             alpha *= 0.5
         else:
             return False, it, "line search failed"
+        history.append(ev_new.objective)
+        if len(history) > STALL and history[-STALL - 1] - history[-1] <= tol * size and (isinstance(obj, Held) or np.any(
+                obj.is_sd & (v_new < SINGULAR_TOL))):  # no progress, an sd at 0: in its round-off (gdag.fitting.boundary)
+            return False, it, STALLED
         near = alpha * moves <= SECANT_STEP  # a step small enough for a quadratic model
         secant = (v_new - v, ev_new.gradient - g) if near else None
         v, ev = v_new, ev_new
@@ -370,6 +379,14 @@ def optimize(obj: Objective, v0: np.ndarray, method: str, optimizer: str, tol: f
         converged, n_iter, message = _optimize(obj, v0, method, optimizer, tol, max_iter, log)
         while (restart := check_identified(obj, log)) is not None:  # an sd stopped at 0 off the optimum: go on
             converged, n_iter, message = _optimize(obj, restart, method, optimizer, tol, max_iter, log)
+        if not converged and method != "em" and (held := boundary_sds(obj, log.v_best, log.best.objective,
+                                                                       SINGULAR_TOL)).any():
+            # stalled in the round-off of an sd at 0: hold it there and finish the others (gdag.fitting.boundary)
+            at_boundary = Held(obj, held)
+            more = _optimize(at_boundary, log.v_best[~held], method, optimizer, tol, max_iter, HeldLog(log, at_boundary))
+            converged, n_iter, message = more[0], n_iter + more[1], more[2]
+            if not converged and at_optimum(at_boundary, log.v_best[~held], log.best.objective, tol):
+                converged, message = True, "at the boundary: an sd held at 0, the others at their optimum"
     except FitStopped:
         return False, n_iter, STOPPED
     finally:
@@ -393,7 +410,10 @@ def _optimize(obj: Objective, v0: np.ndarray, method: str, optimizer: str, tol: 
     if optimizer == "lbfgs" or not scoring_applies:
         return run_lbfgs(obj, v0, tol, max_iter or 1000, log)
     converged, n_iter, message = run_scoring(obj, v0, tol, max_iter or 200, log)
-    if not converged and (message == "line search failed" or max_iter is None):  # hand the best point to L-BFGS-B
+    stalled_at_0 = message in ("line search failed", STALLED) and (isinstance(obj, Held) or boundary_sds(
+        obj, log.v_best, log.best.objective, SINGULAR_TOL).any())  # in an sd's round-off at 0: optimize() holds it
+    if not converged and not stalled_at_0 and (message == "line search failed" or max_iter is None):
+        # hand the best point to L-BFGS-B
         more = run_lbfgs(obj, log.v_best, tol, max_iter or 1000, log)
         converged, n_iter, message = more[0], n_iter + more[1], more[2]
     return converged, n_iter, message

@@ -1,0 +1,116 @@
+"""Finishing a fit at a boundary: variance components held at 0 while the rest is re-optimized.
+
+When a (relative) sd goes to 0 the precision form evaluates it at its floor
+``SD_FLOOR``, where ``Q`` has entries of order ``1 / SD_FLOOR^2``: the
+objective and its gradient then carry round-off of about ``1e-6`` (relative to
+the objective's own size times the condition number), and an optimizer asked
+for ``tol = 1e-12`` chases that noise along the variables that still move.  A
+correlated random slope with no slope variance (``u1 ~ N(c * u0, s1^2)``,
+``s1 -> 0``; lme4's correlation +-1) is the typical case: the coefficient
+``c`` stays identified (it is the slope's sd over the intercept's), but
+L-BFGS-B ends ABNORMAL in the noise.
+
+:func:`boundary_sds` finds the sds at 0 where moving them up to
+``SINGULAR_TOL`` does not lower the objective (a true boundary);
+:class:`Held` is the objective over the other variables with those held at
+their floor, and :class:`HeldLog` records its points in the full variables, so
+the fit's log, best point and boundary report are those of the whole model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .objective import Evaluation, Objective
+from .roles import SD_FLOOR
+
+
+def boundary_sds(obj: Objective, v: np.ndarray, best: float, singular_tol: float) -> np.ndarray:
+    """Mask of the sd variables below ``singular_tol`` at ``v`` that are at a true boundary: raising each one to
+    ``singular_tol`` does not lower the objective ``best`` by more than its rounding."""
+    held = np.zeros(v.shape[0], bool)
+    tol = max(1e-8, 1e-12 * abs(best))
+    for i in np.flatnonzero(obj.is_sd & (v < singular_tol)):
+        moved = v.copy()
+        moved[i] = singular_tol
+        held[i] = obj.evaluate(moved).objective >= best - tol
+    return held
+
+
+class Held:
+    """``obj`` over the variables not ``held``; the held ones stay at ``SD_FLOOR`` (their boundary 0)."""
+
+    def __init__(self, obj: Objective, held: np.ndarray):
+        self.obj, self.held, self.keep = obj, held, ~held
+        self.free, self.is_sd, self.lower = obj.free[self.keep], obj.is_sd[self.keep], obj.lower[self.keep]
+        self.roles, self.reml, self.n_obs = obj.roles, obj.reml, obj.n_obs
+        self.exact_gradient, self.has_curvature, self.pure_variance = (
+            obj.exact_gradient, obj.has_curvature, obj.pure_variance)
+
+    @property
+    def n_evaluations(self) -> int:
+        return self.obj.n_evaluations
+
+    @n_evaluations.setter
+    def n_evaluations(self, value: int) -> None:
+        self.obj.n_evaluations = value
+
+    def full(self, v: np.ndarray) -> np.ndarray:
+        out = np.full(self.held.shape[0], SD_FLOOR)
+        out[self.keep] = v
+        return out
+
+    def evaluate(self, v: np.ndarray, gradient: bool = False, curvature: bool = False,
+                 moments: bool = False) -> Evaluation:
+        ev = self.obj.evaluate(self.full(v), gradient=gradient, curvature=curvature, moments=moments)
+        k = self.keep
+        return Evaluation(ev.objective, ev.theta, ev.beta, ev.cov_beta, ev.sigma2,
+                          None if ev.gradient is None else ev.gradient[k],
+                          None if ev.curvature is None else ev.curvature[np.ix_(k, k)], ev.e, ev.W, ev.h)
+
+
+class HeldLog:
+    """A :class:`~gdag.fitting.optimize.FitLog` seen in a :class:`Held` objective's variables."""
+
+    def __init__(self, log, held: Held):
+        self.log, self.held = log, held
+        self.curved = None
+
+    def record(self, v, ev: Evaluation) -> Evaluation:
+        self.log.record(self.held.full(np.asarray(v, dtype=float)), ev)
+        if ev.curvature is not None:
+            self.curved = (np.array(v, dtype=float), ev.curvature, ev.gradient)
+        return ev
+
+    @property
+    def best(self):
+        return self.log.best
+
+    @property
+    def v_best(self):
+        return self.log.v_best[self.held.keep]
+
+    @property
+    def monitor(self):
+        return self.log.monitor
+
+
+def at_optimum(held: Held, v: np.ndarray, best: float, tol: float) -> bool:
+    """Whether the Newton step over the variables not held (projected on their bounds) predicts a decrease of the
+    objective below ``max(tol, 1e-9)`` relative: the optimum within the round-off of an sd at its floor (about
+    ``1e-9`` relative; a likelihood ratio of ``1 + 1e-6`` on a thousand observations)."""
+    if not held.has_curvature:
+        return False
+    if v.size == 0:
+        return True
+    ev = held.evaluate(v, gradient=True, curvature=True)
+    g, H = ev.gradient, ev.curvature
+    move = ~((v <= np.where(held.lower == 0, SD_FLOOR, held.lower)) & (g > 0))
+    if not move.any():
+        return True
+    try:
+        d = np.linalg.solve(H[np.ix_(move, move)], -g[move])
+    except np.linalg.LinAlgError:
+        return False
+    decrease = -0.5 * float(g[move] @ d)
+    return bool(np.isfinite(decrease) and 0 <= decrease <= max(tol, 1e-9) * max(1.0, abs(best)))
