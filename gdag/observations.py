@@ -33,7 +33,7 @@ import scipy.sparse as sp
 
 from .accuracy import SD_RANGE
 from .compiler import CompiledModel
-from .errors import ModelError, ParamError
+from .errors import ModelError, ModelSpecError, ParamError
 from .graph import ModelGraph
 from .linalg import factor as factors
 from .linalg import rows as rows_kernels
@@ -130,7 +130,7 @@ class LeafRows:
         start = rows.start
         for t_rows, t_theta, t_vals in self.fixed:
             keep = (t_rows >= start) & (t_rows < rows.stop)
-            np.add.at(r, t_rows[keep] - start, t_vals[keep] * theta[t_theta[keep]])
+            r += np.bincount(t_rows[keep] - start, weights=t_vals[keep] * theta[t_theta[keep]], minlength=r.shape[0])
         coefs = []
         for a, (parent, coef, scale) in enumerate(zip(self.parent, self.coef, self.scale)):
             c = coef[rows] if scale < 0 else coef[rows] * theta[scale]
@@ -146,10 +146,13 @@ class LeafRows:
             bad = np.flatnonzero(~(np.isfinite(d) & (d > 0) & np.isfinite(1.0 / d)))
         if bad.size:
             entry = label(self.name, self.plate, rows.start + int(bad[0]))
-            raise ParamError(f"`{entry}` has variance {d[bad[0]]:.3g} in double precision; gdag needs sds between "
-                             f"{SD_RANGE}. Rescale the variable's units or the sd parameter's value.")
-        if not np.all(np.isfinite(r)):
-            raise ModelError(f"The mean or data of `{self.name}` overflow double precision; rescale the model's units.")
+            error = ModelSpecError if self.sd_theta is None else ParamError  # as for the joint system
+            raise error(f"`{entry}` has variance {d[bad[0]]:.3g} in double precision; gdag needs sds between "
+                        f"{SD_RANGE}. Rescale the variable's units or the sd parameter's value.")
+        overflow = np.flatnonzero(~np.isfinite(r))
+        if overflow.size:
+            entry = label(self.name, self.plate, rows.start + int(overflow[0]))
+            raise ModelError(f"The mean or data of `{entry}` overflow double precision; rescale the model's units.")
         return _stacked(coefs, r.shape[0], float), r, d
 
 
@@ -177,11 +180,11 @@ class ReducedConditioning:
         self.n_unobserved = latent.n_unobserved
         self._unobserved = [[self._column_in_U(p) for p in leaf.parent]
                             for leaf in leaves]  # per leaf and term: the U column each row reads, -1 for none
-        # per leaf and term: does some row read an observed parent (whose value enters the residual)?
         # the same with "none" sent to a spare column n_U, so sums need no masks (the spare is dropped)
         self._columns = [_stacked([u if u.min(initial=0) >= 0 else np.where(u >= 0, u, self.n_unobserved)
                                    for u in cols], leaf.size, self.pos_U.dtype)
                          for cols, leaf in zip(self._unobserved, leaves)]
+        # per leaf and term: does some row read an observed parent (whose value enters the residual)?
         self._parents_seen = [[bool(np.any((p >= 0) & (u < 0))) for p, u in zip(leaf.parent, cols)]
                               for leaf, cols in zip(leaves, self._unobserved)]
         self._rows_values = {}  # (leaf, chunk) -> (coefs, r, d) at the posterior's theta and data

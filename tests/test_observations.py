@@ -193,3 +193,11 @@ def test_a_leaf_sd_out_of_range_is_named(always_reduce):
     m.normal("y", mean=u[np.array([0, 1, 2, 2])], sd=s, plate=m.plate("obs", 4))
     with pytest.raises(gdag.ParamError, match=r"`y\[obs=0\]` has variance 0 in double precision"):
         m.posterior({"y": np.ones(4)}, params={"s": 1e-200})
+
+
+def test_a_leaf_whose_residual_overflows_is_named(always_reduce):
+    m = gdag.Model("huge")
+    u = m.normal("u", 0.0, 1.0, plate=m.plate("g", 2))
+    m.normal("y", mean=u[np.array([0, 1, 1])] + 1e308, sd=1.0, plate=m.plate("obs", 3))
+    with pytest.raises(gdag.ModelError, match=r"The mean or data of `y\[obs=2\]` overflow double precision"):
+        m.posterior({"y": np.array([1.0, 2.0, -1e308])})
