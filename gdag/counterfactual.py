@@ -32,6 +32,7 @@ from scipy.sparse.linalg import spsolve_triangular
 
 from .errors import DataError, ModelError, ModelSpecError
 from .intervene import parse_interventions
+from .resources import start_draws
 from .spec import Node
 
 # Dense covariance blocks and variance solves beyond this many entries are refused.
@@ -136,24 +137,25 @@ class Counterfactual:
 
     def cov(self, a, b=None) -> np.ndarray:
         """Dense covariance block between the entries of nodes ``a`` and ``b`` in the counterfactual world."""
-        sa = self._span[self._name(a)]
-        sb = sa if b is None else self._span[self._name(b)]
-        Ga, Gb = self._G[sa], self._G[sb]
+        name_a = self._name(a)
+        name_b = name_a if b is None else self._name(b)
+        Ga, Gb = self._G[self._span[name_a]], self._G[self._span[name_b]]
         if self._factor is None:
             return np.zeros((Ga.shape[0], Gb.shape[0]))
-        if Gb.shape[0] * Gb.shape[1] > SOLVE_LIMIT:
-            raise ModelError("This counterfactual covariance block needs too many solves; ask for smaller nodes.")
+        small, other, flip = (Gb, Ga, False) if Gb.shape[0] <= Ga.shape[0] else (Ga, Gb, True)
+        if small.shape[0] * small.shape[1] > SOLVE_LIMIT:
+            raise ModelError(f"counterfactual cov(`{name_a}`, `{name_b}`) would need {small.shape[0]} solves of size "
+                             f"{small.shape[1]}; ask for smaller blocks or use var() for marginal variances.")
         self.factual._check_variance_accuracy("counterfactual covariances")
-        return np.asarray(Ga @ self._factor.solve(Gb.T.toarray()))
+        block = np.asarray(other @ self._factor.solve(small.T.toarray()))
+        return block.T if flip else block
 
     def sample(self, n: int, seed=None, nodes=None) -> dict[str, np.ndarray]:
         """``n`` exact joint draws of the counterfactual world: ``{name: array (n, size)}``."""
-        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ModelError(f"sample(n) needs a positive integer n; got {n!r}.")
-        rng = np.random.default_rng(seed)
         names = list(self._span) if nodes is None else [self._name(v) for v in (
             [nodes] if isinstance(nodes, str) or hasattr(nodes, "name") else nodes)]
         n_U = self._G.shape[1]
+        rng = start_draws(n, seed, n_U + sum(self._span[v].stop - self._span[v].start for v in names))
         draws = np.zeros((n_U, n))
         if self._factor is not None:
             self.factual._check_variance_accuracy("counterfactual draws")

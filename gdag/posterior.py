@@ -25,7 +25,7 @@ from .counterfactual import Counterfactual
 from .errors import AccuracyWarning, DataError, ModelError, NotIdentifiedError, warn
 from .linalg import LOG_2PI
 from .pattern import Conditioning, LinearSystem
-from .resources import available_memory, gigabytes
+from .resources import start_draws
 from .spec import Node, Param, label
 from .tables import posterior_frame, posterior_html
 from .timing import timed
@@ -150,14 +150,6 @@ class Posterior:
 
     def sample(self, n: int, seed=None, nodes=None) -> dict[str, np.ndarray]:
         """``n`` exact joint draws: ``{name: array (n, size)}`` for ``nodes`` (default all)."""
-        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ModelError(f"sample(n) needs a positive integer n; got {n!r}.")
-        try:
-            rng = np.random.default_rng(seed)
-        except (TypeError, ValueError):
-            raise ModelError(
-                f"sample(seed=...) takes None, a non-negative integer or a numpy Generator; got {seed!r:.60}."
-            ) from None
         if nodes is None:
             names = list(self._cm.family_names) + list(self._cond.leaf_data)
         elif isinstance(nodes, (str, Node, _NodeView)):
@@ -167,12 +159,7 @@ class Posterior:
         else:
             raise DataError(f"sample(nodes=...) takes a node, a name or a list of them; got {type(nodes).__name__}.")
         n_U = self._cond.n_unobserved
-        draw_entries = (n_U + sum(self._node(v).size for v in names)) * int(n)
-        if draw_entries * 8 > available_memory():
-            raise ModelError(
-                f"sample({n}) would need {gigabytes(draw_entries * 8):.3g} GB for the draws, more than the "
-                f"{gigabytes(available_memory()):.3g} GB available; draw fewer at a time or name fewer nodes."
-            )
+        rng = start_draws(n, seed, n_U + sum(self._node(v).size for v in names))
         draws_U = np.zeros((n_U, n))
         if self._factor is not None:
             self._check_variance_accuracy("draws")

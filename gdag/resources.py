@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
+
 from .errors import ModelError
 from .linalg.ordering import fill
 
@@ -145,3 +147,25 @@ def factor_nonzeros(lower, perm) -> tuple[int, float]:
         return 0, 0.0
     _, nnz_L, flops = fill(lower, perm)
     return nnz_L, flops
+
+
+def start_draws(n, seed, entries_per_draw: int):
+    """The generator for ``sample(n, seed)``, after checking ``n``, ``seed`` and the draws' memory.
+
+    ``entries_per_draw``: floats one draw holds (the unobserved variables and the nodes asked for).
+    """
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ModelError(f"sample(n) needs a positive integer n; got {n!r}.")
+    try:
+        rng = np.random.default_rng(seed)
+    except (TypeError, ValueError):
+        raise ModelError(
+            f"sample(seed=...) takes None, a non-negative integer or a numpy Generator; got {seed!r:.60}."
+        ) from None
+    need = entries_per_draw * int(n) * 8
+    if need > available_memory():
+        raise ModelError(
+            f"sample({n}) would need {gigabytes(need):.3g} GB for the draws, more than the "
+            f"{gigabytes(available_memory()):.3g} GB available; draw fewer at a time or name fewer nodes."
+        )
+    return rng

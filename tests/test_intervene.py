@@ -415,3 +415,15 @@ def test_counterfactual_on_a_chain_moves_every_later_step():
     cf_mean, cf_cov = _twin_network(B, c, d, mean, cov, np.array([10]), np.array([3.0]), "set")
     assert_close(np.r_[cf.mean("x"), cf.mean("y")], cf_mean, 10.0)
     assert_close(np.r_[cf.var("x"), cf.var("y")], np.diag(cf_cov), 1.0)
+
+
+def test_counterfactual_draws_check_their_inputs_as_posterior_draws_do():
+    m = gdag.Model("pair")
+    a = m.normal("a", 0.0, 1.0)
+    m.normal("b", mean=2.0 * a, sd=0.5)
+    cf = m.posterior({"b": 1.0}).counterfactual({"a": 1.0})
+    with pytest.raises(gdag.ModelError, match=r"sample\(seed=\.\.\.\) takes None, a non-negative integer"):
+        cf.sample(2, seed="seven")
+    with pytest.raises(gdag.ModelError, match=r"sample\(n\) needs a positive integer n; got 0\."):
+        cf.sample(0)
+    assert cf.cov("a", "b").shape == (1, 1)

@@ -53,7 +53,7 @@ def test_posterior_refused_when_memory_is_short(monkeypatch):
 def test_sample_refused_when_memory_is_short(monkeypatch):
     m, y = crossed()
     post = m.posterior({"y": y})
-    monkeypatch.setattr(gdag.posterior, "available_memory", lambda: 1e6)
+    monkeypatch.setattr(gdag.resources, "available_memory", lambda: 1e6)
     with pytest.raises(gdag.ModelError, match=re.escape("sample(10000) would need 0.0592 GB for the draws, more than the 0.001 GB")):
         post.sample(10_000)
 
