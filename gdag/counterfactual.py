@@ -94,7 +94,7 @@ class Counterfactual:
         means, maps, start = [mean], [G_star], n
         moved, self._G_set = [H_set], G[set_pos]  # rows of G* - G = -(H G_set), leaves' rows below
         for name, leaf in leaves.items():  # observed leaves: y* = y + Z (x* - x)
-            Z = _leaf_rows(leaf, post._theta, n)
+            Z = leaf.Z(post._theta, n)
             y_mean = cond.leaf_data[name] + Z @ move
             y_H = (Z @ H_set).tocsr()
             for iv in self.interventions:
@@ -239,18 +239,6 @@ def _descendant_solve(B: sp.spmatrix, J: sp.csr_matrix) -> sp.csr_matrix:
             break
         total = total + term
     return total.tocsr()
-
-
-def _leaf_rows(leaf, theta: np.ndarray, n: int) -> sp.csr_matrix:
-    """``Z`` (rows x n): the coefficients of a leaf family's rows on the latent variables."""
-    rows, cols, vals = [], [], []
-    for parent, coef, scale in zip(leaf.parent, leaf.coef, leaf.scale):
-        has = parent >= 0
-        r = np.flatnonzero(has)
-        rows.append(r)
-        cols.append(parent[has])
-        vals.append(coef[has] * (theta[scale] if scale >= 0 else 1.0))
-    return sp.csr_matrix((_cat(vals, float), (_cat(rows, np.int64), _cat(cols, np.int64))), shape=(leaf.size, n))
 
 
 def _cat(parts, dtype) -> np.ndarray:

@@ -31,9 +31,9 @@ def _key_name(model: ModelSpec, key, error, where: str):
     return key
 
 
-def _declared(model: ModelSpec, key, params: bool):
-    """``(name, record)`` of a ``params`` (``params=True``) or ``data`` key, refused when it is not one."""
-    error, where = (ParamError, "params") if params else (DataError, "data")
+def declared(model: ModelSpec, key, params: bool, where: str | None = None):
+    """``(name, record)`` of a ``params`` (``params=True``, also ``init``) or ``data`` key, refused when it is not one."""
+    error, where = (ParamError, where or "params") if params else (DataError, where or "data")
     name = _key_name(model, key, error, where)
     found = (model.params if params else model.nodes).get(name) if isinstance(name, str) else None
     if found is None:
@@ -51,7 +51,7 @@ def parameter_vector(model: ModelSpec, cm: CompiledModel, params: Mapping[str, A
         raise ParamError(f"`params` must be a mapping from parameter names to values; got {type(params).__name__}.")
     checked = {}
     for key, value in params.items():
-        name, param = _declared(model, key, params=True)
+        name, param = declared(model, key, params=True)
         checked[name] = check_param_value(param, value)
     return cm.theta(checked)
 
@@ -64,7 +64,7 @@ def data_vector(model: ModelSpec, cm: CompiledModel, data: Mapping[str, Any]) ->
     x = np.full(cm.n, np.nan)
     det = cm.deterministic
     for key, value in data.items():
-        name, node = _declared(model, key, params=False)
+        name, node = declared(model, key, params=False)
         values = node_values(node, value)
         span = cm.span(name)
         seen = ~np.isnan(values)

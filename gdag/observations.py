@@ -156,6 +156,20 @@ class LeafRows:
         return _stacked(coefs, r.shape[0], float), r, d
 
 
+    def Z(self, theta: np.ndarray, n: int) -> sp.csr_matrix:
+        """``Z`` (rows x ``n`` latent variables): the rows' coefficients on the latent variables they read."""
+        rows, cols, vals = [], [], []
+        for parent, coef, scale in zip(self.parent, self.coef, self.scale):
+            has = np.flatnonzero(parent >= 0)
+            rows.append(has)
+            cols.append(parent[has])
+            vals.append(coef[has] * (theta[scale] if scale >= 0 else 1.0))
+        if not rows:
+            return sp.csr_matrix((self.size, n))
+        return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                             shape=(self.size, n))
+
+
 def _param_start(cm: CompiledModel, name: str) -> int:
     return int(cm.param_offset[cm.param_names.index(name)])
 

@@ -912,3 +912,18 @@ def test_correlated_slope_without_slope_variance_is_a_clean_boundary_fit(method)
         assert fit.converged and fit.singular and fit.boundary == ("sd_g_x",)
         assert fit.loglik == pytest.approx(-0.5 * dense.fun, abs=5e-6)
         assert fit.params["c_g_x_Intercept"] == pytest.approx(dense.x[1], abs=1e-4)
+
+
+def test_init_keys_are_checked_as_params_keys_are():
+    rng = np.random.default_rng(3)
+    m = gdag.Model("init_keys")
+    g = np.repeat(np.arange(6), 4)
+    sd_g = m.param("sd_g", positive=True)
+    u = m.normal("u", 0.0, sd_g, plate=m.plate("grp", 6))
+    m.normal("y", mean=u[g], sd=m.param("sigma", positive=True), plate=m.plate("obs", g.size))
+    y = rng.normal(size=6)[g] + rng.normal(size=g.size)
+    with pytest.raises(gdag.ParamError, match=r"`init` names `u`, which is not a parameter of model `init_keys`\. "
+                                              r"It is a node"):
+        m.fit({"y": y}, init={"u": 1.0})
+    assert m.fit({"y": y}, method="ml", init={sd_g: 0.5}).loglik == pytest.approx(
+        m.fit({"y": y}, method="ml").loglik, rel=1e-9)

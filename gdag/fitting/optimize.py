@@ -14,7 +14,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..compiler import CompiledModel
-from ..errors import FitError, NotIdentifiedError, ParamError
+from ..data import declared
+from ..errors import FitError, NotIdentifiedError
 from ..pattern import Conditioning
 from ..spec import ModelSpec, check_param_value
 from .boundary import Held, HeldLog, at_optimum, boundary_sds
@@ -77,10 +78,9 @@ def starting_point(spec: ModelSpec, cm: CompiledModel, cond: Conditioning, x: np
     if init is not None:
         if not isinstance(init, Mapping):
             raise FitError(f"`init` must be a mapping from parameter names to values; got {type(init).__name__}.")
-        for name, value in init.items():
-            if name not in spec.params:
-                raise ParamError(f"`init` names `{name}`, which is not a parameter of model `{spec.name}`.")
-            given[cm.param_span(name)] = check_param_value(spec.params[name], value)
+        for key, value in init.items():
+            name, param = declared(spec, key, params=True, where="init")
+            given[cm.param_span(name)] = check_param_value(param, value)
     x_R = x[cond.R]
     observed = x_R[np.isfinite(x_R)] if cond.n_unobserved else x_R
     spread = float(np.std(observed)) if observed.size > 1 else 1.0
