@@ -113,6 +113,14 @@ class CompiledModel:
             out.append(label(name, plate, local))
         return out
 
+    def param_values(self, theta: np.ndarray) -> dict:
+        """``theta`` as ``{name: value}``: a float for a scalar parameter, a new array for a vector one."""
+        out = {}
+        for i, name in enumerate(self.param_names):
+            value = theta[self.param_span(name)].copy()
+            out[name] = float(value[0]) if self.param_scalar[i] else value
+        return out
+
     def theta(self, values: dict) -> np.ndarray:
         """The parameter vector from ``values`` (name -> value), defaults filled in."""
         theta = np.empty(self.n_theta)

@@ -71,7 +71,7 @@ class Posterior:
     @property
     def params(self) -> dict[str, np.ndarray | float]:
         """The parameter values this posterior was computed at."""
-        return {name: self._param_value(name) for name in self._cm.param_names}
+        return self._cm.param_values(self._theta)
 
     @property
     def log_evidence(self) -> float:
@@ -250,11 +250,6 @@ class Posterior:
 
     def _leaf_plate(self, name: str) -> str | None:
         return self._cond.leaf_plates[name]
-
-    def _param_value(self, name: str):
-        value = self._theta[self._cm.param_span(name)].copy()
-        i = self._cm.param_names.index(name)
-        return float(value[0]) if self._cm.param_scalar[i] else value
 
     def _fitted_residual(self, mean_U: np.ndarray | None = None) -> np.ndarray:
         """``e = r - A_U m_U`` over the stochastic variables (``A = I - B'``, see conditioning)."""

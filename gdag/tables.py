@@ -27,7 +27,7 @@ import pandas as pd
 from scipy.special import chdtrc, ndtri
 
 from .errors import DataError, FitError
-from .spec import label
+from .spec import labels as entry_labels
 
 __all__ = ["fixef", "ranef", "varcorr", "block_covariance", "confint", "fitted", "residuals", "predict", "anova", "simulate",
            "posterior_frame", "formula_summary", "summary_notes", "fit_html", "posterior_html"]
@@ -302,7 +302,7 @@ def posterior_frame(post, plates: dict, quantiles=(0.025, 0.975)) -> pd.DataFram
         entries = np.arange(mean.shape[0])
         part = pd.DataFrame({
             "node": name, "entry": entries,
-            "label": [label(name, plate, k) for k in entries.tolist()],
+            "label": entry_labels(name, plate, entries),
             "level": np.asarray(labels, dtype=object) if labels is not None else entries,
             "mean": mean, "sd": sd})
         for q in probs:

@@ -30,3 +30,12 @@ def test_node_names_cannot_collide_with_compiled_caches():
         assert post.mean("a") == pytest.approx(0.9, rel=1e-12)
         with pytest.raises(gdag.ModelError):
             post.mean("B_scale" if name != "B_scale" else "sd_entries")
+
+
+def test_labels_of_many_entries_are_the_one_label_format():
+    from gdag.spec import label, labels
+
+    entries = np.array([0, 7, 12])
+    assert list(labels("u", "subj", entries)) == [label("u", "subj", int(k)) for k in entries] == [
+        "u[subj=0]", "u[subj=7]", "u[subj=12]"]
+    assert list(labels("R", None, np.arange(1))) == ["R"] == [label("R", None, 0)]

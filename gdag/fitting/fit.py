@@ -342,10 +342,7 @@ def _make_fit(spec: ModelSpec, cm: CompiledModel, obj: Objective, log: FitLog, m
               converged: bool, n_iter: int, posterior: Deferred, timings: dict) -> Fit:
     roles, best, v_best = obj.roles, log.best, log.v_best
     theta = best.theta
-    params = {}
-    for i, name in enumerate(cm.param_names):
-        val = theta[cm.param_span(name)].copy()
-        params[name] = float(val[0]) if cm.param_scalar[i] else val
+    params = cm.param_values(theta)
     # standard errors of the fixed effects, by parameter
     se = np.sqrt(np.diag(best.cov_beta))
     se_full = np.full(cm.n_theta, np.nan)
