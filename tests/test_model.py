@@ -33,6 +33,8 @@ def test_node_names_cannot_collide_with_compiled_caches():
 
 
 def test_labels_of_many_entries_are_the_one_label_format():
+    import numpy as np
+
     from gdag.spec import label, labels
 
     entries = np.array([0, 7, 12])
