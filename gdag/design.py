@@ -346,8 +346,8 @@ def _matrix(spec, frame: pd.DataFrame, where: str) -> np.ndarray:
 def _combined_labels(frame: pd.DataFrame, factors: tuple) -> pd.Index:
     if len(factors) == 1:
         return pd.Index(frame[factors[0]].to_numpy())
-    parts = [frame[f].astype(object).map(str) for f in factors]
-    return pd.Index([":".join(p) for p in zip(*parts)])
+    parts = [frame[f].astype(str) for f in factors]
+    return pd.Index(parts[0].str.cat(parts[1:], sep=":"))  # a:b as training writes it, column-wise
 
 
 def _as_frame(data, what: str) -> pd.DataFrame:
