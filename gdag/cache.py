@@ -38,7 +38,7 @@ class QueryCache:
         self._compiled: CompiledModel | None = None
         self._shared: Conditioning | None = None
         self._patterns: OrderedDict = OrderedDict()  # (mode, packed mask) -> conditioning
-        self._queries_with_fill = False
+        self._fills: bool | None = None  # see fills()
         self._latent: dict = {}  # leaf families -> (QueryCache, ModelSpec) of the model without them
         self.last_conditioning = None  # the pattern of the last posterior (for Model.describe)
 
@@ -100,39 +100,44 @@ class QueryCache:
     def query_conditioning(self, cm: CompiledModel, observed: np.ndarray):
         """The conditioning a posterior query uses: per-mask, or padded through the shared analysis.
 
-        - A pattern among the few most recent reuses its conditioning, whatever its mode.
+        The mode is a function of the model version and of ``observed`` alone,
+        never of earlier queries, so that the same model, data and seed give the
+        same bits and the same draws whatever was asked before (the two modes
+        agree only up to rounding, and their draws differ: another elimination
+        order gives another square root of the covariance):
+
         - Nothing observed: the shared (all-unobserved) conditioning itself.
         - Padded (:class:`~gdag.pattern.PaddedConditioning`: no new Gram
-          structure, no new CHOLMOD analysis, a factor over all of R) when an
-          earlier per-mask pattern had a factor with fill,
-          ``flops >= THIN_FACTOR * nnz(L)``, and at least :data:`SHARED_FRACTION`
-          of the stochastic variables are unobserved.
-        - Per-mask (:class:`~gdag.pattern.Conditioning`) otherwise: always for
-          the first observed pattern (a single query needs no more, and its
-          factor is the smallest: |U| columns, not |R|), for near-tree models
-          (whose analyses are cheap: padding costs more than it saves) and
-          when most variables are observed.
+          structure, no new CHOLMOD analysis, a factor over all of R) when the
+          model's factor has fill (:meth:`fills`) and at least
+          :data:`SHARED_FRACTION` of the stochastic variables are unobserved.
+        - Per-mask (:class:`~gdag.pattern.Conditioning`) otherwise: near-tree
+          models (whose analyses are cheap: padding costs more than it saves)
+          and mostly observed queries.
 
-        The two modes give the same posterior up to rounding (a different
-        elimination order).  Measurements: docs/concepts.md, "Many queries".
+        The few most recent patterns keep their conditioning.  Measurements:
+        docs/concepts.md, "Many queries".
         """
         if not observed.any():
             return self.shared_conditioning(cm)
-        mask = np.packbits(observed).tobytes()
-        for mode in ("mask", "padded"):
-            if (mode, mask) in self._patterns:
-                self._patterns.move_to_end((mode, mask))
-                return self._patterns[mode, mask]
         n_R = int(np.count_nonzero(~cm.deterministic))
         n_U = n_R - int(np.count_nonzero(observed & ~cm.deterministic))
-        if self._queries_with_fill and n_U >= SHARED_FRACTION * n_R:
+        if n_U >= SHARED_FRACTION * n_R and self.fills(cm):
             shared = self.shared_conditioning(cm)
-            return self._remember(("padded", mask), lambda: PaddedConditioning(shared, observed))
-        conditioning = self.conditioning_for(cm, observed)
-        size = conditioning.factor_size()
-        if size.nnz_L and size.flops >= THIN_FACTOR * size.nnz_L:
-            self._queries_with_fill = True
-        return conditioning
+            return self._remember(("padded", np.packbits(observed).tobytes()),
+                                  lambda: PaddedConditioning(shared, observed))
+        return self.conditioning_for(cm, observed)
+
+    def fills(self, cm: CompiledModel) -> bool:
+        """Whether the all-unobserved factor has fill, ``flops >= THIN_FACTOR * nnz(L)`` (decided once).
+
+        A property of the model version alone (its shared analysis), so that
+        :meth:`query_conditioning` does not depend on which queries came first.
+        """
+        if self._fills is None:
+            size = self.shared_conditioning(cm).factor_size()
+            self._fills = bool(size.nnz_L and size.flops >= THIN_FACTOR * size.nnz_L)
+        return self._fills
 
     def _remember(self, key, build):
         patterns = self._patterns

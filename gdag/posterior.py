@@ -54,6 +54,7 @@ class Posterior:
         self._factor = conditioning.factorize(self._system) if conditioning.n_unobserved else None
         self._A_U_values, self._mean_error = None, None
         self._mean_U = self._refined_mean() if self._factor is not None else np.zeros(0)
+        self._settle_factor()
         with np.errstate(over="ignore", invalid="ignore"):
             self._mean = self._full_mean()
         require_finite(self._mean, "posterior mean", cm)
@@ -65,6 +66,19 @@ class Posterior:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._factor = self._cond.factorize(self._system) if self._cond.n_unobserved else None
+        self._settle_factor()
+
+    def _settle_factor(self) -> None:
+        """Put the factor in the one form every later call uses.
+
+        CHOLMOD keeps a simplicial factor as ``L D L^T`` and converts it in place
+        to ``L L^T`` on the first draw, half-solve or selected inversion; solves
+        before and after the conversion differ in their last bits.  Converting
+        once, right after the mean (a half-solve of one zero column, O(nnz(L))),
+        makes every answer independent of the order of the calls.
+        """
+        if self._factor is not None:
+            self._factor.half_solve(np.zeros((self._factor.n, 1)))
 
     # ------------------------------------------------------------------ API
 
