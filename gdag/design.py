@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .distributed import is_dask
 from .errors import DataError, FitError, ModelSpecError
 from .expr import dot
 from .formula import ParsedFormula, parse_formula
@@ -83,10 +84,11 @@ class Design:
     obs: str  # the rows' plate
     groups: tuple[Group, ...]
     blocks: tuple[Block, ...]
-    rows: pd.Index  # the data rows used (complete in every variable the formula reads)
-    data: dict  # {response: values}: what m.fit takes
+    rows: pd.Index | None  # the data rows used (complete in every variable the formula reads); None for a dask frame
+    data: Any  # {response: values}, or the dask DataFrame: what m.fit takes
     names: frozenset  # every node and parameter name taken
-    train: tuple = field(repr=False)  # (X, codes by group, Z by block) of the rows used
+    train: tuple | None = field(repr=False)  # (X, codes by group, Z by block) of the rows used; None for a dask frame
+    partition_rows: Any = field(default=None, repr=False)  # a dask frame's rows(m, part) (gdag.distributed_formula)
 
     def group(self, name: str) -> Group:
         return next(g for g in self.groups if g.name == name)
@@ -102,6 +104,9 @@ class Design:
         """
         if new_levels not in ("population", "error"):
             raise DataError(f"`new_levels` must be 'population' or 'error'; got {new_levels!r}.")
+        if self.train is None:
+            raise DataError("This model's rows are a dask DataFrame: predict with gdag.distributed.fitted(post, newdata) "
+                            "(means on the cluster), or fit in memory for predictive sds.")
         frame = _as_frame(newdata, "newdata")
         needed = sorted(_variables(self.formula) - set(_variables_of(self.formula.response)))
         missing = [v for v in needed if v not in frame.columns]
@@ -144,8 +149,17 @@ class Design:
         return profile_confint(fit, level)
 
     def build(self, name: str) -> Model:
-        """A new model of this design (what ``from_formula`` returns), ``model.design`` set."""
-        model = Model(name)
+        """A new model of this design (what ``from_formula`` returns), ``model.design`` set.
+
+        For a dask frame it is the latent part only (a :class:`gdag.distributed.DaskModel`):
+        the response is declared per partition (:attr:`partition_rows`).
+        """
+        if self.train is None:
+            from .distributed import DaskModel
+
+            model = DaskModel(name)
+        else:
+            model = Model(name)
         self.declare(model, {g.name: len(g.labels) for g in self.groups}, {g.name: g.labels for g in self.groups},
                      self.train)
         model.design = self
@@ -153,8 +167,8 @@ class Design:
 
     # ------------------------------------------------------------ internals
 
-    def declare(self, model: Model, sizes: dict, labels: dict, train: tuple) -> None:
-        """Declare plates, parameters and nodes on ``model``; the response on the training rows."""
+    def declare(self, model: Model, sizes: dict, labels: dict, train: tuple | None) -> None:
+        """Declare plates, parameters and nodes on ``model``; the response on the training rows (none for ``train=None``)."""
         plates = {g.name: model.plate(g.plate, sizes[g.name], labels=labels[g.name]) for g in self.groups}
         if self.beta is not None:
             model.param(self.beta, size=len(self.fixed_names))
@@ -165,9 +179,16 @@ class Design:
                     if jj == j:
                         mean = model.param(coef) * model.nodes[b.nodes[i]] + mean
                 model.normal(node, mean, model.param(b.sds[j], positive=True), plate=plates[b.group])
+        sigma = model.param(self.sigma, positive=True)
+        if train is not None:
+            self.declare_response(model, train, sigma)
+
+    def declare_response(self, model: Model, train: tuple, sigma=None) -> None:
+        """Declare the response on rows ``train = (X, codes by group, Z by block)`` of a model with the latent part."""
         X, codes, Z = train
         obs = model.plate(self.obs, X.shape[0])
-        model.normal(self.response, self._mean(model, X, codes, Z), model.param(self.sigma, positive=True), plate=obs)
+        sigma = model.params[self.sigma] if sigma is None else sigma
+        model.normal(self.response, self._mean(model, X, codes, Z), sigma, plate=obs)
 
     def _mean(self, model: Model, X: np.ndarray, codes: dict, Z: list):
         mean = dot(X, model.params[self.beta]) if self.beta is not None else np.zeros(X.shape[0])
@@ -212,6 +233,10 @@ def from_formula(formula: str, data, *, name: str | None = None, family: str | N
     """
     _check_family(family)
     parsed = parse_formula(formula)
+    if is_dask(data):  # rows on a Dask cluster: the latent part here, the response per partition
+        from .distributed_formula import from_formula_dask
+
+        return from_formula_dask(parsed, data, name or _identifier(parsed.response))
     frame = _as_frame(data, "data")
     for v in sorted(_group_names(parsed) - set(frame.columns)):
         raise ModelSpecError(f"The grouping factor `{v}` of `{parsed.text}` is not a column of the data.")
@@ -286,19 +311,25 @@ def _groups(parsed: ParsedFormula, frame: pd.DataFrame):
     for bar in parsed.bars:
         if bar.group in groups:
             continue
-        labels, code = None, None
-        for factor in bar.factors:
-            lab, cod = levels(frame[factor], factor, drop_unused=True)
-            if labels is None:
-                labels, code = lab, cod
-                continue
-            key, inverse = np.unique(code * len(lab) + cod, return_inverse=True)  # a:b in R's lexical order
-            labels = pd.Index([f"{labels[k // len(lab)]}:{lab[k % len(lab)]}" for k in key.tolist()])
-            code = inverse.astype(np.int64).reshape(-1)
+        labels, code = group_labels(bar.factors, frame)
         plates = {g.plate for g in groups.values()}
         groups[bar.group] = Group(bar.group, bar.factors, _unique(_identifier(bar.group), plates), labels)
         codes[bar.group] = code
     return list(groups.values()), codes
+
+
+def group_labels(factors: tuple, frame: pd.DataFrame) -> tuple[pd.Index, np.ndarray]:
+    """The levels of the grouping factor ``a`` or ``a:b`` (combinations present, R's lexical order) and each row's code."""
+    labels, code = None, None
+    for factor in factors:
+        lab, cod = levels(frame[factor], factor, drop_unused=True)
+        if labels is None:
+            labels, code = lab, cod
+            continue
+        key, inverse = np.unique(code * len(lab) + cod, return_inverse=True)  # a:b in R's lexical order
+        labels = pd.Index([f"{labels[k // len(lab)]}:{lab[k % len(lab)]}" for k in key.tolist()])
+        code = inverse.astype(np.int64).reshape(-1)
+    return labels, code
 
 
 def _blocks(parsed: ParsedFormula, frame: pd.DataFrame, taken: set):

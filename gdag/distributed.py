@@ -54,13 +54,14 @@ from .errors import DataError, ModelError, ModelSpecError
 from .frame import levels as frame_levels
 from .graph import build_graph
 from .linalg import factor as factors
+from .model import Model
 from .observations import LeafRows
 from .pattern import Conditioning, LinearSystem
 from .posterior import Posterior
 from .resources import check_memory, factor_size
 
 __all__ = ["is_dask", "levels", "check_rows", "RowSums", "row_sums", "tree_sum", "posterior", "fitted",
-           "DaskPosterior", "FAN_IN"]
+           "DaskPosterior", "DaskModel", "FAN_IN"]
 
 # Partial sums added per node of the reduction tree.
 FAN_IN = 8
@@ -282,6 +283,8 @@ def row_sums(part: pd.DataFrame, shared: dict) -> RowSums:
         return RowSums.zero(n_U)
     m, data = _declare(shared["blob"], shared["rows"], part)
     expected = shared["leaves"]
+    if not data:  # rows() declared nothing here (every row incomplete, say)
+        return RowSums.zero(n_U)
     if tuple(sorted(data)) != expected:
         raise ModelSpecError(f"rows() declared {sorted(data)} on one partition and {list(expected)} on the first: "
                              "it must declare the same families on every partition.")
@@ -587,6 +590,8 @@ def _fitted_part(part: pd.DataFrame, shared: dict, meta: pd.DataFrame) -> pd.Dat
     if len(part) == 0:
         return meta
     m, data = _declare(shared["blob"], shared["rows"], part)
+    if not data:
+        return meta
     theta, layout, mean = shared["theta"], shared["layout"], shared["mean"]
     out = {}
     for name in shared["leaves"]:
@@ -616,3 +621,24 @@ def fitted(post: DaskPosterior, ddf, rows: Callable) -> Any:
     meta = pd.DataFrame({c: pd.Series(dtype=float) for name in post.leaves for c in (f"{name}_fitted", f"{name}_residual")})
     shared = _shared_delayed(plan_shared)
     return ddf.map_partitions(_fitted_part, shared, meta, meta=meta)
+
+
+# ------------------------------------------------------------------ formula models
+
+
+class DaskModel(Model):
+    """The latent part of a formula model whose rows are a dask DataFrame (``gdag.from_formula(formula, ddf)``).
+
+    ``m.posterior(ddf)`` and ``m.fit(ddf)`` take a dask DataFrame (its
+    ``design.data`` is the one it was built from); any other data go to
+    :class:`~gdag.Model`'s methods.  ``m.design.partition_rows`` declares
+    one partition's response (:mod:`gdag.distributed_formula`).
+    """
+
+    def posterior(self, data=None, params=None):
+        if is_dask(data):
+            return posterior(self, data, self.design.partition_rows, params=params)
+        return super().posterior(data, params)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + ", rows on a dask DataFrame>"
