@@ -118,9 +118,9 @@ def levels_of(columns: Mapping[str, Any], drop_unused: bool = False) -> dict[str
         if isinstance(col.dtype, pd.CategoricalDtype):
             col = col if col.cat.known else col.cat.as_known()
             dtypes[name] = col.dtype
-            tasks[name] = (col.cat.codes.unique() if drop_unused else None, col.isna().sum())
+            tasks[name] = (col.cat.codes.unique(split_every=FAN_IN, split_out=1) if drop_unused else None, col.isna().sum())
         else:
-            tasks[name] = (col.dropna().unique(), col.isna().sum())
+            tasks[name] = (col.dropna().unique(split_every=FAN_IN, split_out=1), col.isna().sum())  # a tree, no shuffle
     computed = dask.compute(tasks)[0]
     out = {}
     for name, (uniques, missing) in computed.items():
@@ -399,7 +399,7 @@ def _shared_delayed(shared: dict):
         client = default_client()
     except (ImportError, ValueError):
         client = None
-    if client is not None:
+    if client is not None and dask.base.get_scheduler() == client.get:  # the client runs what dask.compute runs
         return client.scatter([shared], broadcast=True, hash=True)[0]
     return dask.delayed(shared, pure=True)
 

@@ -110,7 +110,7 @@ def _combinations(rows, factor_sets) -> dict:
         return {}
     import dask
 
-    tasks = {fs: rows[list(fs)].drop_duplicates() for fs in factor_sets}
+    tasks = {fs: rows[list(fs)].drop_duplicates(split_every=8, split_out=1) for fs in factor_sets}
     return dict(zip(tasks, dask.compute(*tasks.values())))
 
 
