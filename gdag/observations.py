@@ -98,25 +98,36 @@ class LeafRows:
         self.name, self.size, self.is_scalar = node.name, node.size, node.plate is None
         self.plate = None if node.plate is None else node.plate.name
         self.offset = node.mean.offset
-        self.parent, self.coef, self.scale = [], [], []
+        self.coef, self.scale = [], []
+        self.cols, self.starts = [], []  # per term: the declared column of each row (-1 for none) and its family's start
         self.fixed = []  # (rows, theta index, vals) of parameter terms
         for t in node.mean.terms:
             if t.source.is_param:
                 self.fixed.append((t.rows, t.cols + _param_start(cm, t.source.name), t.vals))
                 continue
-            start = int(cm.family_offset[cm.family(t.source.name)])
+            self.starts.append(int(cm.family_offset[cm.family(t.source.name)]))
             if t.rows.shape[0] == self.size:  # every row has the term (rows increase, so they are 0..size-1)
-                parent, coef = t.cols + start, t.vals
+                cols, coef = t.cols, t.vals
             else:
-                parent = np.full(self.size, -1, dtype=np.int64)
+                cols = np.full(self.size, -1, dtype=np.int64)
                 coef = np.zeros(self.size)
-                parent[t.rows] = t.cols + start
+                cols[t.rows] = t.cols
                 coef[t.rows] = t.vals
-            self.parent.append(parent)
-            self.coef.append(coef)
+            self.cols.append(np.ascontiguousarray(cols, dtype=np.int64))
+            self.coef.append(np.ascontiguousarray(coef, dtype=float))
             self.scale.append(-1 if t.scale is None else _param_start(cm, t.scale.name))
         self.sd_base = node.sd.base
         self.sd_theta = None if node.sd.param is None else node.sd.param_index + _param_start(cm, node.sd.param.name)
+        # parameter terms whose rows increase: a chunk's part is a slice (found by binary search)
+        self._fixed_sorted = [bool(np.all(rows[1:] >= rows[:-1])) for rows, _, _ in self.fixed]
+
+    @property
+    def parent(self) -> list[np.ndarray]:
+        """Per node term, the latent variable each row reads (-1 for none); built on request (O(rows) each)."""
+        if getattr(self, "_parent", None) is None:
+            self._parent = [c + s if c.min(initial=0) >= 0 else np.where(c >= 0, c + s, -1)
+                            for c, s in zip(self.cols, self.starts)]
+        return self._parent
 
     def values(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray, rows: slice, parents_seen=None):
         """``(coefs, r, d)`` over ``rows`` for data ``y``: coefficients per term, residual ``c - y + B_O x_O``
@@ -156,6 +167,33 @@ class LeafRows:
         return _stacked(coefs, r.shape[0], float), r, d
 
 
+    def kernel_arguments(self, theta: np.ndarray, rows: slice, sd_only: bool = False) -> tuple:
+        """What :mod:`gdag.linalg.rows` reads of ``rows``: ``(cols, vals, starts, scales, offset, sd, sd_theta, extra)``.
+
+        Views of the declaration where they can be (one node term); ``extra``
+        is the parameter terms' part of the mean (length 0 when there are none).
+        """
+        sd = _row_values(self.sd_base, rows)
+        sd_theta = _NO_INDEX if self.sd_theta is None else np.ascontiguousarray(self.sd_theta[rows], dtype=np.int64)
+        if sd_only:
+            return None, None, None, None, None, sd, sd_theta, None
+        n = rows.stop - rows.start
+        cols = _stacked([c[rows] for c in self.cols], n, np.int64)
+        vals = _stacked([c[rows] for c in self.coef], n, float)
+        scales = np.array([1.0 if k < 0 else theta[k] for k in self.scale], dtype=float)
+        extra = _NO_EXTRA
+        if self.fixed:
+            extra = np.zeros(n)
+            for (t_rows, t_theta, t_vals), ordered in zip(self.fixed, self._fixed_sorted):
+                if ordered:
+                    keep = slice(*np.searchsorted(t_rows, [rows.start, rows.stop]))
+                else:
+                    keep = (t_rows >= rows.start) & (t_rows < rows.stop)
+                extra += np.bincount(t_rows[keep] - rows.start, weights=t_vals[keep] * theta[t_theta[keep]],
+                                     minlength=n)
+        starts = np.array(self.starts, dtype=np.int64)
+        return cols, vals, starts, scales, _row_values(self.offset, rows), sd, sd_theta, extra
+
     def Z(self, theta: np.ndarray, n: int) -> sp.csr_matrix:
         """``Z`` (rows x ``n`` latent variables): the rows' coefficients on the latent variables they read."""
         rows, cols, vals = [], [], []
@@ -192,25 +230,16 @@ class ReducedConditioning:
         self.cm, self.S, self.R, self.U, self.O = latent.cm, latent.S, latent.R, latent.U, latent.O
         self.pos_R, self.pos_U = latent.pos_R, latent.pos_U
         self.n_unobserved = latent.n_unobserved
-        self._unobserved = [[self._column_in_U(p) for p in leaf.parent]
-                            for leaf in leaves]  # per leaf and term: the U column each row reads, -1 for none
-        # the same with "none" sent to a spare column n_U, so sums need no masks (the spare is dropped)
-        self._columns = [_stacked([u if u.min(initial=0) >= 0 else np.where(u >= 0, u, self.n_unobserved)
-                                   for u in cols], leaf.size, self.pos_U.dtype)
-                         for cols, leaf in zip(self._unobserved, leaves)]
-        # per leaf and term: does some row read an observed parent (whose value enters the residual)?
-        self._parents_seen = [[bool(np.any((p >= 0) & (u < 0))) for p, u in zip(leaf.parent, cols)]
-                              for leaf, cols in zip(leaves, self._unobserved)]
-        self._rows_values = {}  # (leaf, chunk) -> (coefs, r, d) at the posterior's theta and data
+        self._leaf_y = {}  # name -> the observed values as float64, set by with_data()
         self._union_pattern()
         self._analysis = None
         self._size = None
         self.gram = _ReducedGram(self)
 
     def __getstate__(self) -> dict:
-        """Pickled without the analysis (CHOLMOD's does not pickle; :meth:`analysis` redoes it) and the rows' cache."""
+        """Pickled without the analysis (CHOLMOD's does not pickle; :meth:`analysis` redoes it)."""
         frozen = {"leaf_data": dict(self.leaf_data), "leaf_plates": dict(self.leaf_plates)}
-        return {**self.__dict__, **frozen, "_analysis": None, "_rows_values": {}}
+        return {**self.__dict__, **frozen, "_analysis": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -220,15 +249,9 @@ class ReducedConditioning:
         """This structure with the leaves' observed values (a shallow copy: pattern and analysis shared)."""
         other = copy.copy(self)
         other.leaf_data = MappingProxyType({leaf.name: full[leaf.name] for leaf in self.leaves})
+        other._leaf_y = {leaf.name: np.ascontiguousarray(full[leaf.name], dtype=float) for leaf in self.leaves}
         other.gram = _ReducedGram(other)
-        other._rows_values = {}
         return other
-
-    def _column_in_U(self, parent: np.ndarray) -> np.ndarray:
-        """The U column of each row's parent: -1 for none or an observed parent."""
-        if parent.min(initial=0) >= 0:  # every row has the term
-            return self.pos_U[parent]
-        return np.where(parent >= 0, self.pos_U[np.maximum(parent, 0)], -1).astype(self.pos_U.dtype)
 
     @property
     def n_observed(self) -> int:
@@ -253,14 +276,15 @@ class ReducedConditioning:
         base = self.latent.gram.pattern
         n = base.shape[0]
         pairs_r, pairs_c = [], []
-        for cols in self._unobserved:
-            for a in range(len(cols)):
-                for b in range(a + 1, len(cols)):
-                    both = (cols[a] >= 0) & (cols[b] >= 0)
-                    pairs_r.append(np.maximum(cols[a][both], cols[b][both]))
-                    pairs_c.append(np.minimum(cols[a][both], cols[b][both]))
+        for leaf in self.leaves:
+            for a in range(len(leaf.cols)):
+                for t in range(a + 1, len(leaf.cols)):
+                    u, v = self._column_in_U(leaf, a), self._column_in_U(leaf, t)
+                    both = (u >= 0) & (v >= 0) & (u != v)
+                    pairs_r.append(np.maximum(u[both], v[both]))
+                    pairs_c.append(np.minimum(u[both], v[both]))
         if not pairs_r:
-            self.pattern, self._base_position = base, None
+            self.pattern, self._base_position, self._keys = base, None, _NO_KEYS
             return
         coo = base.tocoo()
         rows = np.concatenate([coo.row.astype(np.int64)] + [p.astype(np.int64) for p in pairs_r])
@@ -274,10 +298,12 @@ class ReducedConditioning:
         self.pattern = union
         self._keys = keys
 
-    def _pair_positions(self, a_cols: np.ndarray, b_cols: np.ndarray) -> np.ndarray:
-        n = self.pattern.shape[0]
-        low, high = np.minimum(a_cols, b_cols).astype(np.int64), np.maximum(a_cols, b_cols).astype(np.int64)
-        return np.searchsorted(self._keys, low * n + high)
+    def _column_in_U(self, leaf: LeafRows, a: int) -> np.ndarray:
+        """The U column each row reads through term ``a``: -1 for none or an observed parent."""
+        cols = leaf.cols[a]
+        if cols.min(initial=0) >= 0:  # every row has the term
+            return self.pos_U[cols + leaf.starts[a]]
+        return np.where(cols >= 0, self.pos_U[np.maximum(cols, 0) + leaf.starts[a]], -1)
 
     @timed("assemble")
     def system(self, theta: np.ndarray, x: np.ndarray) -> LinearSystem:
@@ -285,58 +311,45 @@ class ReducedConditioning:
         s = self.latent.system(theta, x)
         self.gram.theta, self.gram.x = theta, x  # the mean refinement re-reads the leaves' rows
         n_U = self.n_unobserved
-        diag, b_add = np.zeros(n_U + 1), np.zeros(n_U + 1)  # the spare column last
+        diag = np.zeros(n_U)
         if self._base_position is None:
-            data = s.Q.data.copy()
+            data = s.Q.data  # the latent system's own new array: the leaves' pairs need no room
         else:
             data = np.zeros(self.pattern.nnz)
             data[self._base_position] = s.Q.data
-        for i, leaf in enumerate(self.leaves):  # chunks in row order: a given chunking, the same bits
+        b = s.b  # new as well
+        for leaf in self.leaves:  # chunks in row order: a given chunking, the same bits
+            y = self._leaf_y[leaf.name]
             for rows in _chunks(leaf.size, self.chunk_rows):
-                self._add_chunk_sums(theta, x, leaf, i, rows, diag, b_add, data)
-        data[self.pattern.indptr[:-1]] += diag[:n_U]  # each column's diagonal comes first
-        b_add = b_add[:n_U]
+                cols, vals, starts, scales, offset, sd, sd_theta, extra = leaf.kernel_arguments(theta, rows)
+                bad_d, bad_r = rows_kernels.leaf_sums(cols, vals, starts, scales, self.pos_U, x, offset, y[rows], sd,
+                                                      sd_theta, theta, extra, self._keys, n_U, diag, b, data)
+                if bad_d >= 0 or bad_r >= 0:
+                    leaf.values(theta, x, y, rows)  # raises, naming the entry
+                    raise ModelError(f"The rows of `{leaf.name}` do not fit double precision; rescale the model's units.")
+        data[self.pattern.indptr[:-1]] += diag  # each column's diagonal comes first
         Q = sp.csc_matrix((data, self.pattern.indices, self.pattern.indptr), shape=self.pattern.shape)
-        return replace(s, Q=Q, b=s.b + b_add)
-
-    def _add_chunk_sums(self, theta, x, leaf: LeafRows, index: int, rows: slice, diag, b, q) -> None:
-        """Add this chunk's ``diag(Z^T W Z)``, ``-Z^T W r`` and off-diagonal pairs (union pattern) in place."""
-        coefs, r, d = self._values(theta, x, leaf, rows)
-        w = 1.0 / d
-        rows_kernels.row_sums(self._columns[index][:, rows], coefs, w, r, diag, b)
-        cols = self._unobserved[index]
-        for a in range(len(cols)):
-            for t in range(a + 1, len(cols)):
-                u, v = cols[a][rows], cols[t][rows]
-                both = (u >= 0) & (v >= 0) & (u != v)  # a column read twice is on the diagonal (above)
-                weight = (w * coefs[a] * coefs[t])[both]
-                q += np.bincount(self._pair_positions(u[both], v[both]), weights=weight, minlength=q.shape[0])
-
-    def _values(self, theta: np.ndarray, x: np.ndarray, leaf: LeafRows, rows: slice):
-        """``leaf.values`` for one chunk, kept for the posterior's theta and data (the refinement re-reads them)."""
-        key = (leaf.name, rows.start)
-        kept = self._rows_values.get(key)
-        if kept is not None and kept[0] is theta and kept[1] is x:
-            return kept[2]
-        i = self.leaves.index(leaf)
-        found = leaf.values(theta, x, self.leaf_data[leaf.name], rows, self._parents_seen[i])
-        self._rows_values[key] = (theta, x, found)
-        return found
+        return replace(s, Q=Q, b=b)
 
     def leaf_residual(self, theta: np.ndarray, x: np.ndarray, m: np.ndarray) -> tuple[float, np.ndarray]:
         """``(e^T W e, A_U^T W e)`` of the leaves' rows at ``m``, with ``e = r + Z m`` (``A_U = -Z`` there)."""
-        f, gradient = 0.0, np.zeros(self.n_unobserved + 1)
-        m = np.append(m, 0.0)  # the spare column reads 0
-        for leaf, cols in zip(self.leaves, self._columns):
+        f, gradient = 0.0, np.zeros(self.n_unobserved)
+        for leaf in self.leaves:
+            y = self._leaf_y[leaf.name]
             for rows in _chunks(leaf.size, self.chunk_rows):
-                coefs, r, d = self._values(theta, x, leaf, rows)
-                f += rows_kernels.row_residual(cols[:, rows], coefs, r, d, m, gradient)
-        return f, gradient[:-1]
+                cols, vals, starts, scales, offset, sd, sd_theta, extra = leaf.kernel_arguments(theta, rows)
+                f += rows_kernels.leaf_residual(cols, vals, starts, scales, self.pos_U, x, offset, y[rows], sd,
+                                                sd_theta, theta, extra, m, gradient)
+        return f, gradient
 
     def leaf_log_variances(self, theta: np.ndarray, x: np.ndarray) -> float:
         """``sum log d`` over the leaves' rows."""
-        return float(sum(np.sum(np.log(self._values(theta, x, leaf, rows)[2]))
-                         for leaf in self.leaves for rows in _chunks(leaf.size, self.chunk_rows)))
+        total = 0.0
+        for leaf in self.leaves:
+            for rows in _chunks(leaf.size, self.chunk_rows):
+                _, _, _, _, _, sd, sd_theta, _ = leaf.kernel_arguments(theta, rows, sd_only=True)
+                total += rows_kernels.leaf_log_variances(sd, sd_theta, theta, rows.stop - rows.start)
+        return float(total)
 
     def analysis(self, factorization: str = "sparse"):
         """CHOLMOD's analysis of the union pattern (once; timed as "analyze")."""
@@ -375,6 +388,18 @@ class _ReducedGram:
     def transpose_times(self, values, w):
         w_latent, leaf_part = w
         return self._latent.transpose_times(values, w_latent) + leaf_part
+
+
+_NO_KEYS = np.zeros(0, dtype=np.int64)
+_NO_INDEX = np.zeros(0, dtype=np.int64)
+_NO_EXTRA = np.zeros(0)
+
+
+def _row_values(a: np.ndarray, rows: slice) -> np.ndarray:
+    """``a`` over ``rows`` as contiguous float64 (a view where it already is), or its one entry when it broadcasts."""
+    if a.shape[0] == 1 or a.strides[0] == 0:
+        return np.ascontiguousarray(a[:1], dtype=float)
+    return np.ascontiguousarray(a[rows], dtype=float)
 
 
 def _keys(pattern: sp.csc_matrix) -> np.ndarray:

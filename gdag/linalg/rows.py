@@ -1,15 +1,20 @@
-"""One pass over rows that each read a few columns: the sums a likelihood's rows contribute.
+"""One pass over rows that each read a few latent variables: the sums a likelihood's rows contribute.
 
-Rows are given term by term: ``columns[a, i]`` is the column row ``i``
-reads through term ``a`` (``n`` for none: a spare slot past the end, so no
-masks are needed) and ``coefs[a, i]`` its coefficient.  With weights ``w``:
+Rows are given term by term, straight from a family's declaration (no per-row
+copies): row ``i`` reads, through term ``a``, the variable
+``starts[a] + cols[a, i]`` (none when ``cols[a, i] < 0``) with coefficient
+``vals[a, i] * scales[a]``.  ``pos`` gives each variable's column among the
+unknowns (-1 for an observed one, whose value ``x`` enters the residual).
+Each row's residual ``r = offset - y + extra + sum(c x[observed parents])``
+and variance ``d = (sd * theta[sd_theta])^2`` are computed on the fly
+(``offset`` and ``sd`` may have length 1, ``sd_theta`` and ``extra`` length 0).
+With ``w = 1/d`` and ``Z`` the coefficients on the unknowns:
 
-* :func:`row_sums`: ``diag(Z^T W Z)`` (the same column read twice counts
-  the cross term too) and ``-Z^T W r``;
-* :func:`row_residual`: ``e^T D^{-1} e`` for ``e = r + Z m``, and ``-Z^T D^{-1} e``;
-* :func:`row_transpose`: ``-Z^T y``.
+* :func:`leaf_sums`: ``Z^T W Z`` (its diagonal, and off-diagonal pairs found
+  by binary search in the pattern's sorted ``keys``) and ``-Z^T W r``;
+* :func:`leaf_residual`: ``e^T W e`` for ``e = r + Z m``, adding ``-Z^T W e``;
+* :func:`leaf_log_variances`: ``sum log d``.
 
-Arrays over columns have length ``n + 1``; the last (spare) entry is dropped by the caller.
 Sums run in row order, so a given split of the rows always gives the same bits.
 """
 
@@ -20,41 +25,107 @@ import numpy as np
 
 
 @numba.njit(cache=True)
-def row_sums(columns, coefs, w, r, diag, b):
-    """Adds this block of rows' sums into ``diag`` and ``b`` (length ``n + 1``), in row order."""
-    for i in range(r.shape[0]):
-        wi, ri = w[i], r[i]
-        for a in range(columns.shape[0]):
-            j, c = columns[a, i], coefs[a, i]
-            diag[j] += wi * c * c
-            b[j] -= wi * c * ri
-            for t in range(a + 1, columns.shape[0]):  # a column read by two terms: the cross term too
-                if columns[t, i] == j:
-                    diag[j] += 2.0 * wi * c * coefs[t, i]
+def _find(keys, key):
+    lo, hi = 0, keys.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if keys[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 @numba.njit(cache=True)
-def row_residual(columns, coefs, r, d, m, gradient):
-    """``e^T D^{-1} e`` for ``e = r + Z m``, adding ``-Z^T D^{-1} e`` into ``gradient`` (length ``n + 1``).
+def leaf_sums(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, theta, extra, keys, n, diag, b, q):
+    """Adds these rows' ``diag(Z^T W Z)`` into ``diag``, ``-Z^T W r`` into ``b`` and the pairs into ``q``.
 
-    One pass, and nothing per row is kept: what the mean refinement needs of these rows.
+    Returns ``(bad_d, bad_r)``: the first row whose variance is not a positive
+    finite number with a finite inverse, and the first whose residual overflows
+    (-1 for none); such rows add nothing.
     """
+    bad_d, bad_r = -1, -1
+    k = cols.shape[0]
+    for i in range(y.shape[0]):
+        s = sd[i] if sd.shape[0] > 1 else sd[0]  # the row's residual r and variance d (written out in each
+        if sd_theta.shape[0]:                    # kernel: a call passing a dozen arrays costs ~100 ns a row)
+            s = s * theta[sd_theta[i]]
+        d = s * s
+        r = offset[i] if offset.shape[0] > 1 else offset[0]
+        r -= y[i]
+        if extra.shape[0]:
+            r += extra[i]
+        for a in range(k):
+            j = cols[a, i]
+            if j >= 0 and pos[starts[a] + j] < 0:
+                r += (vals[a, i] * scales[a]) * x[starts[a] + j]
+        if not (np.isfinite(d) and d > 0.0 and np.isfinite(1.0 / d)):
+            bad_d = i if bad_d < 0 else bad_d
+            continue
+        if not np.isfinite(r):
+            bad_r = i if bad_r < 0 else bad_r
+            continue
+        w = 1.0 / d
+        for a in range(k):
+            j = cols[a, i]
+            u = pos[starts[a] + j] if j >= 0 else -1
+            if u < 0:
+                continue
+            c = vals[a, i] * scales[a]
+            diag[u] += w * c * c
+            b[u] -= w * c * r
+            for t in range(a + 1, k):  # a second unknown of the same row: the cross product
+                jt = cols[t, i]
+                v = pos[starts[t] + jt] if jt >= 0 else -1
+                if v < 0:
+                    continue
+                ct = vals[t, i] * scales[t]
+                if v == u:
+                    diag[u] += 2.0 * w * c * ct
+                else:
+                    q[_find(keys, min(u, v) * n + max(u, v))] += w * c * ct
+    return bad_d, bad_r
+
+
+@numba.njit(cache=True)
+def leaf_residual(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, theta, extra, m, gradient):
+    """``e^T W e`` for ``e = r + Z m``, adding ``-Z^T W e`` into ``gradient``; nothing per row is kept."""
     f = 0.0
-    for i in range(r.shape[0]):
-        e = r[i]
-        for a in range(columns.shape[0]):
-            e += coefs[a, i] * m[columns[a, i]]
-        we = e / d[i]
+    k = cols.shape[0]
+    for i in range(y.shape[0]):
+        s = sd[i] if sd.shape[0] > 1 else sd[0]  # the row's residual r and variance d (written out in each
+        if sd_theta.shape[0]:                    # kernel: a call passing a dozen arrays costs ~100 ns a row)
+            s = s * theta[sd_theta[i]]
+        d = s * s
+        r = offset[i] if offset.shape[0] > 1 else offset[0]
+        r -= y[i]
+        if extra.shape[0]:
+            r += extra[i]
+        for a in range(k):
+            j = cols[a, i]
+            if j >= 0 and pos[starts[a] + j] < 0:
+                r += (vals[a, i] * scales[a]) * x[starts[a] + j]
+        e = r
+        for a in range(k):
+            j = cols[a, i]
+            if j >= 0 and pos[starts[a] + j] >= 0:
+                e += (vals[a, i] * scales[a]) * m[pos[starts[a] + j]]
+        we = e / d
         f += e * we
-        for a in range(columns.shape[0]):
-            gradient[columns[a, i]] -= coefs[a, i] * we
+        for a in range(k):
+            j = cols[a, i]
+            if j >= 0 and pos[starts[a] + j] >= 0:
+                gradient[pos[starts[a] + j]] -= (vals[a, i] * scales[a]) * we
     return f
 
 
 @numba.njit(cache=True)
-def row_transpose(columns, coefs, y, n):
-    out = np.zeros(n + 1)
-    for i in range(y.shape[0]):
-        for a in range(columns.shape[0]):
-            out[columns[a, i]] -= coefs[a, i] * y[i]
-    return out
+def leaf_log_variances(sd, sd_theta, theta, n_rows):
+    """``sum log d`` over ``n_rows`` rows."""
+    total = 0.0
+    for i in range(n_rows):
+        s = sd[i] if sd.shape[0] > 1 else sd[0]
+        if sd_theta.shape[0]:
+            s = s * theta[sd_theta[i]]
+        total += np.log(s * s)
+    return total
