@@ -40,6 +40,7 @@ plates' nodes that are not observed.
 from __future__ import annotations
 
 import pickle
+import uuid
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -315,7 +316,8 @@ def row_sums(part: pd.DataFrame, shared: dict) -> RowSums:
         else:
             Z = sp.csr_matrix((n, n_U))
         Zt = Z.T.tocsr()
-        G = (Zt @ sp.diags(w) @ Z).tocsr()
+        WZ = sp.csr_matrix((Z.data * np.repeat(w, np.diff(Z.indptr)), Z.indices, Z.indptr), shape=Z.shape)
+        G = (Zt @ WZ).tocsr()
         G.sum_duplicates()
         G.sort_indices()
         wr = w * r
@@ -349,7 +351,11 @@ def _plan(m, ddf, rows: Callable, params, data) -> _Plan:
     theta = parameter_vector(spec, cm, {} if params is None else params)
     x, observed = data_vector(spec, cm, {} if data is None else data)
     conditioning = Conditioning(cm, observed)
-    blob = pickle.dumps(m)
+    design, m.design = m.design, None  # a formula model's design holds the dask frame: the workers need neither
+    try:
+        blob = pickle.dumps(m)
+    finally:
+        m.design = design
     probe = _probe(ddf)
     probe_model, probe_data = _declare(blob, rows, probe)
     check_rows(probe_model, probe_data, spec)
@@ -400,8 +406,8 @@ def _shared_delayed(shared: dict):
     except (ImportError, ValueError):
         client = None
     if client is not None and dask.base.get_scheduler() == client.get:  # the client runs what dask.compute runs
-        return client.scatter([shared], broadcast=True, hash=True)[0]
-    return dask.delayed(shared, pure=True)
+        return client.scatter([shared], broadcast=True, hash=False)[0]
+    return dask.delayed(shared, name=f"gdag-shared-{uuid.uuid4().hex}")  # a name: hashing the model's bytes costs seconds
 
 
 def reduce_rows(m, ddf, rows: Callable, params=None, data=None, fan_in: int = FAN_IN) -> tuple[_Plan, RowSums]:
