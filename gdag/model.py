@@ -19,7 +19,6 @@ import numpy as np
 
 from . import expr as terms
 from .cache import QueryCache
-from .data import data_vector, fully_observed, parameter_vector, without
 from .errors import FitError, ModelSpecError, declaration_site
 from .expr import Expr, Operand
 from .fitting.fit import fit as fit_model
@@ -27,10 +26,9 @@ from .frame import frame_data, is_frame, plate_labels
 from .frame import levels as level_codes
 from .graph import check_self_reference, expanded_graph, family_graph
 from .intervene import check_data, intervened_model
-from .observations import reducible_families
-from .posterior import Posterior
+from .query import conditioned
 from .render import render as render_model
-from .resources import BYTES_PER_DECLARED_ENTRY, check_entries, check_memory, check_model_size
+from .resources import BYTES_PER_DECLARED_ENTRY, check_entries, check_model_size
 from .serialize import model_from_dict, model_to_dict
 from .spec import MAX_SIZE, ModelSpec, Node, Param, Plate, SdSpec, check_parent
 
@@ -234,23 +232,7 @@ class Model:
         check_model_size(spec, self.name)
         data = {} if data is None else frame_data(data, spec.nodes) if is_frame(data) else data
         check_data(self, data)
-        full = fully_observed(spec, data)
-        leaves = reducible_families(self._queries.graph(spec), full) if full else ()
-        if leaves:  # observed leaf families enter as sums over their rows (gdag.observations)
-            queries, spec_used = self._queries.latent(spec, leaves)
-            data = without(spec, data, leaves)
-        else:
-            queries, spec_used = self._queries, spec
-        cm = queries.compiled(spec_used)
-        theta = parameter_vector(spec, cm, {} if params is None else params)
-        x, observed = data_vector(spec_used, cm, data)
-        if leaves:
-            conditioning = queries.reduced_conditioning(spec, cm, observed, leaves).with_data(full)
-        else:
-            conditioning = queries.query_conditioning(cm, observed)
-        self._queries.last_conditioning = conditioning
-        check_memory(conditioning.factor_size(), self.name)
-        return Posterior(cm, conditioning, theta, x, spec.nodes)
+        return conditioned(spec, self._queries, data, params)
 
     def fit(self, data, method: str = "reml", **options):
         """Estimate unknown parameters by ``"reml"``, ``"ml"`` or ``"em"``; see :func:`gdag.fitting.fit.fit`.

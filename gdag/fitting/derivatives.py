@@ -145,7 +145,7 @@ def projected_residuals(obj, pt: Point, R: np.ndarray) -> np.ndarray:
     return W[:, None] * res
 
 
-def curvature(obj, pt: Point, grad: np.ndarray, v: np.ndarray) -> np.ndarray:
+def curvature(obj, pt: Point, grad: np.ndarray, v: np.ndarray, information=None) -> np.ndarray:
     """Average-information approximation of the Hessian w.r.t. the optimizer variables.
 
     ``AI = (C^T P C + 2 M^T P M) / sigma^2`` over the variables and a profiled
@@ -163,7 +163,8 @@ def curvature(obj, pt: Point, grad: np.ndarray, v: np.ndarray) -> np.ndarray:
     At an optimum it was the Hessian to 1e-7 (relative) on ``(x | g)``
     slopes and to 3e-3 on two crossed components.  Sds also get
     ``max(0, grad/v)``, the part of the sd-to-variance map's curvature that
-    matters at a boundary.
+    matters at a boundary.  ``information(pt, C, M, moves)``, when given, computes
+    ``C^T P C + 2 M^T P M`` (the moves' block) in place of :func:`projected_residuals`.
     """
     th, e, roles = pt.th, pt.e, obj.roles
     m, prof = obj.free.shape[0], int(roles.profiled >= 0)
@@ -187,9 +188,12 @@ def curvature(obj, pt: Point, grad: np.ndarray, v: np.ndarray) -> np.ndarray:
     if prof:
         C[:, m] = e / pt.sigma2
     moves = np.flatnonzero(np.any(M != 0, axis=0))  # the mean part's columns, solved only where there is one
-    P = projected_residuals(obj, pt, np.hstack([C, M[:, moves]]))
-    H = C.T @ P[:, :m + prof]
-    H[np.ix_(moves, moves)] += 2.0 * (M[:, moves].T @ P[:, m + prof:])
+    if information is None:
+        P = projected_residuals(obj, pt, np.hstack([C, M[:, moves]]))
+        H = C.T @ P[:, :m + prof]
+        H[np.ix_(moves, moves)] += 2.0 * (M[:, moves].T @ P[:, m + prof:])
+    else:  # rows summed apart add their part (gdag.fitting.reduced)
+        H = information(pt, C, M, moves)
     H /= pt.sigma2
     H = 0.5 * (H + H.T)
     vv = np.maximum(np.asarray(v, float), SD_FLOOR)

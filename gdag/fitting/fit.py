@@ -35,10 +35,12 @@ from ..data import data_vector
 from ..errors import ConvergenceWarning, FitError, warn
 from ..linalg.blas import one_blas_thread
 from ..posterior import Posterior
+from ..query import conditioned
 from ..spec import ModelSpec
 from .monitor import STOPPED, Monitor
 from .objective import Objective
 from .optimize import SINGULAR_TOL, FitLog, optimize, starting_point
+from .reduced import ReducedObjective, reduced_setup
 from .roles import infer_roles
 
 __all__ = ["Fit", "fit"]
@@ -297,16 +299,23 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
     # One BLAS thread for the whole fit, the optimizer's own work included (OneBlasThread)
     with one_blas_thread(), timing.record() as phases:
         t_start = time.perf_counter()
-        cm = queries.compiled(spec)
-        if cm.n_theta == 0:
-            raise FitError(f"Model `{spec.name}` has no parameters to estimate; use m.posterior(data) instead.")
-        x, observed = data_vector(spec, cm, data)
-        if not np.any(observed):
-            raise FitError(f"No entry of any node is observed, so there is nothing to fit model `{spec.name}` to.")
-        cond = queries.conditioning_for(cm, observed)
-        roles = infer_roles(cm, cond, profile=(method != "em"))
-        v0, scales = starting_point(spec, cm, cond, x, roles, init)
-        obj = Objective(cm, cond, x, roles, reml=(criterion == "reml"), factorization=factorization, scales=scales)
+        reduced = reduced_setup(spec, queries, data, profile=(method != "em"))
+        if reduced is None:
+            cm = queries.compiled(spec)
+            if cm.n_theta == 0:
+                raise FitError(f"Model `{spec.name}` has no parameters to estimate; use m.posterior(data) instead.")
+            x, observed = data_vector(spec, cm, data)
+            if not np.any(observed):
+                raise FitError(f"No entry of any node is observed, so there is nothing to fit model `{spec.name}` to.")
+            cond = queries.conditioning_for(cm, observed)
+            roles = infer_roles(cm, cond, profile=(method != "em"))
+        else:
+            cm, cond, x, observed, roles, stats, start = reduced
+        v0, scales = starting_point(spec, cm, cond, x, roles, init, None if reduced is None else start)
+        if reduced is None:
+            obj = Objective(cm, cond, x, roles, reml=(criterion == "reml"), factorization=factorization, scales=scales)
+        else:
+            obj = ReducedObjective(cm, cond, x, roles, criterion == "reml", stats, factorization, scales)
         t_setup = time.perf_counter()
         spans = [cm.param_span(name) for name in cm.param_names]
         log = FitLog(Monitor(cm.param_names, spans, cm.param_scalar, progress, callback, spec.name))
@@ -322,11 +331,12 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
             ConvergenceWarning,
         )
     theta = best.theta
-    posterior = Deferred(Posterior, cm, cond, theta, x, dict(spec.nodes))
+    posterior = Deferred(Posterior, cm, cond, theta, x, dict(spec.nodes)) if reduced is None else \
+        Deferred(conditioned, spec, queries, dict(data), None, theta)
     timings = {"setup": t_setup - t_start, "optimize": t_opt - t_setup, "assemble": 0.0, "factor": 0.0,
                "fixed": 0.0, "gradient": 0.0, **phases}
     fit = _make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
-    seen = tuple(name for name in cm.family_names if observed[cm.span(name)].any())
+    seen = tuple(name for name in cm.family_names if observed[cm.span(name)].any()) + tuple(obj.stats.names if reduced else ())
     return replace(fit, spec=spec, observed=seen, message=message)
 
 

@@ -49,11 +49,10 @@ from ..pattern import Conditioning
 from ..timing import phase
 from . import derivatives
 from .derivatives import Point, dense
-from .roles import SD_FLOOR, Roles, not_identified_message
+from .roles import SD_FLOOR, Roles, exact_fit_error, not_identified_message
 
 # A residual rms below this fraction of the data's is rounding: the data are fitted exactly
 EXACT_FIT = 256 * np.finfo(float).eps
-
 # Constant-design models keep one Gram matrix per variance class up to this many classes.
 MAX_CLASSES = 64
 # Scoring takes coefficients whose parents have at most this many generations of ancestors (else L-BFGS-B).
@@ -65,9 +64,8 @@ FACTORIZATIONS = ("auto", "sparse", "blocked")
 class Evaluation:
     """The objective and its by-products at one point.
 
-    ``objective`` is -2 log L (ML) or -2 log L_R (REML); ``theta`` the natural
-    parameter vector (fixed effects at GLS, a profiled scale at its optimum).
-    ``e``, ``W``, ``h`` are residual moments over R in working units.
+    ``objective`` is -2 log L (ML) or -2 log L_R (REML); ``theta`` natural (fixed effects at
+    GLS, a profiled scale at its optimum); ``e``, ``W``, ``h`` residual moments over R (working units).
     """
 
     objective: float
@@ -85,13 +83,10 @@ class Evaluation:
 class Objective:
     """The profiled ML or REML objective of one model and data set.
 
-    Built once per fit: the conditioning's index sets and assembly maps, its
-    analysis of ``Q``'s pattern (:meth:`gdag.pattern.Conditioning.analysis`: a
-    CHOLMOD symbolic factorization, or for crossed designs the head/tail split
-    of :mod:`gdag.linalg.blocked`), the pairs of unobserved variables whose
-    covariances the gradient needs, and for models whose ``B`` has no
-    parameters one Gram matrix per variance class (``Q = sum_c G_c / theta_c^2``).
-    Each :meth:`evaluate` refactors in place.
+    Built once per fit: the conditioning's index sets, its analysis of ``Q``'s pattern
+    (:meth:`gdag.pattern.Conditioning.analysis`), the pairs of unobserved variables whose
+    covariances the gradient needs, and for models whose ``B`` has no parameters one Gram
+    matrix per variance class (``Q = sum_c G_c / theta_c^2``).  Each :meth:`evaluate` refactors in place.
 
     Optimizer variables ``v`` (one per entry of ``roles.optimized``) map to
     working parameters: a variance component is ``max(v, SD_FLOOR) * scale``
@@ -109,11 +104,14 @@ class Objective:
         The ``scale`` of each optimizer variable (default 1).
     """
 
+    exact_fit = EXACT_FIT**2  # quad at or below this fraction of the data's weighted square: an exact fit
+    leaf_classes: dict = {}  # theta entry -> (leaf family names, rows): rows summed apart (gdag.fitting.reduced)
+
     def __init__(self, cm: CompiledModel, cond: Conditioning, x: np.ndarray, roles: Roles, reml: bool,
-                 factorization: str = "auto", scales: np.ndarray | None = None):
+                 factorization: str = "auto", scales: np.ndarray | None = None, leaf_rows: int = 0):
         self.cm, self.cond, self.roles, self.reml = cm, cond, roles, reml
         self.x_R = x[cond.R]
-        self.n_obs = int(cond.O.shape[0])
+        self.n_obs = int(cond.O.shape[0]) + leaf_rows
         self.p = int(roles.fixed.shape[0])
         self.dof = self.n_obs - (self.p if reml else 0)
         if self.dof <= 0:
@@ -230,11 +228,8 @@ class Objective:
 
     def evaluate(self, v: np.ndarray, gradient: bool = False, curvature: bool = False,
                  moments: bool = False) -> Evaluation:
-        """Objective at optimizer variables ``v``; optionally its gradient, curvature and residual moments.
-
-        Runs OpenBLAS on one thread unless OPENBLAS_NUM_THREADS is set (see
-        :class:`gdag.linalg.blas.OneBlasThread`).
-        """
+        """Objective at optimizer variables ``v``; optionally its gradient, curvature and residual moments
+        (OpenBLAS on one thread unless OPENBLAS_NUM_THREADS is set: :class:`gdag.linalg.blas.OneBlasThread`)."""
         with one_blas_thread():
             self.n_evaluations += 1
             with phase("assemble"):
@@ -264,7 +259,7 @@ class Objective:
             pt.m = np.zeros(0)
             return
         if self._factor is None:
-            self._factor = self.cond.factor(pt.Q, self.factorization)
+            self._factor = self.new_factor(pt.Q)
         else:
             self._factor.refactor_inplace(pt.Q)
         pt.fac = self._factor
@@ -279,11 +274,12 @@ class Objective:
         pt.xbar = self.x_R.copy()
         pt.xbar[self.u_in_R] = pt.m
         pt.e = pt.xbar - pt.c_full - self._B_times(pt.coef, pt.xbar)
-        quad = float(np.sum(pt.W * pt.e * pt.e))
-        logdet = float(np.sum(np.log(pt.d))) + pt.logdet_Q + (logdet_S if self.reml else 0.0)
+        quad_leaves, log_d_leaves, size_leaves = self.leaf_residual(pt, beta)
+        quad = float(np.sum(pt.W * pt.e * pt.e)) + quad_leaves
+        logdet = float(np.sum(np.log(pt.d))) + log_d_leaves + pt.logdet_Q + (logdet_S if self.reml else 0.0)
         if self.roles.profiled >= 0:
             pt.sigma2 = quad / self.dof
-            if quad <= EXACT_FIT**2 * float(np.sum(pt.W * pt.xbar * pt.xbar)):
+            if quad <= self.exact_fit * (float(np.sum(pt.W * pt.xbar * pt.xbar)) + size_leaves):
                 raise exact_fit_error(self.cm.name, [self.roles.labels[self.roles.profiled]], quad)
             objective = self.dof * (1.0 + LOG_2PI + math.log(pt.sigma2)) + logdet
         else:
@@ -297,16 +293,18 @@ class Objective:
         WF = W[:, None] * F if isinstance(F, np.ndarray) else sp.csr_matrix(F.multiply(W[:, None]))
         if self.n_U:
             pt.A_U = self.A_U(pt.entry_vals)
-            G = dense(pt.A_U.T @ WF)
+        G = dense(pt.A_U.T @ WF) if self.n_U else np.zeros((0, p))
+        FWF, FWr = dense(F.T @ WF), np.asarray(WF.T @ pt.r).reshape(-1)
+        G, FWF, FWr = self.with_leaves(pt, G, FWF, FWr)
+        if self.n_U:
             both = pt.fac.solve(np.column_stack([pt.b, G])).reshape(self.n_U, p + 1)  # one solve for both
             m0, pt.Z_F = both[:, 0], both[:, 1:]
         else:
-            m0, G, pt.Z_F = pt.m, np.zeros((0, p)), np.zeros((0, p))
-        FWF = dense(F.T @ WF)
+            m0, pt.Z_F = pt.m, np.zeros((0, p))
         S = FWF - G.T @ pt.Z_F
         S = 0.5 * (S + S.T)
         # r(beta) = r0 + F' beta, b(beta) = b0 + G beta: quad is least at S beta = G^T m0 - F'^T W r0
-        rhs = G.T @ m0 - np.asarray(WF.T @ pt.r).reshape(-1)
+        rhs = G.T @ m0 - FWr
         pt.chol_S = self._cholesky_S(S, np.diag(FWF))
         beta = sla.cho_solve((pt.chol_S, True), rhs, check_finite=False)
         pt.m = m0 + pt.Z_F @ beta
@@ -315,9 +313,8 @@ class Objective:
     def _cholesky_S(self, S: np.ndarray, data_info: np.ndarray) -> np.ndarray:
         """Cholesky factor of the fixed effects' information ``S``; NotIdentifiedError if singular.
 
-        ``data_info`` is ``diag(F'^T W F')``, each fixed effect's information before the latent
-        variables take theirs away: an ``S_kk`` below 1e-10 of it is cancellation (round-off of a
-        fixed effect the data do not see), not information.
+        ``data_info = diag(F'^T W F')``: an ``S_kk`` below 1e-10 of it is cancellation (round-off
+        of a fixed effect the data do not see), not information.
         """
         labels = [self.roles.labels[k] for k in self.roles.fixed]
         diag = np.diag(S)
@@ -341,6 +338,23 @@ class Objective:
             out.gradient = derivatives.gradient(self, pt, h, extra, qfac)
         if curvature and self.has_curvature:
             out.curvature = derivatives.curvature(self, pt, out.gradient, v)
+
+    # ------------------------------------------- leaf rows summed apart (none here)
+
+    def new_factor(self, Q: sp.csc_matrix):
+        return self.cond.factor(Q, self.factorization)
+
+    def with_leaves(self, pt: Point, G: np.ndarray, FWF: np.ndarray, FWr: np.ndarray):
+        """``G``, ``F'^T W F'`` and ``F'^T W r0`` with the leaves' rows added."""
+        return G, FWF, FWr
+
+    def leaf_residual(self, pt: Point, beta: np.ndarray) -> tuple[float, float, float]:
+        """The leaves' ``e^T W e``, ``sum log d`` and weighted data square at ``pt`` and ``beta``."""
+        return 0.0, 0.0, 0.0
+
+    def leaf_moments(self, ev: Evaluation) -> tuple[np.ndarray, np.ndarray]:
+        """EM's sums ``sum (e^2 + h) / base^2`` and row counts per parameter entry over the leaves' rows."""
+        return np.zeros(self.cm.n_theta), np.zeros(self.cm.n_theta)
 
     # ------------------------------------------------------------- assembly
 
@@ -404,13 +418,3 @@ class Objective:
             np.take(entry_vals, self._A_U_order, out=self._A_U.data)
         return self._A_U
 
-
-def exact_fit_error(model: str, names: list[str], quad: float) -> NotIdentifiedError:
-    """The error for data the fixed effects fit exactly: the sds ``names`` go to 0, the likelihood to infinity."""
-    sds = ", ".join(f"`{n}`" for n in names)
-    return NotIdentifiedError(
-        f"The data of `{model}` are fitted exactly (residual sum of squares {quad:.3g}, at the rounding of the "
-        f"data), so the likelihood grows without bound as {sds} {'goes' if len(names) == 1 else 'go'} to 0 and "
-        f"{'has' if len(names) == 1 else 'have'} no estimate. Check for a constant response, a response equal to "
-        "a predictor, or as many fixed effects as observations."
-    )

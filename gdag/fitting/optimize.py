@@ -20,8 +20,8 @@ from ..pattern import Conditioning
 from ..spec import ModelSpec, check_param_value
 from .boundary import Held, HeldLog, at_optimum, boundary_sds
 from .monitor import STOPPED, FitStopped
-from .objective import EXACT_FIT, MAX_DEPTH, Evaluation, Objective, exact_fit_error
-from .roles import SD_FLOOR, Roles
+from .objective import EXACT_FIT, MAX_DEPTH, Evaluation, Objective
+from .roles import SD_FLOOR, Roles, exact_fit_error
 
 # An sd below this, relative to its scale, is at its boundary 0 (lme4's isSingular tolerance on theta).
 SINGULAR_TOL = 1e-4
@@ -59,7 +59,7 @@ class FitLog:
 
 
 def starting_point(spec: ModelSpec, cm: CompiledModel, cond: Conditioning, x: np.ndarray, roles: Roles,
-                   init: Mapping | None) -> tuple[np.ndarray, np.ndarray]:
+                   init: Mapping | None, leaves=None) -> tuple[np.ndarray, np.ndarray]:
     """The optimizer's starting variables and their scales (one each per entry of ``roles.optimized``).
 
     Default starting values are the values given to ``m.param``, else relative
@@ -83,13 +83,13 @@ def starting_point(spec: ModelSpec, cm: CompiledModel, cond: Conditioning, x: np
             given[cm.param_span(name)] = check_param_value(param, value)
     x_R = x[cond.R]
     observed = x_R[np.isfinite(x_R)] if cond.n_unobserved else x_R
-    spread = float(np.std(observed)) if observed.size > 1 else 1.0
+    spread = float(np.std(observed)) if leaves is None and observed.size > 1 else 1.0 if leaves is None else leaves.spread
     spread = spread if spread > 0 else 1.0
     prof = roles.profiled
     sigma0 = given[prof] if prof >= 0 and np.isfinite(given[prof]) else None
     free = roles.optimized
     ratio0 = 1.0 / math.sqrt(max(1, int(np.count_nonzero(roles.sd[free]))))
-    rms = _design_rms(cm, np.isfinite(x))
+    rms = _design_rms(cm, np.isfinite(x), None if leaves is None else leaves.coefficients)
     v0, scales = np.zeros(free.shape[0]), np.ones(free.shape[0])
     for i, entry in enumerate(free):
         g = given[entry]
@@ -107,13 +107,13 @@ def starting_point(spec: ModelSpec, cm: CompiledModel, cond: Conditioning, x: np
     return v0, scales
 
 
-def _design_rms(cm: CompiledModel, observed: np.ndarray) -> np.ndarray:
+def _design_rms(cm: CompiledModel, observed: np.ndarray, leaves=None) -> np.ndarray:
     """Per parameter entry: the root mean square of the constant coefficients with which the variables whose sd
-    it sets enter observed variables (1 where there are none)."""
+    it sets enter observed variables (1 where there are none); ``leaves``: (count, square) of rows summed apart."""
     k = (cm.B_scale < 0) & observed[cm.B_rows] & (cm.sd_param[cm.B_cols] >= 0)
     entry = cm.sd_param[cm.B_cols[k]]
-    count = np.bincount(entry, minlength=cm.n_theta)
-    square = np.bincount(entry, weights=cm.B_base[k] ** 2, minlength=cm.n_theta)
+    count = np.bincount(entry, minlength=cm.n_theta) + (0 if leaves is None else leaves[0])
+    square = np.bincount(entry, weights=cm.B_base[k] ** 2, minlength=cm.n_theta) + (0 if leaves is None else leaves[1])
     rms = np.sqrt(square / np.maximum(count, 1))
     return np.where((count > 0) & (rms > 0) & np.isfinite(rms), rms, 1.0)
 
@@ -273,22 +273,22 @@ def run_em(obj: Objective, v0: np.ndarray, tol: float, max_iter: int, log: FitLo
         )
     cm = obj.cm
     base2 = cm.sd_base[obj.cond.R] ** 2
-    counts = np.bincount(obj.sd_R[obj.sd_R >= 0], minlength=cm.n_theta)
-    v = np.asarray(v0, dtype=float)
-    previous = None
+    rows = obj.sd_R >= 0
+    v, previous = np.asarray(v0, dtype=float), None
     observed = np.ones(obj.x_R.shape[0], dtype=bool)
     observed[obj.u_in_R] = False
     for it in range(1, max_iter + 1):
         ev = log.record(v, obj.evaluate(v, moments=True))
         loglik = -0.5 * ev.objective
-        if it == 1 and np.sum(ev.e[observed] ** 2) <= EXACT_FIT**2 * np.sum(obj.x_R[observed] ** 2):
+        leaf_second, leaf_counts = obj.leaf_moments(ev)
+        if it == 1 and not obj.leaf_classes and np.sum(ev.e[observed] ** 2) <= EXACT_FIT**2 * np.sum(obj.x_R[observed] ** 2):
             raise exact_fit_error(cm.name, [obj.roles.labels[k] for k in obj.free], float(np.sum(ev.e[observed] ** 2)))
         if previous is not None and abs(loglik - previous) <= tol * max(1.0, abs(loglik)):
             return True, it - 1, "relative change of the log-likelihood below tolerance"
         previous = loglik
-        rows = obj.sd_R >= 0
-        second = np.bincount(obj.sd_R[rows], weights=(ev.e[rows] ** 2 + ev.h[rows]) / base2[rows],
-                             minlength=cm.n_theta)
+        second = leaf_second + np.bincount(obj.sd_R[rows], weights=(ev.e[rows] ** 2 + ev.h[rows]) / base2[rows],
+                                           minlength=cm.n_theta)
+        counts = leaf_counts + np.bincount(obj.sd_R[rows], minlength=cm.n_theta)
         theta2 = second[obj.free] / counts[obj.free]
         v = np.sqrt(theta2) / obj.scales
     return False, max_iter, "iteration limit reached"

@@ -64,19 +64,28 @@ def entry_labels(cm: CompiledModel) -> tuple[str, ...]:
     return tuple(out)
 
 
-def infer_roles(cm: CompiledModel, cond: Conditioning, profile: bool = True) -> Roles:
-    """Classify every parameter entry; see the module docstring."""
+def infer_roles(cm: CompiledModel, cond: Conditioning, profile: bool = True, leaf_rows: np.ndarray | None = None,
+                leaf_linear: np.ndarray | None = None) -> Roles:
+    """Classify every parameter entry; see the module docstring.
+
+    Rows summed apart (:mod:`gdag.fitting.reduced`) count too: ``leaf_rows[k]`` of them have
+    their sd set by entry ``k`` (the last, ``leaf_rows[n_theta]``, a constant sd), and
+    ``leaf_linear`` marks the entries in their means.
+    """
     n = cm.n_theta
     owner = np.repeat(np.arange(len(cm.param_names)), cm.param_size)
     positive = cm.param_positive[owner] if n else np.zeros(0, bool)
     sd = np.zeros(n, bool)
     sd_R = cm.sd_param[cond.R]
     sd[sd_R[sd_R >= 0]] = True
+    leaf_rows = np.zeros(n + 1, np.int64) if leaf_rows is None else leaf_rows
+    sd[:n] |= leaf_rows[:n] > 0
     scale = np.zeros(n, bool)
     scale[cm.B_scale[cm.B_scale >= 0]] = True
     linear = np.zeros(n, bool)
     if n:
         linear[np.unique(sp.coo_matrix(cm.F).col)] = True
+        linear |= False if leaf_linear is None else leaf_linear
     fixed = linear & ~sd & ~scale & ~positive
     free = (sd | scale | linear) & ~fixed
     labels = entry_labels(cm)
@@ -92,10 +101,11 @@ def infer_roles(cm: CompiledModel, cond: Conditioning, profile: bool = True) -> 
     # Profile a common scale when every stochastic variable's sd carries an entry used
     # only as an sd: then d = sigma^2 d(t), sigma the entry of most observed variables.
     profiled = -1
-    if profile and sd_R.size and np.all(sd_R >= 0) and cond.O.size:
+    if profile and (sd_R.size or leaf_rows.any()) and np.all(sd_R >= 0) and leaf_rows[n] == 0 \
+            and cond.O.size + leaf_rows.sum():
         pure = sd & ~scale & ~linear
-        if np.all(pure[np.unique(sd_R)]):
-            profiled = int(np.argmax(np.bincount(cm.sd_param[cond.O], minlength=n)))
+        if np.all(pure[np.unique(np.concatenate([sd_R, np.flatnonzero(leaf_rows)]))]):
+            profiled = int(np.argmax(np.bincount(cm.sd_param[cond.O], minlength=n) + leaf_rows[:n]))
     return Roles(np.flatnonzero(fixed), np.flatnonzero(free), sd, scale, linear, positive, profiled, labels)
 
 
@@ -106,4 +116,15 @@ def not_identified_message(labels) -> str:
         f"The fixed effects {names} are not identified by the data: in the means of the observed "
         "nodes their columns are zero or linearly dependent (a parameter with no data, or collinear "
         "predictors). Remove or merge them, or make them random effects."
+    )
+
+
+def exact_fit_error(model: str, names: list[str], quad: float) -> NotIdentifiedError:
+    """The error for data the fixed effects fit exactly: the sds ``names`` go to 0, the likelihood to infinity."""
+    sds = ", ".join(f"`{n}`" for n in names)
+    return NotIdentifiedError(
+        f"The data of `{model}` are fitted exactly (residual sum of squares {quad:.3g}, at the rounding of the "
+        f"data), so the likelihood grows without bound as {sds} {'goes' if len(names) == 1 else 'go'} to 0 and "
+        f"{'has' if len(names) == 1 else 'have'} no estimate. Check for a constant response, a response equal to "
+        "a predictor, or as many fixed effects as observations."
     )

@@ -1,0 +1,373 @@
+r"""Fits whose observed leaf families enter as sums over their rows (:mod:`gdag.fitting.leaves`).
+
+The latent model (the declaration without the leaf families) keeps the exact
+general path of :class:`~gdag.fitting.objective.Objective`; each variance class
+``k`` of the leaves' rows adds ``omega_k = 1 / theta_k^2`` times its sums:
+
+.. math::
+
+    Q \mathrel{+}= \omega_k Z^T W Z, \quad b \mathrel{+}= \omega_k Z^T W \tilde y, \quad
+    G \mathrel{-}= \omega_k Z^T W X, \quad F^T W F \mathrel{+}= \omega_k X^T W X, \quad
+    F^T W r_0 \mathrel{-}= \omega_k X^T W \tilde y
+
+(``tilde y``: the data less offsets and observed parents), and to the objective
+its residual quadratic form, ``sum log d`` and row count.  ``Q`` lives on the
+union of the latent pattern and the sums' patterns, analysed once.  For a
+class whose sd is optimized (not the profiled scale) the gradient adds
+``2 / theta (n_k - omega_k tr_k - omega_k q_k / sigma^2)`` with ``q_k`` the
+class's ``e^T W e / omega_k`` and ``tr_k = sum w h = tr(Q^{-1} Z^T W Z)`` (REML:
+plus the fixed effects' part), ``Q^{-1}`` from the selected inverse.
+
+Nothing row-sized is kept: the leaves' memory is that of their sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+
+from ..cache import QueryCache
+from ..compiler import CompiledModel
+from ..data import data_vector, fully_observed, without
+from ..errors import ModelSpecError
+from ..linalg import factor as factors
+from ..linalg.blocked import analyze_blocked
+from ..observations import CHUNK_ROWS, LeafRows, reducible_families
+from ..pattern import Conditioning
+from ..spec import ModelSpec
+from ..timing import phase
+from . import derivatives
+from .derivatives import Point
+from .leaves import LeafStatistics, add, chunk_sums, reference_fit
+from .objective import Evaluation, Objective
+from .roles import Roles, exact_fit_error, infer_roles
+
+# With the data summed, an exact fit is seen only to the sums' rounding (about 1e-16 of the residual's square).
+LEAF_EXACT_FIT = 64 * np.finfo(float).eps
+
+
+class ReducedObjective(Objective):
+    """:class:`~gdag.fitting.objective.Objective` of the latent model plus the leaves' :class:`LeafStatistics`."""
+
+    def __init__(self, cm: CompiledModel, cond: Conditioning, x: np.ndarray, roles: Roles, reml: bool,
+                 stats: LeafStatistics, factorization: str = "auto", scales: np.ndarray | None = None):
+        self.stats = stats
+        super().__init__(cm, cond, x, roles, reml, factorization, scales, leaf_rows=stats.count)
+        self.exact_fit = LEAF_EXACT_FIT
+        classes = stats.classes
+        self.leaf_classes = {c.entry: (stats.names, c.count) for c in classes}
+        self._entries = np.array([c.entry for c in classes], dtype=np.int64)
+        b0 = stats.beta0
+        self._Zy = np.array([c.Zr + c.ZX @ b0 for c in classes]).reshape(len(classes), self.n_U)
+        self._Xy = np.array([c.Xr + c.XX @ b0 for c in classes]).reshape(len(classes), self.p)
+        self._size = np.array([c.rr + 2.0 * b0 @ c.Xr + b0 @ c.XX @ b0 for c in classes])
+        self._optimized = np.isin(self._entries, self.free)
+        self._analysis = None
+        if self.n_U:
+            self._union_pattern()
+
+    def _union_pattern(self) -> None:
+        """``Q``'s pattern: the latent one and every class's ``Z^T W Z``; each class's values on it."""
+        base = self.cond.gram.pattern
+        n = base.shape[0]
+        base_keys = _keys(base)
+        class_keys = [_keys(c.ZZ) for c in self.stats.classes]
+        keys = np.unique(np.concatenate([base_keys, *class_keys]))
+        cols, rows = np.divmod(keys, n)
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cols, minlength=n), out=indptr[1:])
+        self.pattern = sp.csc_matrix((np.ones(keys.size), rows, indptr), shape=(n, n))
+        self._base_position = np.searchsorted(keys, base_keys)
+        self._class_values = np.zeros((len(class_keys), keys.size))
+        for k, (c, ck) in enumerate(zip(self.stats.classes, class_keys)):
+            self._class_values[k, np.searchsorted(keys, ck)] = c.ZZ.data
+        self._pattern_rows, self._pattern_cols = rows, cols
+        self._pattern_mult = np.where(rows == cols, 1.0, 2.0)  # an off-diagonal entry stands for two
+
+    # ------------------------------------------------------------ assembly and factor
+
+    def omega(self, th: np.ndarray) -> np.ndarray:
+        """``1 / theta_k^2`` of each class (1 for a constant sd)."""
+        theta = np.where(self._entries >= 0, th[np.maximum(self._entries, 0)], 1.0)
+        return 1.0 / (theta * theta)
+
+    def _assemble(self, th: np.ndarray) -> Point:
+        pt = super()._assemble(th)
+        pt.omega = self.omega(th)
+        if self.n_U:
+            data = pt.omega @ self._class_values
+            data[self._base_position] += pt.Q.data
+            pt.Q = sp.csc_matrix((data, self.pattern.indices, self.pattern.indptr), shape=self.pattern.shape)
+            pt.b = pt.b + pt.omega @ self._Zy
+        return pt
+
+    def new_factor(self, Q: sp.csc_matrix):
+        """A factor on the union pattern's analysis (blocked for crossed designs where it pays)."""
+        if self._analysis is None:
+            with phase("analyze"):
+                found = None
+                if self.factorization != "sparse":
+                    family = np.searchsorted(self.cm.family_offset, self.cond.U, side="right") - 1
+                    found = analyze_blocked(self.pattern, family, required=self.factorization == "blocked")
+                self._analysis = found if found is not None else factors.analyze(self.pattern)
+        return self._analysis.factor(Q, self.cond.label_unobserved)
+
+    def with_leaves(self, pt: Point, G, FWF, FWr):
+        omega, classes = pt.omega, self.stats.classes
+        for k, c in enumerate(classes):
+            G = G - omega[k] * c.ZX
+            FWF = FWF + omega[k] * c.XX
+        return G, FWF, FWr - omega @ self._Xy
+
+    def leaf_residual(self, pt: Point, beta: np.ndarray) -> tuple[float, float, float]:
+        """``sum_k omega_k q_k`` with ``q_k`` the class's quadratic form in ``(m, beta - beta0)``."""
+        m, delta = pt.m, beta - self.stats.beta0
+        q = np.empty(len(self.stats.classes))
+        for k, c in enumerate(self.stats.classes):
+            Lm = c.ZZ @ m
+            mZZm = 2.0 * float(m @ Lm) - float(np.dot(c.ZZ.diagonal() * m, m))
+            q[k] = (c.rr - 2.0 * float(c.Zr @ m) - 2.0 * float(c.Xr @ delta) + mZZm
+                    + 2.0 * float(m @ (c.ZX @ delta)) + float(delta @ c.XX @ delta))
+        pt.leaf_q, pt.beta = q, beta
+        counts = np.array([c.count for c in self.stats.classes], dtype=float)
+        log_d = float(sum(c.log_base for c in self.stats.classes) - counts @ np.log(pt.omega))
+        return float(pt.omega @ q), log_d, float(pt.omega @ self._size)
+
+    # ------------------------------------------------------------ derivatives
+
+    def _derivatives(self, out: Evaluation, pt: Point, v, gradient: bool, curvature: bool, moments: bool) -> None:
+        super()._derivatives(out, pt, v, gradient or curvature, False, moments)
+        if self._optimized.any() and (gradient or curvature or moments):
+            self._leaf_derivatives(out, pt, gradient or curvature)
+        if curvature and self.has_curvature:
+            out.curvature = derivatives.curvature(self, pt, out.gradient, v, self._information)
+
+    def _leaf_derivatives(self, out: Evaluation, pt: Point, gradient: bool) -> None:
+        """The optimized classes' second moments (for EM) and their part of the gradient."""
+        tr = self._traces(pt)
+        out.leaf_second = pt.leaf_q + tr  # sum w (e^2 + h) per class, base units
+        if gradient:
+            qfac = 1.0 / pt.sigma2 if self.roles.profiled >= 0 else 1.0
+            for k in np.flatnonzero(self._optimized):
+                i = int(np.flatnonzero(self.free == self._entries[k])[0])
+                w = pt.omega[k]
+                per_class = self.stats.classes[k].count - w * tr[k] - qfac * w * pt.leaf_q[k]
+                out.gradient[i] += 2.0 / pt.th[self._entries[k]] * per_class * self.scales[i]
+
+    def _information(self, pt: Point, C: np.ndarray, M: np.ndarray, moves: np.ndarray) -> np.ndarray:
+        """``C^T P C + 2 M^T P M`` (see :func:`gdag.fitting.derivatives.curvature`) with the leaves' rows.
+
+        A column's part on class ``k``'s rows is ``a_k e_k``: ``2 / theta`` for its own sd, ``1 / sigma^2``
+        for the profiled scale.  With ``u_k = -Z^T W e_k`` and ``f_k = X^T W e_k`` (base weights) the
+        projection adds ``omega a u`` to ``A_U^T W c`` and ``omega a f`` to ``F^T W c``, and a pair of
+        columns gains ``sum_k a_ki omega_k (a_kj q_k + f_k B_j - u_k M_j)``.
+        """
+        m, n_C = self.free.shape[0], C.shape[1]
+        a = np.zeros((len(self.stats.classes), n_C + moves.size))
+        for k in np.flatnonzero(self._optimized):
+            i = int(np.flatnonzero(self.free == self._entries[k])[0])
+            a[k, i] = 2.0 / pt.th[self._entries[k]] * self.scales[i]
+        if n_C > m:  # the profiled scale's column
+            a[:, m] = 1.0 / pt.sigma2
+        R = np.hstack([C, M[:, moves]])
+        WR = pt.W[:, None] * R
+        U, F_e = self._residual_products(pt)
+        wa = pt.omega[:, None] * a
+        A_U = (pt.A_U if pt.A_U is not None else self.A_U(pt.entry_vals)) if self.n_U else sp.csr_matrix((R.shape[0], 0))
+        t = np.asarray(A_U.T @ WR) + U.T @ wa
+        solved = self._factor.solve(t).reshape(self.n_U, -1) if self.n_U else t
+        res = R.copy()
+        B = np.zeros((self.p, R.shape[1]))
+        if self.reml and self.p:
+            rhs = pt.Z_F.T @ t - (np.asarray(pt.F.T @ WR) + F_e.T @ wa)
+            B = sla.cho_solve((pt.chol_S, True), rhs, check_finite=False)
+            solved = solved + pt.Z_F @ B
+            res = res + np.asarray(pt.F @ B)
+        res = res - np.asarray(A_U @ solved)
+        P = pt.W[:, None] * res
+        leaf = wa.T @ (a * pt.leaf_q[:, None] + F_e @ B - U @ solved)
+        H = C.T @ P[:, :n_C] + leaf[:n_C, :n_C]
+        H[np.ix_(moves, moves)] += 2.0 * (M[:, moves].T @ P[:, n_C:] + leaf[n_C:, n_C:])
+        return H
+
+    def _residual_products(self, pt: Point) -> tuple[np.ndarray, np.ndarray]:
+        """``u_k = -Z^T W e_k`` (classes x |U|) and ``f_k = X^T W e_k`` (classes x p), base weights."""
+        m, delta = pt.m, pt.beta - self.stats.beta0
+        U = np.array([-(c.Zr - c.ZX @ delta - (c.ZZ @ m + c.ZZ.T @ m - c.ZZ.diagonal() * m))
+                      for c in self.stats.classes]).reshape(len(self.stats.classes), self.n_U)
+        F_e = np.array([c.Xr - c.XX @ delta - c.ZX.T @ m for c in self.stats.classes]).reshape(-1, self.p)
+        return U, F_e
+
+    def _traces(self, pt: Point) -> np.ndarray:
+        """``tr_k = sum_{rows of k} w h`` for the optimized classes (0 for the others)."""
+        tr = np.zeros(len(self.stats.classes))
+        cov = pt.fac.covariances(self._pattern_rows, self._pattern_cols) if self.n_U else np.zeros(0)
+        for k in np.flatnonzero(self._optimized):
+            c = self.stats.classes[k]
+            tr[k] = float(self._class_values[k] @ (self._pattern_mult * cov)) if self.n_U else 0.0
+            if self.reml and self.p:  # the fixed effects' part: tr(S^{-1} sum w V^T V), V = -(Z Z_F + X)
+                ZF = pt.Z_F
+                ZZ_ZF = c.ZZ @ ZF + c.ZZ.T @ ZF - c.ZZ.diagonal()[:, None] * ZF
+                M = ZF.T @ ZZ_ZF + ZF.T @ c.ZX + c.ZX.T @ ZF + c.XX
+                tr[k] += float(np.trace(sla.cho_solve((pt.chol_S, True), M, check_finite=False)))
+        return tr
+
+    def leaf_moments(self, ev: Evaluation):
+        second, counts = np.zeros(self.cm.n_theta), np.zeros(self.cm.n_theta)
+        found = getattr(ev, "leaf_second", None)
+        for k in np.flatnonzero(self._optimized):
+            second[self._entries[k]] += found[k]
+            counts[self._entries[k]] += self.stats.classes[k].count
+        if found is not None and float(np.sum(found)) <= LEAF_EXACT_FIT * float(np.sum(self._size)):
+            raise exact_fit_error(self.cm.name, [self.roles.labels[k] for k in self.free], float(np.sum(found)))
+        return second, counts
+
+
+def _keys(pattern: sp.csc_matrix) -> np.ndarray:
+    """``col * n + row`` of each stored entry (ascending for a canonical CSC matrix)."""
+    n = pattern.shape[0]
+    cols = np.repeat(np.arange(n, dtype=np.int64), np.diff(pattern.indptr))
+    return cols * n + pattern.indices.astype(np.int64)
+
+
+# ---------------------------------------------------------------- the sums of in-memory leaves
+
+
+def reduced_setup(spec: ModelSpec, queries: QueryCache, data, profile: bool):
+    """``(cm, cond, x, observed, roles, stats)`` of the latent model and the leaves' sums, or None when no
+    observed leaf family can be summed (:func:`gdag.observations.reducible_families`, :func:`fit_ready`)."""
+    full = fully_observed(spec, data)
+    leaves = reducible_families(queries.graph(spec), full) if full else ()
+    if not leaves:
+        return None
+    latent_queries, latent = queries.latent(spec, leaves)
+    cm = latent_queries.compiled(latent)
+    x, observed = data_vector(latent, cm, without(spec, data, leaves))
+    cond = latent_queries.conditioning_for(cm, observed)
+    rows = [LeafRows(spec.nodes[name], cm) for name in sorted(leaves)]
+    leaf_rows, leaf_linear = leaf_rows_of(rows, cm.n_theta)
+    if cm.n_theta == 0:
+        return None  # the general path says there is nothing to fit
+    roles = infer_roles(cm, cond, profile, leaf_rows, leaf_linear)
+    if not fit_ready(rows, roles):
+        return None
+    with phase("assemble"):
+        stats = leaf_statistics(rows, full, x, cond.pos_U, cond.n_unobserved, roles.fixed)
+    x_R = x[cond.R]
+    start = LeafStart(_spread([x_R[np.isfinite(x_R)], *(full[name] for name in stats.names)]),
+                      _coefficients(stats, cm.sd_param[cond.U], cm.n_theta))
+    return cm, cond, x, observed, roles, stats, start
+
+
+@dataclass(frozen=True)
+class LeafStart:
+    """What starting values read of the data: their sd and, per sd entry, (count, sum of squares) of the
+    coefficients with which its variables enter the leaves' rows."""
+
+    spread: float
+    coefficients: tuple[np.ndarray, np.ndarray]
+
+
+def _spread(parts: list[np.ndarray]) -> float:
+    """The sd of the values of all ``parts`` together (their counts, means and squared deviations combined)."""
+    n = np.array([p.size for p in parts], dtype=float)
+    if n.sum() < 2:
+        return 1.0
+    means = np.array([p.mean() if p.size else 0.0 for p in parts])
+    mean = float(n @ means / n.sum())
+    square = sum(float(np.sum((p - m) ** 2)) for p, m in zip(parts, means)) + float(n @ (means - mean) ** 2)
+    return float(np.sqrt(square / n.sum()))
+
+
+def _coefficients(stats: LeafStatistics, sd_of_U: np.ndarray, n_theta: int) -> tuple[np.ndarray, np.ndarray]:
+    has = sd_of_U >= 0
+    count = sum(np.bincount(sd_of_U[has], weights=c.Zn[has], minlength=n_theta) for c in stats.classes)
+    square = sum(np.bincount(sd_of_U[has], weights=c.Z2[has], minlength=n_theta) for c in stats.classes)
+    return count, square
+
+
+def fit_ready(leaves: list[LeafRows], roles: Roles) -> bool:
+    """Whether every leaf can be summed for a fit: no parameter scales a node term, the parameters in their
+    means are fixed effects and those setting their sds only that."""
+    fixed = np.zeros(roles.sd.shape[0], bool)
+    fixed[roles.fixed] = True
+    for leaf in leaves:
+        if any(s >= 0 for s in leaf.scale) or not all(np.all(fixed[t]) for _, t, _ in leaf.fixed):
+            return False
+        if leaf.sd_theta is not None and not np.all(roles.pure_variance[np.unique(leaf.sd_theta)]):
+            return False
+    return True
+
+
+def leaf_rows_of(leaves: list[LeafRows], n_theta: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows per sd entry, the last for constant sds; entries in the means)`` for :func:`infer_roles`."""
+    rows, linear = np.zeros(n_theta + 1, np.int64), np.zeros(n_theta, bool)
+    for leaf in leaves:
+        if leaf.sd_theta is None:
+            rows[n_theta] += leaf.size
+        else:
+            rows[:n_theta] += np.bincount(leaf.sd_theta, minlength=n_theta)
+        for _, t, _ in leaf.fixed:
+            linear[t] = True
+    return rows, linear
+
+
+def leaf_statistics(leaves: list[LeafRows], data: dict, x: np.ndarray, pos_U: np.ndarray, n_U: int,
+                    fixed: np.ndarray, chunk_rows: int = CHUNK_ROWS, beta0: np.ndarray | None = None) -> LeafStatistics:
+    """The sums of in-memory leaves, chunk by chunk in row order; ``fixed``: the fixed effects' theta entries."""
+    column = np.full(max(int(fixed.max(initial=-1)) + 1, 1), -1, dtype=np.int64)
+    column[fixed] = np.arange(fixed.shape[0])
+    p = fixed.shape[0]
+    if beta0 is None:
+        first = leaves[0]
+        rows = slice(0, min(first.size, chunk_rows))
+        X, y_tilde, _, w, _ = _chunk(first, data[first.name], x, pos_U, column, p, rows)
+        beta0 = reference_fit(X, y_tilde, w)
+    total = None
+    for leaf in leaves:
+        for start in range(0, leaf.size, max(chunk_rows, 1)):
+            rows = slice(start, min(start + chunk_rows, leaf.size))
+            X, y_tilde, cols, w, entries = _chunk(leaf, data[leaf.name], x, pos_U, column, p, rows)
+            r = y_tilde - X @ beta0
+            sums = []
+            for entry in np.unique(entries):
+                keep = entries == entry
+                sums.append(chunk_sums(cols[:, keep], _coefs(leaf, rows)[:, keep], X[keep], r[keep], w[keep],
+                                       int(entry), n_U))
+            part = LeafStatistics(tuple(sorted(lf.name for lf in leaves)), beta0, tuple(sums))
+            total = part if total is None else add(total, part)
+    return total
+
+
+def _coefs(leaf: LeafRows, rows: slice) -> np.ndarray:
+    n = rows.stop - rows.start
+    return np.array([c[rows] for c in leaf.coef], dtype=float).reshape(len(leaf.coef), n)
+
+
+def _chunk(leaf: LeafRows, y: np.ndarray, x: np.ndarray, pos_U: np.ndarray, column: np.ndarray, p: int, rows: slice):
+    """One chunk's ``X``, data less offsets and observed parents, latent columns, base weights and sd entries."""
+    n, start = rows.stop - rows.start, rows.start
+    X = np.zeros((n, p))
+    for t_rows, t_theta, t_vals in leaf.fixed:
+        keep = (t_rows >= start) & (t_rows < rows.stop)
+        np.add.at(X, (t_rows[keep] - start, column[t_theta[keep]]), t_vals[keep])
+    y_tilde = y[rows] - np.broadcast_to(leaf.offset, (leaf.size,))[rows]
+    cols = np.empty((len(leaf.parent), n), dtype=np.int64)
+    for a, (parent, coef) in enumerate(zip(leaf.parent, leaf.coef)):
+        par = parent[rows]
+        has = par >= 0
+        u = np.where(has, pos_U[np.maximum(par, 0)], -1)
+        seen = has & (u < 0)  # an observed parent: its value is data
+        if seen.any():
+            y_tilde = y_tilde - np.where(seen, coef[rows] * x[np.maximum(par, 0)], 0.0)
+        cols[a] = u
+    base = leaf.sd_base[rows]
+    w = 1.0 / (base * base)
+    if not np.all(np.isfinite(w) & (w > 0)):
+        raise ModelSpecError(f"`{leaf.name}` has sds whose squares are not positive numbers in double precision; "
+                                 "rescale its units.")
+    entries = np.full(n, -1, np.int64) if leaf.sd_theta is None else leaf.sd_theta[rows]
+    return X, y_tilde, cols, w, entries

@@ -1,0 +1,122 @@
+"""Fits with observed leaf families summed over their rows (gdag.fitting.reduced), against dense numpy.
+
+The sums are used on their own only for large families (observations.MIN_ROWS); here every eligible
+family is summed, so small random models exercise them: the objective, GLS fixed effects and natural
+parameters equal the dense oracle's (tests/test_fit.py's), the gradient equals the joint system's, and
+fits reach the joint system's optimum.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_fit import dense_objective, random_case, spec_roles
+from test_observations import observed_leaves_and_some
+
+import gdag
+from gdag import observations
+from gdag.data import data_vector
+from gdag.fitting.objective import Objective
+from gdag.fitting.reduced import ReducedObjective, reduced_setup
+from gdag.fitting.roles import infer_roles
+
+
+def reduced_case(seed, sds_are_params, profile):
+    """A random model with its leaves observed in full: ``(rng, spec, m, data, x, setup)``, or None."""
+    rng, spec, m, _, _ = random_case(seed, sds_are_params)
+    data, x = observed_leaves_and_some(spec, rng, 0.5)
+    if not data:
+        return None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(observations, "MIN_ROWS", 0)
+        try:
+            setup = reduced_setup(m.spec(), m._queries, data, profile)
+        except gdag.NotIdentifiedError:
+            return None  # a parameter the random model does not use (the general path says so too)
+    return None if setup is None else (rng, spec, m, data, x, setup)
+
+
+def joint_objective(m, data, roles_profile, reml):
+    """The general path's objective on the same model and data (every row in the joint system)."""
+    cm = m._queries.compiled(m.spec())
+    x, observed = data_vector(m.spec(), cm, data)
+    cond = m._queries.conditioning_for(cm, observed)
+    return Objective(cm, cond, x, infer_roles(cm, cond, profile=roles_profile), reml)
+
+
+@pytest.mark.parametrize("sds_are_params", [False, True])
+def test_reduced_objective_equals_dense_formula_on_random_models(sds_are_params):
+    checked = profiled = optimized_leaf = curved = 0
+    for seed in range(1500):
+        profile = bool(seed % 2)
+        case = reduced_case(seed, sds_are_params, profile)
+        if case is None:
+            continue
+        rng, spec, m, data, x, (cm, cond, x_gdag, _, roles, stats, _) = case
+        own = spec_roles(spec, ~np.isnan(x), profile)
+        assert (list(roles.fixed), list(roles.optimized), roles.profiled) == (own.fixed, own.optimized, own.profiled)
+        for reml in (False, True):
+            v = rng.uniform(0.5, 1.5, size=len(own.optimized))
+            expected = dense_objective(spec, own, v, x, reml)
+            if expected is None:
+                with pytest.raises(gdag.NotIdentifiedError):
+                    ReducedObjective(cm, cond, x_gdag, roles, reml, stats).evaluate(v)
+                continue
+            dense, beta, theta = expected
+            ev = ReducedObjective(cm, cond, x_gdag, roles, reml, stats).evaluate(v, gradient=True, curvature=True)
+            assert ev.objective == pytest.approx(dense, rel=1e-8, abs=1e-8), seed
+            np.testing.assert_allclose(ev.beta, beta, rtol=1e-6, atol=1e-6 * (1 + np.abs(beta).max(initial=0)))
+            np.testing.assert_allclose(ev.theta, theta, rtol=1e-6, atol=1e-6 * (1 + np.abs(theta).max()))
+            joint = joint_objective(m, data, profile, reml)
+            if joint.exact_gradient:
+                there = joint.evaluate(v, gradient=True, curvature=True)
+                g = there.gradient
+                np.testing.assert_allclose(ev.gradient, g, rtol=1e-6, atol=1e-7 * (1 + np.abs(g).max(initial=0)))
+                if joint.has_curvature:  # the average information, rows summed or not
+                    H = there.curvature
+                    np.testing.assert_allclose(ev.curvature, H, rtol=1e-6, atol=1e-7 * (1 + np.abs(H).max(initial=0)))
+                    curved += 1
+            checked += 1
+            profiled += own.profiled >= 0
+            optimized_leaf += any(e in set(roles.optimized.tolist()) for e in (c.entry for c in stats.classes))
+        if checked >= 30 and profiled >= 10 * sds_are_params and optimized_leaf >= 10 * sds_are_params:
+            break
+    assert checked >= 30 and profiled >= 10 * sds_are_params and optimized_leaf >= 10 * sds_are_params and curved >= 20
+
+
+def slopes_frame(seed=0, n=3000, groups=60, mean=100.0):
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, groups, n)
+    x = rng.normal(size=n)
+    u0, u1 = rng.normal(size=groups), 0.4 * rng.normal(size=groups)
+    y = mean + 0.5 * x + u0[g] + u1[g] * x + rng.normal(size=n)
+    return pd.DataFrame({"y": y, "x": x, "g": g.astype(str)})
+
+
+@pytest.mark.parametrize("method", ["reml", "ml"])
+def test_correlated_slopes_reach_the_joint_systems_optimum(monkeypatch, method):
+    """``y ~ 1 + x + (1 + x | g)`` with a large mean (100 residual sds): the same fit either way."""
+    df = slopes_frame()
+    monkeypatch.setattr(observations, "MIN_ROWS", 10**9)
+    joint = gdag.lmer("y ~ 1 + x + (1 + x | g)", df, method=method)
+    monkeypatch.setattr(observations, "MIN_ROWS", 0)
+    reduced = gdag.lmer("y ~ 1 + x + (1 + x | g)", df, method=method)
+    assert reduced.converged and reduced.nobs == joint.nobs == len(df)
+    assert reduced.loglik == pytest.approx(joint.loglik, rel=1e-11, abs=1e-8)
+    for name, value in joint.params.items():
+        np.testing.assert_allclose(reduced.params[name], value, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(reduced.stderr["beta"], joint.stderr["beta"], rtol=1e-7)
+    ours, theirs = reduced.ranef(), joint.ranef()
+    np.testing.assert_allclose(ours.iloc[:, -2:].to_numpy(float), theirs.iloc[:, -2:].to_numpy(float), rtol=1e-4, atol=1e-6)
+
+
+def test_em_with_summed_rows_reaches_the_joint_systems_optimum(monkeypatch):
+    """EM needs the leaves' residual second moments ``sum w (e^2 + h)``: from the sums and the selected inverse."""
+    df = slopes_frame(seed=3, n=1500, groups=40)
+    m = gdag.from_formula("y ~ 1 + x + (1 | g)", df)
+    monkeypatch.setattr(observations, "MIN_ROWS", 10**9)
+    joint = m.fit(df, method="em")
+    monkeypatch.setattr(observations, "MIN_ROWS", 0)
+    reduced = m.fit(df, method="em")
+    assert reduced.loglik == pytest.approx(joint.loglik, rel=1e-12)
+    for name, value in joint.params.items():
+        np.testing.assert_allclose(reduced.params[name], value, rtol=1e-8)
