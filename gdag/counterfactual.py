@@ -123,6 +123,7 @@ class Counterfactual:
 
     def mean(self, node) -> np.ndarray | float:
         """Counterfactual mean of every entry of ``node`` (a float for a scalar node)."""
+        self.factual._check_mean_accuracy()  # the factual means it moves: refused or warned about as there
         return self._shaped(node, self._mean)
 
     def var(self, node) -> np.ndarray | float:
@@ -159,6 +160,7 @@ class Counterfactual:
         draws = np.zeros((n_U, n))
         if self._factor is not None:
             self.factual._check_variance_accuracy("counterfactual draws")
+            self.factual._check_mean_accuracy()
             draws = self._factor.sample(rng.standard_normal((n_U, n)))
         return {name: (self._mean[self._span[name]][:, None] + self._G[self._span[name]] @ draws).T.copy()
                 for name in names}

@@ -58,7 +58,7 @@ class Posterior:
         with np.errstate(over="ignore", invalid="ignore"):
             self._mean = self._full_mean()
         require_finite(self._mean, "posterior mean", cm)
-        self._var = self._G = self._kappa = None
+        self._var = self._G = self._kappa = self._var_U = self._hopeless = None
 
     def __getstate__(self) -> dict:  # without the factor (CHOLMOD's does not pickle): loading refactors the system
         return {**self.__dict__, "_factor": None, "_nodes": None if self._nodes is None else dict(self._nodes)}
@@ -300,8 +300,7 @@ class Posterior:
         var = np.zeros(self._cm.n)
         if self._factor is None:
             return var
-        with np.errstate(over="ignore", invalid="ignore"):
-            var[cond.U] = self._factor.inverse_diagonal()
+        var[cond.U] = self._variances_U()
         self._check_variance_accuracy(variances_U=var[cond.U])
         with np.errstate(over="ignore", invalid="ignore"):
             if cond.S.size:
@@ -334,7 +333,29 @@ class Posterior:
     def _check_mean_accuracy(self) -> None:
         """Warn about or refuse means whose refinement left a doubt (:func:`gdag.accuracy.check_mean_accuracy`)."""
         check_mean_accuracy(self._cm.name, self._mean_error, self.variance_error_bound,
-                            lambda j: self._cond.label_unobserved(np.array([j]))[0])
+                            lambda j: self._cond.label_unobserved(np.array([j]))[0], self._no_digit)
+
+    def _no_digit(self) -> int | None:
+        """The position in U where the factor has no certain digit (variance bound >= 0.1), or None (decided once).
+
+        The rigorous bound from the variances (:func:`~gdag.accuracy.condition_upper_bound`,
+        no solves; the variances come from one selected inversion, kept for ``var()``) decides
+        when it clears; otherwise the estimator does (:meth:`variance_error_bound`).
+        """
+        if self._factor is None:
+            return None
+        if self._hopeless is None:
+            cheap = 4 * np.finfo(float).eps * condition_upper_bound(self._system.Q, self._variances_U())
+            hopeless = not cheap < VARIANCE_HOPELESS and not self.variance_error_bound() < VARIANCE_HOPELESS
+            self._hopeless = self._scaled_condition()[1] if hopeless else -1
+        return None if self._hopeless < 0 else self._hopeless
+
+    def _variances_U(self) -> np.ndarray:
+        """``diag(Q_UU^{-1})`` by selected inversion, unchecked (computed once)."""
+        if self._var_U is None:
+            with np.errstate(over="ignore", invalid="ignore"):
+                self._var_U = self._factor.inverse_diagonal()
+        return self._var_U
 
     @timed("accuracy check")
     def _check_variance_accuracy(self, what: str = "variances", variances_U: np.ndarray | None = None) -> None:

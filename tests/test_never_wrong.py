@@ -395,3 +395,17 @@ def test_names_and_labels_with_backslashes_and_quotes_render():
     m.normal("y", u[codes], 1.0, plate=m.plate("o", 3))
     for expanded in (False, True):  # graphviz's CalledProcessError (invalid DOT) before
         assert m.render(expanded=expanded).pipe(format="svg").startswith(b"<?xml")
+
+
+def test_a_counterfactual_of_means_without_a_certain_digit_is_refused_too():
+    # Before: post.mean refused, but the counterfactual moved the same wrong factual means (0.17 posterior
+    # sds off, tests/test_accuracy.py) and returned them with no warning
+    from test_accuracy import ar_chain
+
+    m, B, c, d, x = ar_chain(256)
+    post = m.posterior({"x": x})
+    cf = post.counterfactual({"x": np.r_[np.nan, 1.0, np.full(x.size - 2, np.nan)]})
+    with pytest.raises(gdag.NotIdentifiedError, match="the factor of the posterior precision has no certain digit"):
+        cf.mean("x")
+    with pytest.raises(gdag.NotIdentifiedError, match="counterfactual draws of `ar` cannot be computed"):
+        cf.sample(2, seed=0)
