@@ -120,6 +120,10 @@ class LeafRows:
         self.sd_theta = None if node.sd.param is None else node.sd.param_index + _param_start(cm, node.sd.param.name)
         # parameter terms whose rows increase: a chunk's part is a slice (found by binary search)
         self._fixed_sorted = [bool(np.all(rows[1:] >= rows[:-1])) for rows, _, _ in self.fixed]
+        # one coefficient for every row of every term (gathers: 1): the kernels read it, not a column of ones
+        vals = [t.vals for t in node.mean.terms if not t.source.is_param]
+        same = all(v.size and np.all(v == v[0]) for v in vals)
+        self._one_coef = np.array([v[0] for v in vals], dtype=float).reshape(-1, 1) if same else None
 
     @property
     def parent(self) -> list[np.ndarray]:
@@ -166,7 +170,6 @@ class LeafRows:
             raise ModelError(f"The mean or data of `{entry}` overflow double precision; rescale the model's units.")
         return _stacked(coefs, r.shape[0], float), r, d
 
-
     def kernel_arguments(self, theta: np.ndarray, rows: slice, sd_only: bool = False) -> tuple:
         """What :mod:`gdag.linalg.rows` reads of ``rows``: ``(cols, vals, starts, scales, offset, sd, sd_theta, extra)``.
 
@@ -176,10 +179,10 @@ class LeafRows:
         sd = _row_values(self.sd_base, rows)
         sd_theta = _NO_INDEX if self.sd_theta is None else np.ascontiguousarray(self.sd_theta[rows], dtype=np.int64)
         if sd_only:
-            return None, None, None, None, None, sd, sd_theta, None
+            return sd, sd_theta
         n = rows.stop - rows.start
         cols = _stacked([c[rows] for c in self.cols], n, np.int64)
-        vals = _stacked([c[rows] for c in self.coef], n, float)
+        vals = self._one_coef if self._one_coef is not None else _stacked([c[rows] for c in self.coef], n, float)
         scales = np.array([1.0 if k < 0 else theta[k] for k in self.scale], dtype=float)
         extra = _NO_EXTRA
         if self.fixed:
@@ -191,8 +194,7 @@ class LeafRows:
                     keep = (t_rows >= rows.start) & (t_rows < rows.stop)
                 extra += np.bincount(t_rows[keep] - rows.start, weights=t_vals[keep] * theta[t_theta[keep]],
                                      minlength=n)
-        starts = np.array(self.starts, dtype=np.int64)
-        return cols, vals, starts, scales, _row_values(self.offset, rows), sd, sd_theta, extra
+        return cols, vals, np.array(self.starts, dtype=np.int64), scales, _row_values(self.offset, rows), sd, sd_theta, extra
 
     def Z(self, theta: np.ndarray, n: int) -> sp.csr_matrix:
         """``Z`` (rows x ``n`` latent variables): the rows' coefficients on the latent variables they read."""
@@ -293,10 +295,8 @@ class ReducedConditioning:
         union.sum_duplicates()
         union.sort_indices()
         union.data[:] = 1.0
-        keys = _keys(union)
-        self._base_position = np.searchsorted(keys, _keys(base))
-        self.pattern = union
-        self._keys = keys
+        self.pattern, self._keys = union, _keys(union)
+        self._base_position = np.searchsorted(self._keys, _keys(base))
 
     def _column_in_U(self, leaf: LeafRows, a: int) -> np.ndarray:
         """The U column each row reads through term ``a``: -1 for none or an observed parent."""
@@ -347,7 +347,7 @@ class ReducedConditioning:
         total = 0.0
         for leaf in self.leaves:
             for rows in _chunks(leaf.size, self.chunk_rows):
-                _, _, _, _, _, sd, sd_theta, _ = leaf.kernel_arguments(theta, rows, sd_only=True)
+                sd, sd_theta = leaf.kernel_arguments(theta, rows, sd_only=True)
                 total += rows_kernels.leaf_log_variances(sd, sd_theta, theta, rows.stop - rows.start)
         return float(total)
 
@@ -390,8 +390,7 @@ class _ReducedGram:
         return self._latent.transpose_times(values, w_latent) + leaf_part
 
 
-_NO_KEYS = np.zeros(0, dtype=np.int64)
-_NO_INDEX = np.zeros(0, dtype=np.int64)
+_NO_KEYS = _NO_INDEX = np.zeros(0, dtype=np.int64)
 _NO_EXTRA = np.zeros(0)
 
 

@@ -6,6 +6,7 @@ forced on every eligible family, so random small models exercise it.
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -201,3 +202,52 @@ def test_a_leaf_whose_residual_overflows_is_named(always_reduce):
     m.normal("y", mean=u[np.array([0, 1, 1])] + 1e308, sd=1.0, plate=m.plate("obs", 3))
     with pytest.raises(gdag.ModelError, match=r"The mean or data of `y\[obs=2\]` overflow double precision"):
         m.posterior({"y": np.array([1.0, 2.0, -1e308])})
+
+
+def test_kernel_paths_match_the_joint_system(monkeypatch):
+    """The row kernels' variants: one coefficient for all rows or one per row, a term on some rows only,
+    a coefficient parameter, a parameter sd per row, a fixed effect, observed parents; against the joint
+    system, and chunked."""
+    rng = np.random.default_rng(5)
+    n, n_g = 300, 12
+    g, h = rng.integers(0, n_g, n), rng.integers(0, n_g, n)
+    some = np.flatnonzero(rng.random(n) < 0.5)
+    design = sp.csr_matrix((rng.uniform(0.5, 2.0, some.size), (some, h[some])), shape=(n, n_g))
+    ones = sp.csr_matrix((np.ones(some.size), (some, h[some])), shape=(n, n_g))  # on some rows, one coefficient
+
+    def model(coef):
+        m = gdag.Model("kernels")
+        u = m.normal("u", 0.5, 1.0, plate=m.plate("g", n_g))
+        v = m.normal("v", u, 0.6, plate=m.plate("g2", n_g))
+        mean = coef * u[g] + m.param("rho", value=0.7) * v[h] + gdag.dot(design if np.ndim(coef) else ones, v) \
+            + m.param("beta", value=0.2)
+        m.normal("y", mean=mean, sd=m.param("sds", size=2, positive=True, value=[0.8, 1.3])[g % 2],
+                 plate=m.plate("obs", n))
+        return m
+
+    y = rng.normal(size=n)
+    data = {"y": y, "u": np.where(rng.random(n_g) < 0.3, rng.normal(size=n_g), np.nan)}
+    for coef in (1.0, rng.uniform(0.5, 2.0, n)):
+        monkeypatch.setattr(observations, "MIN_ROWS", 0)
+        reduced = model(coef).posterior(data)
+        cond = reduced._cond
+        leaf = cond.leaves[0]
+        assert cond.leaf_data and leaf.fixed and leaf.sd_theta is not None and leaf.cols[2].min() < 0
+        assert (leaf._one_coef is None) == bool(np.ndim(coef))  # internals: both kernel layouts
+        monkeypatch.setattr(observations, "MIN_ROWS", 10**9)
+        general = model(coef).posterior(data)
+        assert not general._cond.leaf_data
+        for name in ("u", "v"):
+            np.testing.assert_allclose(reduced.mean(name), general.mean(name), rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(reduced.var(name), general.var(name), rtol=1e-10)
+        assert reduced.log_evidence == pytest.approx(general.log_evidence, rel=1e-12)
+        chunked = observations.ReducedConditioning(cond.latent, list(cond.leaves), chunk_rows=7)
+        chunked = chunked.with_data(dict(cond.leaf_data))
+        one, other = cond.system(reduced._theta, reduced._x), chunked.system(reduced._theta, reduced._x)
+        np.testing.assert_allclose(other.Q.data, one.Q.data, rtol=1e-12)
+        np.testing.assert_allclose(other.b, one.b, rtol=1e-12, atol=1e-12)
+        m_U = reduced._mean_U
+        f1, g1 = cond.leaf_residual(reduced._theta, reduced._x, m_U)
+        f2, g2 = chunked.leaf_residual(reduced._theta, reduced._x, m_U)
+        assert f2 == pytest.approx(f1, rel=1e-12)
+        np.testing.assert_allclose(g2, g1, rtol=1e-10, atol=1e-12)

@@ -3,8 +3,9 @@
 Rows are given term by term, straight from a family's declaration (no per-row
 copies): row ``i`` reads, through term ``a``, the variable
 ``starts[a] + cols[a, i]`` (none when ``cols[a, i] < 0``) with coefficient
-``vals[a, i] * scales[a]``.  ``pos`` gives each variable's column among the
-unknowns (-1 for an observed one, whose value ``x`` enters the residual).
+``vals[a, i] * scales[a]`` (``vals`` may have one column: one value for all
+rows).  ``pos`` gives each variable's column among the unknowns (-1 for an
+observed one, whose value ``x`` enters the residual).
 Each row's residual ``r = offset - y + extra + sum(c x[observed parents])``
 and variance ``d = (sd * theta[sd_theta])^2`` are computed on the fly
 (``offset`` and ``sd`` may have length 1, ``sd_theta`` and ``extra`` length 0).
@@ -46,6 +47,7 @@ def leaf_sums(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, theta
     """
     bad_d, bad_r = -1, -1
     k = cols.shape[0]
+    one = 1 if vals.shape[1] > 1 else 0
     for i in range(y.shape[0]):
         s = sd[i] if sd.shape[0] > 1 else sd[0]  # the row's residual r and variance d (written out in each
         if sd_theta.shape[0]:                    # kernel: a call passing a dozen arrays costs ~100 ns a row)
@@ -58,7 +60,7 @@ def leaf_sums(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, theta
         for a in range(k):
             j = cols[a, i]
             if j >= 0 and pos[starts[a] + j] < 0:
-                r += (vals[a, i] * scales[a]) * x[starts[a] + j]
+                r += (vals[a, i * one] * scales[a]) * x[starts[a] + j]
         if not (np.isfinite(d) and d > 0.0 and np.isfinite(1.0 / d)):
             bad_d = i if bad_d < 0 else bad_d
             continue
@@ -71,7 +73,7 @@ def leaf_sums(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, theta
             u = pos[starts[a] + j] if j >= 0 else -1
             if u < 0:
                 continue
-            c = vals[a, i] * scales[a]
+            c = vals[a, i * one] * scales[a]
             diag[u] += w * c * c
             b[u] -= w * c * r
             for t in range(a + 1, k):  # a second unknown of the same row: the cross product
@@ -79,7 +81,7 @@ def leaf_sums(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, theta
                 v = pos[starts[t] + jt] if jt >= 0 else -1
                 if v < 0:
                     continue
-                ct = vals[t, i] * scales[t]
+                ct = vals[t, i * one] * scales[t]
                 if v == u:
                     diag[u] += 2.0 * w * c * ct
                 else:
@@ -92,6 +94,7 @@ def leaf_residual(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, t
     """``e^T W e`` for ``e = r + Z m``, adding ``-Z^T W e`` into ``gradient``; nothing per row is kept."""
     f = 0.0
     k = cols.shape[0]
+    one = 1 if vals.shape[1] > 1 else 0
     for i in range(y.shape[0]):
         s = sd[i] if sd.shape[0] > 1 else sd[0]  # the row's residual r and variance d (written out in each
         if sd_theta.shape[0]:                    # kernel: a call passing a dozen arrays costs ~100 ns a row)
@@ -104,18 +107,18 @@ def leaf_residual(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, t
         for a in range(k):
             j = cols[a, i]
             if j >= 0 and pos[starts[a] + j] < 0:
-                r += (vals[a, i] * scales[a]) * x[starts[a] + j]
+                r += (vals[a, i * one] * scales[a]) * x[starts[a] + j]
         e = r
         for a in range(k):
             j = cols[a, i]
             if j >= 0 and pos[starts[a] + j] >= 0:
-                e += (vals[a, i] * scales[a]) * m[pos[starts[a] + j]]
+                e += (vals[a, i * one] * scales[a]) * m[pos[starts[a] + j]]
         we = e / d
         f += e * we
         for a in range(k):
             j = cols[a, i]
             if j >= 0 and pos[starts[a] + j] >= 0:
-                gradient[pos[starts[a] + j]] -= (vals[a, i] * scales[a]) * we
+                gradient[pos[starts[a] + j]] -= (vals[a, i * one] * scales[a]) * we
     return f
 
 
