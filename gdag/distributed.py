@@ -261,7 +261,7 @@ def _add_all(*parts):
     return total
 
 
-def tree_sum(parts: list, fan_in: int = FAN_IN):
+def tree_sum(parts: list, fan_in: int = FAN_IN, add: Callable = _add_all):
     """The sum of ``parts`` (``dask.delayed`` objects, in order) by a fixed tree of ``fan_in``-ary additions.
 
     The tree depends only on the number of parts, and each addition adds its
@@ -273,7 +273,7 @@ def tree_sum(parts: list, fan_in: int = FAN_IN):
         raise ModelError("There are no partitions to sum.")
     level = list(parts)
     while len(level) > 1:
-        level = [dask.delayed(_add_all, pure=True)(*level[i:i + fan_in]) for i in range(0, len(level), fan_in)]
+        level = [dask.delayed(add, pure=True)(*level[i:i + fan_in]) for i in range(0, len(level), fan_in)]
     return level[0]
 
 
@@ -331,24 +331,28 @@ def row_sums(part: pd.DataFrame, shared: dict) -> RowSums:
 
 @dataclass
 class _Plan:
-    """What every partition needs, built once on the client."""
+    """What every partition needs, built once on the client; the first rows and their declaration."""
 
     spec: Any
     cm: CompiledModel
     conditioning: Conditioning
-    theta: np.ndarray
+    theta: np.ndarray | None  # None for a fit
     x: np.ndarray
+    observed: np.ndarray
     shared: dict
+    probe: pd.DataFrame
+    probe_model: Any
+    probe_data: dict
 
 
-def _plan(m, ddf, rows: Callable, params, data) -> _Plan:
+def _plan(m, ddf, rows: Callable, params, data, probe_rows: int = 5, for_fit: bool = False) -> _Plan:
     """Check the model and the rows (on the first rows of the first partition), before any reduction is scheduled."""
     _check_frame(ddf)
     if not callable(rows):
         raise ModelSpecError("`rows` must be a function rows(m, part) declaring the observed families of a partition.")
     spec = m.spec()
     cm = _compiled(m, spec)
-    theta = parameter_vector(spec, cm, {} if params is None else params)
+    theta = None if for_fit else parameter_vector(spec, cm, {} if params is None else params)
     x, observed = data_vector(spec, cm, {} if data is None else data)
     conditioning = Conditioning(cm, observed)
     design, m.design = m.design, None  # a formula model's design holds the dask frame: the workers need neither
@@ -356,13 +360,13 @@ def _plan(m, ddf, rows: Callable, params, data) -> _Plan:
         blob = pickle.dumps(m)
     finally:
         m.design = design
-    probe = _probe(ddf)
+    probe = _probe(ddf, probe_rows)
     probe_model, probe_data = _declare(blob, rows, probe)
     check_rows(probe_model, probe_data, spec)
     shared = {"blob": blob, "rows": rows, "theta": theta, "x": x, "pos_U": np.asarray(conditioning.pos_U),
               "n_U": conditioning.n_unobserved, "layout": _Layout(cm), "leaves": tuple(sorted(probe_data))}
     _check_latent_kinds(spec, probe_model, probe_data)
-    return _Plan(spec, cm, conditioning, theta, x, shared)
+    return _Plan(spec, cm, conditioning, theta, x, observed, shared, probe, probe_model, probe_data)
 
 
 def _compiled(m, spec) -> CompiledModel:
@@ -610,14 +614,24 @@ def _fitted_part(part: pd.DataFrame, shared: dict, meta: pd.DataFrame) -> pd.Dat
     return pd.DataFrame(out, index=part.index)
 
 
-def fitted(post: DaskPosterior, ddf, rows: Callable) -> Any:
+def fitted(post, ddf, rows: Callable | None = None) -> Any:
     """Fitted values (``c + Z m``: the rows' means at the posterior means of the latent nodes) and residuals.
 
     A second, chunked pass: a dask DataFrame with columns ``{name}_fitted``
     and ``{name}_residual`` for each observed family, partitioned and
     indexed like ``ddf``, computed lazily (nothing row-sized reaches the client).
+    ``post`` is a :class:`DaskPosterior` or a fit on the cluster (its
+    posterior at the estimates); ``rows`` defaults to a formula model's.
+    ``ddf`` may be new rows (predictions: their means given the data).
     """
     _, dd = _dask()
+    design = getattr(post, "design", None)
+    if rows is None:
+        rows = getattr(design, "partition_rows", None)
+        if rows is None:
+            raise DataError("fitted() needs the rows(m, part) function that declared the rows.")
+    if hasattr(post, "posterior") and not isinstance(post, Posterior):
+        post = post.posterior
     if not isinstance(post, DaskPosterior):
         raise DataError("fitted() takes the DaskPosterior of gdag.distributed.posterior (or a fit on the cluster).")
     _check_frame(ddf)
@@ -645,6 +659,14 @@ class DaskModel(Model):
         if is_dask(data):
             return posterior(self, data, self.design.partition_rows, params=params)
         return super().posterior(data, params)
+
+    def fit(self, data, method: str = "reml", **options):
+        """ML, REML or EM from a dask DataFrame (:func:`gdag.distributed_fit.fit`); other data as :meth:`Model.fit`."""
+        if is_dask(data):
+            from .distributed_fit import fit
+
+            return fit(self, data, self.design.partition_rows, method, **options)
+        return super().fit(data, method, **options)
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + ", rows on a dask DataFrame>"

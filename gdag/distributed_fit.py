@@ -1,0 +1,246 @@
+"""ML, REML and EM fits from rows on a Dask cluster: one pass for the sufficient statistics, the rest on the client.
+
+The observed leaf families' theta-free sums (:mod:`gdag.fitting.leaves`: per
+variance class ``r^T W r``, ``Z^T W r``, ``X^T W r``, ``Z^T W Z``, ``Z^T W X``,
+``X^T W X``, ``sum log s^2`` and the count, about one reference ``beta0``) are
+computed per partition by :func:`gdag.fitting.reduced.leaf_statistics`, with
+the data's count, mean and squared deviations for the starting values, and
+added by the fixed tree of :func:`gdag.distributed.tree_sum`.  The client
+then runs :class:`~gdag.fitting.reduced.ReducedObjective` and the optimizer
+exactly as ``m.fit`` does for in-memory leaves: every evaluation reads the
+sums, never the rows.  The fit's posterior is built from the same sums at the
+estimates (no second pass); fitted values and residuals are the lazy second
+pass of :func:`gdag.distributed.fitted`.
+
+``beta0`` comes from the first rows of the first partition (as in memory,
+from the first rows); the roles of the parameters from the declaration of
+those rows, checked again against the counts of the whole pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import timing
+from .distributed import (
+    FAN_IN,
+    DaskPosterior,
+    RowSums,
+    SummedConditioning,
+    _check_one_entry,
+    _dask,
+    _declare,
+    _plan,
+    _shared_delayed,
+    tree_sum,
+)
+from .errors import ConvergenceWarning, DataError, FitError, ModelSpecError, warn
+from .fitting.fit import METHODS, Deferred, _make_fit, _positive
+from .fitting.leaves import REFERENCE_ROWS, LeafStatistics
+from .fitting.monitor import STOPPED, Monitor
+from .fitting.optimize import FitLog, optimize, starting_point
+from .fitting.reduced import LeafStart, ReducedObjective, _coefficients, fit_ready, leaf_rows_of, leaf_statistics
+from .fitting.roles import infer_roles
+from .linalg.blas import one_blas_thread
+from .observations import LeafRows
+from .resources import check_memory
+
+__all__ = ["fit", "FitSums", "fit_sums", "row_sums_at", "posterior_from_statistics"]
+
+
+@dataclass
+class FitSums:
+    """A partition's :class:`~gdag.fitting.leaves.LeafStatistics` and, per leaf, ``(count, mean, M2)`` of its data."""
+
+    stats: LeafStatistics
+    moments: dict
+
+    def __add__(self, other: "FitSums") -> "FitSums":
+        moments = {}
+        for name, (n_a, mean_a, m2_a) in self.moments.items():
+            n_b, mean_b, m2_b = other.moments[name]
+            n = n_a + n_b
+            delta = mean_b - mean_a
+            moments[name] = (n, mean_a + delta * (n_b / n) if n else 0.0, m2_a + m2_b + delta * delta * (n_a * n_b / n if n else 0.0))
+        return FitSums(self.stats + other.stats, moments)
+
+
+def _complete(m_data, part, shared):
+    """The partition's model and data with rows of a missing response left out (one leaf family), else refused."""
+    m, data = m_data
+    missing = [name for name, y in data.items() if np.isnan(y).any()]
+    if not missing:
+        return m, data
+    if len(data) == 1 and missing[0] in part.columns:
+        part = part.loc[part[missing[0]].notna().to_numpy()]
+        if len(part) == 0:
+            return None, {}
+        m, data = _declare(shared["blob"], shared["rows"], part)
+        if not any(np.isnan(y).any() for y in data.values()):
+            return m, data
+    raise DataError(f"The data of `{missing[0]}` have missing values; a fit on the cluster needs them left out: "
+                    "drop those rows in rows() (several families share them).")
+
+
+def fit_sums(part, shared: dict):
+    """One partition's :class:`FitSums` (runs on a worker); None for a partition without rows."""
+    if len(part) == 0:
+        return None
+    m, data = _complete(_declare(shared["blob"], shared["rows"], part), part, shared)
+    if not data:
+        return None
+    names = tuple(sorted(data))
+    if names != shared["leaves"]:
+        raise ModelSpecError(f"rows() declared {list(names)} on one partition and {list(shared['leaves'])} on the "
+                             "first: it must declare the same families on every partition.")
+    leaves = []
+    for name in names:
+        node = m.nodes[name]
+        for t in node.mean.terms:
+            if not t.source.is_param:
+                _check_one_entry(name, t.source.name, t.rows)
+        leaves.append(LeafRows(node, shared["layout"]))
+    stats = leaf_statistics(leaves, data, shared["x"], shared["pos_U"], shared["n_U"], shared["fixed"],
+                            beta0=shared["beta0"])
+    moments = {}
+    for name in names:
+        y = data[name]
+        mean = float(np.mean(y))
+        moments[name] = (int(y.size), mean, float(np.sum((y - mean) ** 2)))
+    return FitSums(stats, moments)
+
+
+def _add_present(*parts):
+    present = [p for p in parts if p is not None]
+    if not present:
+        return None
+    total = present[0]
+    for p in present[1:]:
+        total = total + p
+    return total
+
+
+def fit(m, ddf, rows: Callable, method: str = "reml", *, data: Mapping[str, Any] | None = None,
+        init: Mapping[str, Any] | None = None, tol: float | None = None, max_iter: int | None = None,
+        criterion: str | None = None, optimizer: str = "auto", factorization: str = "auto", progress: bool | None = None,
+        callback: Callable | None = None, fan_in: int = FAN_IN):
+    """Estimate ``m``'s parameters from the rows of the dask DataFrame ``ddf``, declared per partition by ``rows``.
+
+    ``m`` is the latent part and ``rows(m, part)`` declares a partition's
+    observed families (:mod:`gdag.distributed`); ``data`` are in-memory
+    observations of latent nodes.  The options are :meth:`Model.fit`'s; the
+    result is a :class:`~gdag.Fit` whose posterior (a
+    :class:`~gdag.distributed.DaskPosterior`) comes from the same sums.
+    """
+    dask, _ = _dask()
+    if not isinstance(method, str) or method.lower() not in METHODS:
+        raise FitError(f"Unknown fitting method {method!r}; use one of " + ", ".join(f"'{m}'" for m in METHODS) + ".")
+    method = method.lower()
+    if criterion is not None and method != "em":
+        raise FitError("`criterion` applies to method='em' only; method='ml' or 'reml' names the criterion itself.")
+    criterion = (criterion or "ml").lower() if method == "em" else method
+    if criterion not in ("ml", "reml"):
+        raise FitError(f"EM criterion must be 'ml' or 'reml'; got {criterion!r}.")
+    if optimizer not in ("auto", "scoring", "lbfgs"):
+        raise FitError(f"`optimizer` must be 'auto', 'scoring' or 'lbfgs'; got {optimizer!r}.")
+    tol, max_iter = _positive("tol", tol, float), _positive("max_iter", max_iter, int)
+    tol = (1e-10 if method == "em" else 1e-12) if tol is None else tol
+    profile = method != "em"
+    with one_blas_thread(), timing.record() as phases:
+        t_start = time.perf_counter()
+        plan = _plan(m, ddf, rows, None, data, probe_rows=REFERENCE_ROWS, for_fit=True)
+        spec, cm, cond, x = plan.spec, plan.cm, plan.conditioning, plan.x
+        if cm.n_theta == 0:
+            raise FitError(f"Model `{spec.name}` has no parameters to estimate; use gdag.distributed.posterior instead.")
+        probe_model, probe_data = _complete((plan.probe_model, plan.probe_data), plan.probe, plan.shared)
+        probe_leaves = [LeafRows(probe_model.nodes[name], plan.shared["layout"]) for name in sorted(probe_data)]
+        leaf_rows, leaf_linear = leaf_rows_of(probe_leaves, cm.n_theta)
+        roles = infer_roles(cm, cond, profile, leaf_rows, leaf_linear)
+        if not fit_ready(probe_leaves, roles):
+            raise FitError(f"The family `{probe_leaves[0].name}` cannot be summed for a fit: its sd parameter must be "
+                           "a variance component alone and the parameters of its mean fixed effects.")
+        beta0 = leaf_statistics(probe_leaves, probe_data, x, cond.pos_U, cond.n_unobserved, roles.fixed).beta0
+        shared = _shared_delayed({**plan.shared, "fixed": roles.fixed, "beta0": beta0})
+        parts = [dask.delayed(fit_sums, pure=True)(p, shared) for p in ddf.to_delayed()]
+        total = dask.compute(tree_sum(parts, fan_in, _add_present))[0]
+        if total is None:
+            raise FitError("No row of the data is complete: nothing to fit.")
+        stats = total.stats
+        leaf_rows = np.zeros(cm.n_theta + 1, np.int64)
+        for c in stats.classes:
+            leaf_rows[c.entry if c.entry >= 0 else cm.n_theta] += c.count
+        roles = infer_roles(cm, cond, profile, leaf_rows, leaf_linear)
+        start = LeafStart(_spread(x[cond.R], total.moments), _coefficients(stats, cm.sd_param[cond.U], cm.n_theta))
+        v0, scales = starting_point(spec, cm, cond, x, roles, init, start)
+        obj = ReducedObjective(cm, cond, x, roles, criterion == "reml", stats, factorization, scales)
+        t_setup = time.perf_counter()
+        spans = [cm.param_span(name) for name in cm.param_names]
+        log = FitLog(Monitor(cm.param_names, spans, cm.param_scalar, progress, callback, spec.name))
+        converged, n_iter, message = optimize(obj, v0, method, optimizer, tol, max_iter, log)
+        t_opt = time.perf_counter()
+    best = log.best
+    if not converged:
+        warn(f"The fit of model `{spec.name}` did not converge ({message}) after {n_iter} iterations and "
+             f"{obj.n_evaluations} evaluations; kept the best point (objective {best.objective:.10g}, parameters "
+             f"{log.best_text(obj.roles.labels)})." + ("" if message == STOPPED else
+                                                        " Try other `init` values or a larger `max_iter`."),
+             ConvergenceWarning)
+    theta = best.theta
+    posterior = Deferred(posterior_from_statistics, m.name, cm, cond, theta, x, dict(spec.nodes), stats, roles.fixed,
+                         plan.shared["blob"])
+    timings = {"setup": t_setup - t_start, "optimize": t_opt - t_setup, "assemble": 0.0, "factor": 0.0, "fixed": 0.0,
+               "gradient": 0.0, **phases}
+    result = _make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
+    seen = tuple(name for name in cm.family_names if plan.observed[cm.span(name)].any()) + stats.names
+    result = replace(result, spec=spec, observed=seen, message=message)
+    return result if getattr(m, "design", None) is None else replace(result, design=m.design)
+
+
+def _spread(x_R: np.ndarray, moments: dict) -> float:
+    """The sd of the observed latent values and the leaves' data together (as the in-memory fit computes it)."""
+    seen = x_R[np.isfinite(x_R)]
+    parts = [(seen.size, float(seen.mean()) if seen.size else 0.0, float(np.sum((seen - seen.mean()) ** 2)) if seen.size
+              else 0.0)] + [moments[name] for name in sorted(moments)]
+    n = np.array([p[0] for p in parts], dtype=float)
+    if n.sum() < 2:
+        return 1.0
+    means = np.array([p[1] for p in parts])
+    mean = float(n @ means / n.sum())
+    square = sum(p[2] for p in parts) + float(n @ (means - mean) ** 2)
+    return float(np.sqrt(square / n.sum()))
+
+
+def row_sums_at(stats: LeafStatistics, theta: np.ndarray, fixed: np.ndarray) -> RowSums:
+    """The :class:`~gdag.distributed.RowSums` of the rows at ``theta``, from their theta-free statistics."""
+    delta = theta[fixed] - stats.beta0
+    n_U = stats.classes[0].Zr.shape[0] if stats.classes else 0
+    G, zwr, rwr, log_d, count = sp.csr_matrix((n_U, n_U)), np.zeros(n_U), 0.0, 0.0, 0
+    for c in stats.classes:
+        omega = 1.0 if c.entry < 0 else 1.0 / (theta[c.entry] * theta[c.entry])
+        full = (c.ZZ + c.ZZ.T - sp.diags(c.ZZ.diagonal())).tocsr()
+        G = G + omega * full
+        zwr = zwr - omega * (c.Zr - c.ZX @ delta)
+        rwr += omega * (c.rr - 2.0 * float(delta @ c.Xr) + float(delta @ c.XX @ delta))
+        log_d += c.log_base + (0.0 if c.entry < 0 else c.count * np.log(theta[c.entry] * theta[c.entry]))
+        count += c.count
+    G = G.tocsr()
+    G.sum_duplicates()
+    G.sort_indices()
+    return RowSums(G, zwr, rwr, log_d, count, {})
+
+
+def posterior_from_statistics(name, cm, cond, theta, x, nodes, stats, fixed, blob) -> DaskPosterior:
+    """The posterior at ``theta`` from the fit's statistics (no pass over the rows)."""
+    sums = row_sums_at(stats, theta, fixed)
+    summed = SummedConditioning(cond, sums, theta, x, stats.names)
+    post = DaskPosterior(cm, summed, theta, x, nodes, stats.names, {"rows": sums.count})
+    post._blob = blob
+    check_memory(summed.factor_size(), name)
+    return post
+
+
