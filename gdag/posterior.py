@@ -309,16 +309,18 @@ class Posterior:
         return var
 
     def variance_error_bound(self) -> float:
-        """An estimate of the largest relative error of the posterior variances: ``4 eps kappa_1(S)``.
+        """The stated bound on the relative error of the posterior variances: ``4 eps kappa_1(S)``.
 
         ``S = diag(Q)^{-1/2} Q_UU diag(Q)^{-1/2}`` is the posterior precision
         scaled to a unit diagonal; rounding ``Q_UU`` while forming and
         factoring it perturbs ``S`` by about ``eps`` entrywise, which moves
-        every variance by at most about ``eps kappa(S)`` relatively.  Measured
-        against exact rational arithmetic on random models with sds from 1e-8
-        to 1e8, the actual error stayed below this bound (docs/accuracy.md).
-        ``kappa_1(S) = ||S||_1 ||S^{-1}||_1`` uses Hager's estimator of the
-        second factor (a few solves with the factor, deterministic).
+        every variance by at most about ``eps kappa(S)`` relatively.  It is a
+        first-order bound, not a proof: measured against exact rational
+        arithmetic, the actual error stayed below it (at most 0.08 of it on
+        the cases where it had been low; docs/accuracy.md).  ``kappa_1(S)`` is
+        exact up to 256 unobserved variables (``n`` solves); beyond, ``||S^{-1}||_1``
+        is Hager's estimate (a lower estimate, a few solves, deterministic), so
+        the bound is then an estimate of this bound.
         """
         if self._factor is None:
             return 0.0
