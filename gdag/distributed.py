@@ -160,12 +160,14 @@ def _declare(blob: bytes, rows: Callable, part: pd.DataFrame):
     leaves = [name for name in m.nodes if name not in before]
     if returned is not None and not isinstance(returned, Mapping):
         raise ModelSpecError(f"rows(m, part) returns None or a mapping {{name: values}}; got {type(returned).__name__}.")
-    data = {}
+    data, m.row_index = {}, {}  # row_index: the partition's rows each family has (rows() may leave some out)
     for name in leaves:
         if returned is not None and name in returned:
             value = returned[name]
+            m.row_index[name] = value.index if isinstance(value, pd.Series) else part.index
         elif name in part.columns:
             value = part[name]
+            m.row_index[name] = part.index
         else:
             raise DataError(f"The family `{name}` declared by rows() has no data: the partition has no column "
                             f"`{name}` and rows() returned none for it.")
@@ -609,17 +611,18 @@ def _fitted_part(part: pd.DataFrame, shared: dict, meta: pd.DataFrame) -> pd.Dat
         leaf = LeafRows(node, layout)
         # values() reads every latent parent from `mean` as if observed: r = c - y + Z m, so fitted = c + Z m = r + y
         _, r, _ = leaf.values(theta, mean, np.zeros(node.size), slice(0, node.size))
-        out[f"{name}_fitted"] = r
-        out[f"{name}_residual"] = y - r
-    return pd.DataFrame(out, index=part.index)
+        out[f"{name}_fitted"] = pd.Series(r, index=m.row_index[name])
+        out[f"{name}_residual"] = pd.Series(y - r, index=m.row_index[name])
+    return pd.DataFrame(out)
 
 
 def fitted(post, ddf, rows: Callable | None = None) -> Any:
     """Fitted values (``c + Z m``: the rows' means at the posterior means of the latent nodes) and residuals.
 
     A second, chunked pass: a dask DataFrame with columns ``{name}_fitted``
-    and ``{name}_residual`` for each observed family, partitioned and
-    indexed like ``ddf``, computed lazily (nothing row-sized reaches the client).
+    and ``{name}_residual`` for each observed family, partitioned like
+    ``ddf`` and indexed by its rows that the family has (a formula leaves out
+    incomplete rows), computed lazily: nothing row-sized reaches the client.
     ``post`` is a :class:`DaskPosterior` or a fit on the cluster (its
     posterior at the estimates); ``rows`` defaults to a formula model's.
     ``ddf`` may be new rows (predictions: their means given the data).

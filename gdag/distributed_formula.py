@@ -156,7 +156,7 @@ class FormulaRows:
             return {}
         y, train = self.train(part)
         self.design.declare_response(m, train)
-        return {self.design.response: y}
+        return {self.design.response: pd.Series(y, index=part.index)}  # the rows kept
 
     def empty(self, part: pd.DataFrame) -> bool:
         return len(self.frame(part)) == 0

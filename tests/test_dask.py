@@ -225,3 +225,69 @@ def test_formula_posteriors_equal_in_memory(client, formula):
     ref = mm.posterior(mm.design.data, params=params)
     assert_same_posterior(post, ref, list(md.nodes))
     assert post.rows_count == {mm.design.response: len(mm.design.rows)}
+
+
+# ------------------------------------------------------------------ fits
+
+
+def assert_same_fit(fd, fm, tol=1e-10):
+    assert fd.converged and fm.converged
+    assert abs(fd.loglik - fm.loglik) <= tol * abs(fm.loglik)
+    for k, v in fm.params.items():
+        assert relative(fd.params[k], v) < tol, k
+    for k, v in fm.stderr.items():
+        assert relative(fd.stderr[k], v) < tol, k
+    assert fd.nobs == fm.nobs
+
+
+@pytest.mark.parametrize("method", ["ml", "reml"])
+@pytest.mark.parametrize("formula", FORMULAS[:3])
+def test_formula_fits_equal_in_memory(client, formula, method):
+    df = crossed_frame(n=5000, missing=0.05)
+    ddf = dd.from_pandas(df, npartitions=3)
+    fd, fm = gdag.lmer(formula, ddf, method=method), gdag.lmer(formula, df, method=method)
+    assert_same_fit(fd, fm)
+    assert fd.design.partition_rows is not None
+    for name in fm.posterior._cm.family_names:
+        assert relative(fd.posterior.mean(name), fm.posterior.mean(name)) < 1e-10
+        assert relative(fd.posterior.sd(name), fm.posterior.sd(name)) < 1e-10
+    pd.testing.assert_frame_equal(fd.varcorr(), fm.varcorr(), rtol=1e-10)
+    pd.testing.assert_frame_equal(fd.fixef(), fm.fixef(), rtol=1e-10)
+
+
+def test_fit_is_the_same_for_any_partitioning_and_identical_on_repeat(client):
+    df = crossed_frame(n=4000)
+    fits = [gdag.lmer("y ~ x + (x | a) + (1 | b)", dd.from_pandas(df, npartitions=k), method="ml") for k in (1, 4, 9)]
+    for other in fits[1:]:
+        assert_same_fit(other, fits[0], tol=1e-12)
+    again = gdag.lmer("y ~ x + (x | a) + (1 | b)", dd.from_pandas(df, npartitions=9), method="ml")
+    assert again.loglik == fits[2].loglik and all(np.array_equal(again.params[k], v) for k, v in fits[2].params.items())
+
+
+def test_dsl_fit_and_fitted_values(client):
+    df = crossed_frame(n=5000)
+    ddf = dd.from_pandas(df, npartitions=3)
+    lv = gd.levels_of({"a": ddf["a"], "b": ddf["b"]})
+    from gdag.distributed_fit import fit
+
+    fd = fit(latent(lv), ddf, rows, method="reml")
+    full = latent(lv)
+    rows(full, df)
+    fm = full.fit({"y": df["y"].to_numpy()}, method="reml")
+    assert_same_fit(fd, fm)
+    out = gd.fitted(fd, ddf, rows).compute()
+    codes_a, codes_b = lv["a"].get_indexer(df["a"]), lv["b"].get_indexer(df["b"])
+    post = fm.posterior
+    expected = fm.params["mu"] + fm.params["beta"] * df["x"].to_numpy() + post.mean("u_a")[codes_a] + post.mean("u_b")[codes_b]
+    assert relative(out["y_fitted"].to_numpy(), expected) < 1e-10
+
+
+def test_formula_fitted_values_from_a_fit(client):
+    df = crossed_frame(n=3000, missing=0.05)
+    ddf = dd.from_pandas(df, npartitions=3)
+    fd, fm = gdag.lmer("y ~ x + (x | a)", ddf, method="ml"), gdag.lmer("y ~ x + (x | a)", df, method="ml")
+    out = gd.fitted(fd, ddf).compute()
+    assert list(out.columns) == ["y_fitted", "y_residual"]
+    assert out.index.equals(fm.design.rows)
+    assert relative(out["y_fitted"].to_numpy(), fm.fitted().to_numpy()) < 1e-10
+    assert relative(out["y_residual"].to_numpy(), fm.residuals().to_numpy()) < 1e-9
