@@ -30,10 +30,10 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import spsolve_triangular
 
+from .data import own
 from .errors import DataError, ModelError, ModelSpecError
 from .intervene import parse_interventions
 from .resources import start_draws
-from .spec import Node
 
 # Dense covariance blocks and variance solves beyond this many entries are refused.
 SOLVE_LIMIT = 50_000_000
@@ -60,8 +60,7 @@ class Counterfactual:
         self.interventions = parse_interventions(interventions, sizes, set(cm.param_names), cm.name)
         nodes = getattr(post, "_nodes", None)  # the declared nodes, when the posterior knows them
         for key in interventions:
-            if isinstance(key, Node) and nodes is not None and nodes.get(key.name) is not key:
-                raise ModelSpecError(f"counterfactual() names `{key.name}` from another model than `{cm.name}`.")
+            own(key, nodes, cm.name, "counterfactual()", ModelSpecError)
         n = cm.n
         coef, _, _ = cm.values(post._theta)
         set_pos, set_val, shift_pos, shift_val = [], [], [], []

@@ -21,14 +21,26 @@ from .spec import ModelSpec, Node, Param, check_param_value
 from .timing import timed
 
 
+def own(key, declared: Mapping | None, model: str, where: str, error=DataError):
+    """The name behind ``key``; a node or parameter must be the very one ``declared`` holds under its name.
+
+    ``declared`` maps names to the records of the model ``model`` (None: not
+    known, nothing to check); ``where`` starts the message (e.g. "`data`",
+    "do()").  The one check that a node of another model is not taken for one
+    of this model's by its name (data, params, interventions, queries).
+    """
+    if not isinstance(key, (Node, Param)):
+        return key
+    if declared is not None and declared.get(key.name) is not key:
+        raise error(f"{where} uses `{key.name}` from another model than `{model}`. Use that model's own "
+                    f"{'parameter' if key.is_param else 'node'} or the name '{key.name}'.")
+    return key.name
+
+
 def _key_name(model: ModelSpec, key, error, where: str):
     """The name behind a ``data``/``params`` key: a name, or a node or parameter of ``model``."""
-    if isinstance(key, (Node, Param)):
-        declared = (model.params if key.is_param else model.nodes).get(key.name)
-        if declared is not key:
-            raise error(f"`{where}` uses `{key.name}` from another model than `{model.name}`.")
-        return key.name
-    return key
+    declared = (model.params if key.is_param else model.nodes) if isinstance(key, (Node, Param)) else None
+    return own(key, declared, model.name, f"`{where}`", error)
 
 
 def declared(model: ModelSpec, key, params: bool, where: str | None = None):

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .data import own
 from .errors import DataError, ModelSpecError
 from .expr import Expr, Term, as_float_array, is_boolean, is_complex
 from .frame import numeric
@@ -131,8 +132,7 @@ def intervened_model(model, interventions: Mapping[Any, Any]):
         interventions, {k: v.size for k, v in spec.nodes.items()}, spec.params, spec.name
     )
     for key in interventions:  # node objects must belong to this model
-        if isinstance(key, Node) and spec.nodes.get(key.name) is not key:
-            raise ModelSpecError(f"do() names `{key.name}` from another model than `{spec.name}`.")
+        own(key, spec.nodes, spec.name, "do()", ModelSpecError)
     new = type(model)(spec.name)
     new.plates = dict(spec.plates)  # plates are frozen records without a model: shared
     params = {p.name: Param(new, p.name, p.size, p.is_scalar, p.positive, p.value, p.site)

@@ -22,6 +22,7 @@ from .accuracy import (
 )
 from .compiler import CompiledModel
 from .counterfactual import Counterfactual
+from .data import own
 from .errors import AccuracyWarning, DataError, ModelError, NotIdentifiedError, warn
 from .linalg import LOG_2PI
 from .pattern import Conditioning, LinearSystem
@@ -239,9 +240,8 @@ class Posterior:
         if isinstance(node, (_NodeView, _LeafView)):
             return node
         name = node.name if isinstance(node, (Node, Param)) else node
-        if isinstance(node, Node) and self._nodes is not None and self._nodes.get(name) is not node:
-            raise DataError(f"Node `{name}` belongs to another model than `{self._cm.name}`; query this posterior "
-                            f"with its own model's node or the name '{name}'.")
+        if isinstance(node, Node):
+            own(node, self._nodes, self._cm.name, "This posterior's query")
         if isinstance(name, str) and name in self._cond.leaf_data:
             return node if isinstance(node, Node) else _LeafView(name, self._cond.leaf_data[name], self._cond)
         if isinstance(node, Param) or (isinstance(name, str) and name in self._cm.param_names

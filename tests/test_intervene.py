@@ -258,9 +258,9 @@ def test_observing_a_set_entry_is_refused():
     with pytest.raises(gdag.DataError, match=re.escape("Node `b` is set by do() at entries [0], so the intervened")):
         m2.posterior({"b": 3.0})
     other = gdag.Model("other")
-    with pytest.raises(gdag.ModelSpecError, match=re.escape("do() names `a` from another model")):
+    with pytest.raises(gdag.ModelSpecError, match=re.escape("do() uses `a` from another model than `chain`. Use that model's own node")):
         _chain_model().do({other.normal("a"): 1.0})
-    with pytest.raises(gdag.ModelSpecError, match=re.escape("counterfactual() names `a` from another model")):
+    with pytest.raises(gdag.ModelSpecError, match=re.escape("counterfactual() uses `a` from another model")):
         _chain_model().posterior({"y": 1.0}).counterfactual({other.nodes["a"]: 1.0})
     m = _chain_model()
     with pytest.raises(gdag.ModelSpecError, match=re.escape("The interventions name `a` twice")):

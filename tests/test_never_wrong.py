@@ -91,7 +91,7 @@ def test_a_node_of_another_model_is_refused_by_every_query(query):
     small, large = _two_models()
     post = small.posterior({"y": np.arange(3.0)})
     with pytest.raises(DataError, match=re.escape(
-            "Node `u` belongs to another model than `m3`; query this posterior with its own model's node or the name 'u'.")):
+            "This posterior's query uses `u` from another model than `m3`. Use that model's own node or the name 'u'.")):
         query(post, large.nodes["u"])
     np.testing.assert_array_equal(post.mean(small.nodes["u"]), post.mean("u"))
 
@@ -104,7 +104,7 @@ def test_a_node_of_another_model_is_refused_by_a_fits_posterior():
     u = m.normal("u", 0.0, s, plate=p)
     m.normal("y", u, 1.0, plate=p)
     fit = m.fit({"y": np.array([0.1, -0.5, 1.2, 0.3])}, method="ml")
-    with pytest.raises(DataError, match="belongs to another model than `f`"):
+    with pytest.raises(DataError, match="uses `u` from another model than `f`"):
         fit.posterior.mean(large.nodes["u"])
 
 
