@@ -36,7 +36,8 @@ from .entries import GramAssembler, GramEntries
 from .linalg import factor as factors
 from .linalg import gram as assembly
 from .linalg.blocked import analyze_blocked
-from .resources import factor_size
+from .linalg.forest import skeleton_forest_edges
+from .resources import FactorSize, factor_size
 from .timing import timed
 
 
@@ -79,9 +80,15 @@ class Conditioning:
             self.U = np.flatnonzero(~observed)
             self.O = np.flatnonzero(observed)
         self._pattern = self._coefficient_pattern()
-        self._gram = GramAssembler(self._pattern, _over_R(self, self.pos_U), _over_R(self, observed))
+        self._observed = observed
         self._analyses: dict = {}  # factorization -> analysis of this pattern, each made once
         self._size = None
+
+    @cached_property
+    @timed("pattern")
+    def _gram(self) -> GramAssembler:
+        """The Gram structure, built on first use (sizing a forest needs none: :meth:`factor_size`)."""
+        return GramAssembler(self._pattern, _over_R(self, self.pos_U), _over_R(self, self._observed))
 
     def __getstate__(self) -> dict:
         """Pickled without its analyses (CHOLMOD's do not pickle): :meth:`analysis` redoes them, identically, on first use."""
@@ -198,9 +205,19 @@ class Conditioning:
         return sp.csr_matrix(C[self.R] + B_RS @ total)
 
     def factor_size(self):
-        """The :class:`~gdag.resources.FactorSize` of this pattern (computed once, from the analysis)."""
+        """The :class:`~gdag.resources.FactorSize` of this pattern (computed once, from the analysis).
+
+        With nothing observed or eliminated and at most one parent per variable,
+        ``Q``'s pattern is the graph's skeleton: when that is a forest in the
+        declaration order or its reverse (chains, trees), the analysis would find
+        it, and its counts follow from the edges alone, with no Gram structure.
+        """
         if self._size is None:
-            self._size = factor_size(self)
+            edges = None
+            if not self.O.size and not self.S.size and "_gram" not in self.__dict__:
+                edges = skeleton_forest_edges(self.cm.n, self._pattern[0], self._pattern[1])
+            n = self.cm.n
+            self._size = factor_size(self) if edges is None else FactorSize(n, n + edges, n + edges, n + 3.0 * edges, n)
         return self._size
 
     def _coefficient_pattern(self) -> tuple[np.ndarray, np.ndarray]:

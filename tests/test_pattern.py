@@ -15,6 +15,7 @@ import pytest
 
 import gdag
 from gdag.data import data_vector, parameter_vector
+from gdag.linalg import forest
 from gdag.pattern import Conditioning, PaddedConditioning
 from gdag.posterior import Posterior
 
@@ -181,3 +182,38 @@ def test_accuracy_warning_names_the_worst_variable_in_padded_mode():
     with pytest.warns(gdag.AccuracyWarning, match=r"worst around `(mu|u\[g=\d\])`"):
         v = post.var("mu")
     assert v == pytest.approx(1e8, rel=1e-6)
+
+
+def _forest_models():
+    """Chains, trees and non-forests, each as a Model (all unobserved)."""
+    chain = gdag.Model("chain")
+    x = chain.normal("x", mean=lambda x: 0.9 * x.lag(1), sd=1.0, plate=chain.plate("t", 50))
+    chain.normal("y", mean=x, sd=0.5, plate=chain.plate("t2", 50))
+    tree = gdag.Model("tree")
+    parent = np.array([0, 0, 0, 1, 1, 2, 5, 5])
+    tree.normal("v", mean=lambda v: v.take(parent, where=np.arange(8) > 0), sd=1.0, plate=tree.plate("n", 8))
+    nested = gdag.Model("nested")
+    R = nested.normal("R", 0.0, 1.0)
+    nested.normal("R_i", R, 0.5, plate=nested.plate("f", 30))
+    backwards = gdag.Model("backwards")  # one parent each, but a forest in neither order
+    up, has = np.array([0, 0, 4, 0, 3, 0]), np.array([False, True, True, False, True, True])
+    backwards.normal("w", mean=lambda w: w.take(up, where=has), sd=1.0, plate=backwards.plate("k", 6))
+    two = gdag.Model("two_parents")
+    u = two.normal("u", 0.0, 1.0, plate=two.plate("g", 4))
+    two.normal("z", u[np.array([0, 1, 2, 3])] + u[np.array([1, 2, 3, 0])], 1.0, plate=two.plate("r", 4))
+    return [chain, tree, nested, backwards, two]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_forest_sizes_without_a_gram_structure_match_the_analysis(index):
+    """Conditioning.factor_size of an all-unobserved forest (from the edges alone) equals the analysis' own."""
+    m = _forest_models()[index]
+    cm = m._queries.compiled(m.spec())
+    nothing = np.zeros(cm.n, dtype=bool)
+    quick, full = Conditioning(cm, nothing), Conditioning(cm, nothing)
+    full.gram  # noqa: B018 (internals: built first, the size comes from the analysis)
+    size = quick.factor_size()
+    assert size == full.factor_size()
+    assert ("_gram" in quick.__dict__) == (index >= 3)  # internals: the shortcut took the forests only
+    if index == 3:  # one parent each: the shortcut looked, and found no forest
+        assert forest.skeleton_forest_edges(cm.n, cm.B_rows, cm.B_cols) is None

@@ -93,6 +93,41 @@ def permuted_forest(perm: np.ndarray, indptr: np.ndarray, indices: np.ndarray, s
     return ForestAnalysis(np.asarray(perm, dtype=np.int64), parent, source[indptr[:-1]], q_link)
 
 
+def skeleton_forest_edges(n: int, rows: np.ndarray, cols: np.ndarray) -> int | None:
+    """The number of edges when ``Q = A^T W A`` (``A = I - B``, ``B`` at ``(rows, cols)``) is a forest that
+    :func:`natural_forest` or :func:`reversed_forest` would recognise, else None.
+
+    Needs at most one entry per row of ``B`` (each row of ``A`` then has at most
+    two entries and adds the edge to its parent; a DAG gives each edge once).
+    """
+    if rows.shape[0] == 0 or rows.shape[0] > n:
+        return None
+    return _skeleton_forest(n, rows, cols)
+
+
+@numba.njit(cache=True)
+def _skeleton_forest(n, rows, cols):
+    seen = np.zeros(n, dtype=np.bool_)
+    later = np.zeros(n, dtype=np.int8)  # neighbours after (before) each variable, counted up to 2
+    earlier = np.zeros(n, dtype=np.int8)
+    natural, reverse = True, True
+    for k in range(rows.shape[0]):
+        r, c = rows[k], cols[k]
+        if seen[r] or r == c:
+            return None
+        seen[r] = True
+        a, b = min(r, c), max(r, c)
+        if natural:
+            later[a] += 1
+            natural = later[a] <= 1
+        if reverse:
+            earlier[b] += 1
+            reverse = earlier[b] <= 1
+        if not (natural or reverse):
+            return None
+    return rows.shape[0]
+
+
 # steps of the solves (here and in gdag.linalg.simplicial): L~^{-1}, D^{-1}, D^{-1/2}, L~^{-T}
 FORWARD, BY_D, BY_ROOT_D, BACKWARD = 1, 2, 4, 8
 
