@@ -210,7 +210,7 @@ def compile_model(model: ModelSpec) -> CompiledModel:
     f_rows, f_cols, f_vals = [], [], []
     c0 = np.zeros(n)
     sd_base = np.zeros(n)
-    sd_param = np.full(n, -1, dtype=np.int64)
+    sd_param = None  # written only when some sd carries a parameter
     for nd in nodes:
         start = node_off[nd.name]
         if not is_zeros(nd.mean.offset):  # c0 starts as zeros (pages not touched until written)
@@ -231,6 +231,7 @@ def compile_model(model: ModelSpec) -> CompiledModel:
             k += m
         sd_base[start : start + nd.size] = nd.sd.base
         if nd.sd.param is not None:
+            sd_param = np.full(n, -1, dtype=np.int64) if sd_param is None else sd_param
             sd_param[start : start + nd.size] = nd.sd.param_index + param_off[nd.sd.param.name]
 
     def cat(parts, dtype):
@@ -255,7 +256,7 @@ def compile_model(model: ModelSpec) -> CompiledModel:
         F=F,
         c0=_read_only(c0),
         sd_base=_read_only(sd_base),
-        sd_param=sd_param,
+        sd_param=sd_param if sd_param is not None else np.broadcast_to(np.int64(-1), (n,)),  # read-only, no memory
         param_names=tuple(p.name for p in params),
         param_offset=poffsets,
         param_size=psizes,

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from ..errors import AccuracyWarning, NotIdentifiedError, warn
 from ..timing import timed
 from . import gram
-from .forest import ForestFactor, NotPositiveDefinite, permuted_forest
+from .forest import ForestAnalysis, ForestFactor, NotPositiveDefinite, permuted_forest
 from .ordering import Order, choose_ordering, zero_fill_order
 from .selinv import selected_inverse
 from .simplicial import BACKWARD, FORWARD, ZeroFillAnalysis, ZeroFillFactor, is_closed, solve_copy
@@ -114,8 +114,9 @@ class Analysis:
     def P(self) -> np.ndarray:
         """``p`` with ``Q[p][:, p] = L L^T``: gdag's ordering composed with CHOLMOD's (computed once, read-only)."""
         if self._P is None:
-            inner = self.symbolic.P()
-            self._P = inner if self.reorder is None else self.reorder.perm[inner]
+            inner = None if isinstance(self.symbolic, ForestAnalysis) else self.symbolic.P()  # a forest's: identity
+            self._P = inner if self.reorder is None else self.reorder.perm[inner] if inner is not None else \
+                self.reorder.perm.view()  # (a forest always comes with its order)
             self._P.flags.writeable = False
         return self._P
 
