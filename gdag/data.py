@@ -68,51 +68,74 @@ def parameter_vector(model: ModelSpec, cm: CompiledModel, params: Mapping[str, A
     return cm.theta(checked)
 
 
-@timed("pattern")
-def data_vector(model: ModelSpec, cm: CompiledModel, data: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Validate ``data`` (name -> values, NaN = unobserved) into ``x`` and the observed mask."""
+class Data(dict):
+    """``data`` validated once (:func:`checked`): node name -> a new float array of the node's length, NaN unobserved."""
+
+
+def checked(model: ModelSpec, data: Mapping[str, Any]) -> Data:
+    """Validate ``data`` (keys and values) once; a :class:`Data` is returned as it is.
+
+    :func:`fully_observed`, :func:`without` and :func:`data_vector` take either;
+    given a :class:`Data` they validate nothing again.
+    """
+    if isinstance(data, Data):
+        return data
     if not isinstance(data, Mapping):
         raise DataError(f"`data` must be a mapping from node names to values, or a DataFrame; got {type(data).__name__}.")
-    x = np.full(cm.n, np.nan)
-    det = cm.deterministic
+    out = Data()
     for key, value in data.items():
         name, node = declared(model, key, params=False)
-        values = node_values(node, value)
+        if name in out:  # a node and its name both given: which values are meant?
+            raise DataError(f"`data` names `{name}` twice (as a node and as a name); give it once.")
+        out[name] = node_values(node, value)
+    return out
+
+
+@timed("pattern")
+def data_vector(model: ModelSpec, cm: CompiledModel, data: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` (validated by :func:`checked` unless it already was) into ``x`` and the observed mask.
+
+    Entries with sd 0 (deterministic, or set by ``do()``) cannot be observed:
+    the one refusal of both, worded for each.
+    """
+    x = np.full(cm.n, np.nan)
+    det = cm.deterministic
+    for name, values in checked(model, data).items():
         span = cm.span(name)
-        seen = ~np.isnan(values)
-        clash = np.flatnonzero(seen & det[span])
+        clash = np.flatnonzero(~np.isnan(values) & det[span])
         if clash.size:
-            raise DataError(
-                f"Node `{name}` has sd 0 at entries {clash[:5].tolist()}, so it is deterministic and cannot be "
-                "observed. Give it a positive sd (measurement error) or observe its parents."
-            )
+            raise _observed_deterministic(model.nodes[name], clash)
         x[span] = values
     return x, ~np.isnan(x)
 
 
+def _observed_deterministic(node: Node, clash: np.ndarray) -> DataError:
+    """The error for data at entries of ``node`` that have sd 0: set by ``do()``, or declared so."""
+    fixed = [iv.entries for iv in getattr(node.model, "interventions", ()) if iv.name == node.name and iv.kind == "set"]
+    if fixed and np.isin(clash, np.concatenate(fixed)).all():
+        return DataError(
+            f"Node `{node.name}` is set by do() at entries {clash[:5].tolist()}, so the intervened model does not "
+            "observe it there. Leave those entries out of `data` (NaN); to condition on the factual values "
+            "and then intervene, use m.posterior(data).counterfactual({...})."
+        )
+    return DataError(
+        f"Node `{node.name}` has sd 0 at entries {clash[:5].tolist()}, so it is deterministic and cannot be "
+        "observed. Give it a positive sd (measurement error) or observe its parents."
+    )
+
+
 @timed("pattern")
 def fully_observed(model: ModelSpec, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The families ``data`` observes at every entry, validated: name -> values (a new array).
-
-    Anything malformed is left for :func:`data_vector` to report, with its usual message.
-    """
+    """The families ``data`` observes at every entry: name -> values (validated by :func:`checked`)."""
     if not isinstance(data, Mapping):
-        return {}
-    full = {}
-    for key, value in data.items():
-        try:
-            name = _key_name(model, key, DataError, "data")
-            node = model.nodes.get(name) if isinstance(name, str) else None
-            values = None if node is None else node_values(node, value)
-        except DataError:
-            continue
-        if values is not None and not np.isnan(values).any():
-            full[name] = values
-    return full
+        return {}  # data_vector says what is wrong
+    return {name: values for name, values in checked(model, data).items() if not np.isnan(values).any()}
 
 
 def without(model: ModelSpec, data: Mapping[str, Any], names) -> dict:
-    """``data`` less the entries that name (by name or node) one of ``names``."""
+    """``data`` less the entries that name (by name or node) one of ``names`` (a :class:`Data` stays one)."""
+    if isinstance(data, Data):
+        return Data((name, values) for name, values in data.items() if name not in names)
     out = {}
     for key, value in data.items():
         name = _key_name(model, key, DataError, "data")

@@ -187,33 +187,6 @@ def _rebind(mean: Expr, by_name: dict) -> Expr:
     return Expr(mean.length, terms, mean.offset)
 
 
-def intervened_entries(model) -> dict[str, np.ndarray]:
-    """Node name -> boolean mask of the entries a set intervention fixed (what drawings mark)."""
-    out: dict[str, np.ndarray] = {}
-    for iv in getattr(model, "interventions", ()):
-        if iv.kind == "set":
-            mask = out.setdefault(iv.name, np.zeros(iv.size, dtype=bool))
-            mask[iv.entries] = True
-    return out
-
-
 def check_data(model, data) -> None:
-    """Refuse data that observe an entry fixed by ``do()``, with a message that says so."""
-    fixed = intervened_entries(model)
-    if not fixed or not isinstance(data, Mapping):
-        return
-    for key, value in data.items():
-        name = key.name if isinstance(key, (Node, Param)) else key
-        if name not in fixed:
-            continue
-        try:
-            seen = ~np.isnan(np.broadcast_to(as_float_array(numeric(value), DataError, ""), fixed[name].shape))
-        except (DataError, ValueError):
-            continue  # malformed: the data validator reports it
-        clash = np.flatnonzero(seen & fixed[name])
-        if clash.size:
-            raise DataError(
-                f"Node `{name}` is set by do() at entries {clash[:5].tolist()}, so the intervened model does not "
-                "observe it there. Leave those entries out of `data` (NaN); to condition on the factual values "
-                "and then intervene, use m.posterior(data).counterfactual({...})."
-            )
+    """Nothing left to check here: :func:`gdag.data.data_vector` refuses data at entries set by ``do()``,
+    with the same words, as part of its one validation of the data (kept until the callers drop it)."""

@@ -409,3 +409,42 @@ def test_a_counterfactual_of_means_without_a_certain_digit_is_refused_too():
         cf.mean("x")
     with pytest.raises(gdag.NotIdentifiedError, match="counterfactual draws of `ar` cannot be computed"):
         cf.sample(2, seed=0)
+
+
+def test_data_naming_a_node_twice_is_refused():
+    # Before: {node: a, "name": b} observed b, silently dropping a
+    m = gdag.Model("twice")
+    y = m.normal("y", 0.0, 1.0, plate=m.plate("p", 2))
+    with pytest.raises(DataError, match=re.escape("`data` names `y` twice (as a node and as a name); give it once.")):
+        m.posterior({y: [1.0, 2.0], "y": [3.0, np.nan]})
+
+
+def test_data_validated_once_is_not_validated_again(monkeypatch):
+    # internals: data.checked validates keys and values; fully_observed, without and data_vector take its result
+    from gdag import data as data_module
+
+    m = gdag.Model("once")
+    u = m.normal("u", 0.0, 1.0, plate=m.plate("p", 3))
+    m.normal("y", u, 1.0, plate=m.plate("q", 3))
+    spec = m.spec()
+    valid = data_module.checked(spec, {u: [1.0, np.nan, 2.0], "y": np.ones(3)})
+    assert data_module.checked(spec, valid) is valid
+    calls = []
+    monkeypatch.setattr(data_module, "node_values", lambda *a: calls.append(a))
+    full = data_module.fully_observed(spec, valid)
+    x, observed = data_module.data_vector(spec, m._queries.compiled(spec), data_module.without(spec, valid, full))
+    assert calls == [] and list(full) == ["y"]
+    np.testing.assert_array_equal(observed, [True, False, True, False, False, False])
+
+
+def test_observing_an_entry_set_by_do_is_refused_by_the_one_data_check():
+    # check_data's own pass over the data is gone: data_vector words the refusal for do() and for sd 0
+    m = gdag.Model("set")
+    a = m.normal("a", 0.0, m.param("s", positive=True, value=1.0), plate=m.plate("p", 3))
+    m.normal("d", a, np.array([1.0, 0.0, 1.0]), plate=m.plate("q", 3))
+    m2 = m.do({"a": np.array([np.nan, 2.0, np.nan])})
+    for fit in (False, True):
+        with pytest.raises(DataError, match=re.escape("Node `a` is set by do() at entries [1], so the intervened")):
+            (m2.fit if fit else m2.posterior)({"a": [0.5, 2.0, np.nan]})
+    with pytest.raises(DataError, match=re.escape("Node `d` has sd 0 at entries [1], so it is deterministic")):
+        m2.posterior({"d": [np.nan, 1.0, np.nan]})
