@@ -33,6 +33,7 @@ from scipy.sparse.linalg import spsolve_triangular
 from .data import own
 from .errors import DataError, ModelError, ModelSpecError
 from .intervene import parse_interventions
+from .pattern import nilpotent_series
 from .resources import start_draws
 
 # Dense covariance blocks and variance solves beyond this many entries are refused.
@@ -232,14 +233,7 @@ def _descendant_solve(B: sp.spmatrix, J: sp.csr_matrix) -> sp.csr_matrix:
     if np.all(coo.row > coo.col) and B.shape[0] * J.shape[1] <= DENSE_SOLVE:
         A = (sp.eye(B.shape[0], format="csr") - B).tocsr()
         return sp.csr_matrix(spsolve_triangular(A, J.toarray(), lower=True, unit_diagonal=True))
-    total, term = J.copy(), J
-    for _ in range(B.shape[0]):
-        term = (B @ term).tocsr()
-        term.eliminate_zeros()
-        if term.nnz == 0:
-            break
-        total = total + term
-    return total.tocsr()
+    return sp.csr_matrix(nilpotent_series(B, J))
 
 
 def _cat(parts, dtype) -> np.ndarray:

@@ -196,13 +196,7 @@ class Conditioning:
         coef, _, _ = self.cm.values(theta)
         B = self.cm.B_matrix(coef)
         B_SS, B_RS = B[self.S][:, self.S], B[self.R][:, self.S]
-        total = power = C[self.S]
-        for _ in range(self.S.shape[0]):  # B_SS is nilpotent
-            power = B_SS @ power
-            if power.nnz == 0:
-                break
-            total = total + power
-        return sp.csr_matrix(C[self.R] + B_RS @ total)
+        return sp.csr_matrix(C[self.R] + B_RS @ nilpotent_series(B_SS, C[self.S]))
 
     def factor_size(self):
         """The :class:`~gdag.resources.FactorSize` of this pattern (computed once, from the analysis).
@@ -243,16 +237,8 @@ class Conditioning:
         R, S = self.R, self.S
         B_SS, B_SR = B[S][:, S], B[S][:, R]
         B_RS, B_RR = B[R][:, S], B[R][:, R]
-        M, g = B_SR.copy(), c[S].copy()
-        power_M, power_g = B_SR, c[S]
-        for _ in range(S.shape[0]):  # B_SS is nilpotent: stops after the longest deterministic chain
-            power_M = B_SS @ power_M
-            power_g = B_SS @ power_g
-            if power_M.nnz == 0 and not np.any(power_g):
-                break
-            M = M + power_M
-            g = g + power_g
-        M = sp.csr_matrix(M)
+        M = sp.csr_matrix(nilpotent_series(B_SS, B_SR))  # stops after the longest deterministic chain
+        g = nilpotent_series(B_SS, c[S])
         return (B_RR + B_RS @ M).tocsr(), c[R] + B_RS @ g, g, M
 
 
@@ -364,6 +350,27 @@ class PaddedConditioning:
     def factorize(self, system: LinearSystem) -> "factors.PaddedFactor":
         """A posterior's factor: :meth:`factor` of ``system.Q_padded``."""
         return self.factor(system.Q_padded)
+
+
+def nilpotent_series(B: sp.spmatrix, X):
+    """``(I - B)^{-1} X = sum_k B^k X`` for a nilpotent ``B`` and a sparse or dense ``X``.
+
+    One product per generation, stopping at the first power that is exactly
+    zero (after the longest chain of ``B``); sparse powers drop their explicit
+    zeros, so a sparse result has entries only where a chain reaches.  The one
+    series of the deterministic elimination (:class:`Conditioning`) and of
+    counterfactuals' descendants (:mod:`gdag.counterfactual`).
+    """
+    total = term = X
+    for _ in range(B.shape[0]):
+        term = B @ term
+        if sp.issparse(term):
+            term = sp.csr_matrix(term)
+            term.eliminate_zeros()
+        if (term.nnz == 0) if sp.issparse(term) else not np.any(term):
+            break
+        total = total + term
+    return total
 
 
 def _over_R(cond, values: np.ndarray) -> np.ndarray:

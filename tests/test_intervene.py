@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -427,3 +428,20 @@ def test_counterfactual_draws_check_their_inputs_as_posterior_draws_do():
     with pytest.raises(gdag.ModelError, match=r"sample\(n\) needs a positive integer n; got 0\."):
         cf.sample(0)
     assert cf.cov("a", "b").shape == (1, 1)
+
+
+def test_the_one_nilpotent_series_is_the_inverse_of_i_minus_b():
+    # gdag.pattern.nilpotent_series serves the deterministic elimination and counterfactual descendants
+    from gdag.pattern import nilpotent_series
+
+    rng = np.random.default_rng(0)
+    n = 7
+    B = np.tril(rng.normal(size=(n, n)), -1) * (rng.random((n, n)) < 0.5)
+    X = rng.normal(size=(n, 3))
+    want = np.linalg.solve(np.eye(n) - B, X)
+    np.testing.assert_allclose(nilpotent_series(sp.csr_matrix(B), X), want, rtol=1e-12, atol=1e-12)
+    J = sp.csr_matrix((np.ones(2), ([1, 4], [0, 1])), shape=(n, 2))  # two unit columns: their descendants
+    got = nilpotent_series(sp.csr_matrix(B), J)
+    dense = np.linalg.solve(np.eye(n) - B, J.toarray())
+    assert sp.issparse(got) and got.nnz == np.count_nonzero(np.abs(dense) > 1e-14)  # only where a chain reaches
+    np.testing.assert_allclose(got.toarray(), dense, rtol=1e-12, atol=1e-12)
