@@ -356,7 +356,7 @@ class Model:
                 f"Node `{node.name}` has {node.size} entr{'y' if node.size == 1 else 'ies'} but its mean has length "
                 f"{expr.length}. {hint}"
             )
-        return terms.broadcast_to(expr, node.size)
+        return terms.compact(terms.broadcast_to(expr, node.size))
 
     def _check_sd(self, node: Node, sd) -> SdSpec:
         where = f"Node `{node.name}`"
@@ -378,7 +378,7 @@ class Model:
             raise ModelSpecError(
                 f"{where}: sd must be finite and >= 0; entry {bad[0]} is {np.atleast_1d(arr)[bad[0]]}."
             )
-        return SdSpec(np.array(np.broadcast_to(arr, (node.size,)), dtype=float))
+        return SdSpec(terms.compact_values(np.array(np.broadcast_to(arr, (node.size,)), dtype=float)))
 
     def _param_sd(self, node: Node, expr: Expr) -> SdSpec:
         where = f"Node `{node.name}`"
@@ -398,4 +398,4 @@ class Model:
             raise ModelSpecError(f"{where}: the sd in `{param.name}` must give one value per entry ({node.size}).")
         if np.any(term.vals < 0):  # 0 makes the entry deterministic (as m.do() leaves the entries it sets)
             raise ModelSpecError(f"{where}: the sd in `{param.name}` must be multiplied by non-negative numbers.")
-        return SdSpec(term.vals.copy(), param, term.cols.copy())
+        return SdSpec(terms.compact_values(term.vals.copy()), param, terms.compact_values(term.cols.copy()))

@@ -108,10 +108,14 @@ def chunk_sums(columns: np.ndarray, coefs: np.ndarray, X: np.ndarray, r: np.ndar
 
     Vectorized over rows (scipy.sparse products); for chunks of a bounded number of rows.
     """
-    n = r.shape[0]
+    n, terms = r.shape[0], columns.shape[0]
     has = columns >= 0
-    term_rows = np.broadcast_to(np.arange(n), columns.shape)[has]
-    Z = sp.csr_matrix((coefs[has], (term_rows, columns[has])), shape=(n, n_U))  # a column read twice: summed
+    if terms and has.all():  # every row reads every term: Z's CSR arrays directly, row by row
+        Z = sp.csr_matrix((coefs.T.ravel(), columns.T.ravel(), np.arange(0, terms * n + 1, terms)), shape=(n, n_U))
+        Z.sum_duplicates()  # a column read twice by one row: summed
+    else:
+        term_rows = np.broadcast_to(np.arange(n), columns.shape)[has]
+        Z = sp.csr_matrix((coefs[has], (term_rows, columns[has])), shape=(n, n_U))
     WZ = sp.csr_matrix((Z.data * np.repeat(w, np.diff(Z.indptr)), Z.indices, Z.indptr), shape=Z.shape)
     ZZ = sp.tril(sp.csc_matrix(Z.T @ WZ)).tocsc()
     ZZ.sum_duplicates()

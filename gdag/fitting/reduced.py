@@ -35,7 +35,7 @@ from ..data import data_vector, fully_observed, without
 from ..errors import ModelSpecError
 from ..linalg import factor as factors
 from ..linalg.blocked import analyze_blocked
-from ..observations import CHUNK_ROWS, LeafRows, reducible_families
+from ..observations import LeafRows, reducible_families
 from ..pattern import Conditioning
 from ..spec import ModelSpec
 from ..timing import phase
@@ -45,6 +45,8 @@ from .leaves import LeafStatistics, add, chunk_sums, reference_fit
 from .objective import Evaluation, Objective
 from .roles import Roles, exact_fit_error, infer_roles
 
+# Rows a chunk when a fit sums the leaves: bounds the pass's temporaries (about 300 bytes a row, 20 MB).
+FIT_CHUNK_ROWS = 1 << 16
 # With the data summed, an exact fit is seen only to the sums' rounding (about 1e-16 of the residual's square).
 LEAF_EXACT_FIT = 64 * np.finfo(float).eps
 
@@ -316,7 +318,7 @@ def leaf_rows_of(leaves: list[LeafRows], n_theta: int) -> tuple[np.ndarray, np.n
 
 
 def leaf_statistics(leaves: list[LeafRows], data: dict, x: np.ndarray, pos_U: np.ndarray, n_U: int,
-                    fixed: np.ndarray, chunk_rows: int = CHUNK_ROWS, beta0: np.ndarray | None = None) -> LeafStatistics:
+                    fixed: np.ndarray, chunk_rows: int = FIT_CHUNK_ROWS, beta0: np.ndarray | None = None) -> LeafStatistics:
     """The sums of in-memory leaves, chunk by chunk in row order; ``fixed``: the fixed effects' theta entries."""
     column = np.full(max(int(fixed.max(initial=-1)) + 1, 1), -1, dtype=np.int64)
     column[fixed] = np.arange(fixed.shape[0])
@@ -324,13 +326,14 @@ def leaf_statistics(leaves: list[LeafRows], data: dict, x: np.ndarray, pos_U: np
     if beta0 is None:
         first = leaves[0]
         rows = slice(0, min(first.size, chunk_rows))
-        X, y_tilde, _, w, _ = _chunk(first, data[first.name], x, pos_U, column, p, rows)
+        X, y_tilde, _, w, _ = _chunk(first, data[first.name], x, pos_U, column, p, rows, _ascending(first))
         beta0 = reference_fit(X, y_tilde, w)
     total = None
     for leaf in leaves:
+        ordered = _ascending(leaf)
         for start in range(0, leaf.size, max(chunk_rows, 1)):
             rows = slice(start, min(start + chunk_rows, leaf.size))
-            X, y_tilde, cols, w, entries = _chunk(leaf, data[leaf.name], x, pos_U, column, p, rows)
+            X, y_tilde, cols, w, entries = _chunk(leaf, data[leaf.name], x, pos_U, column, p, rows, ordered)
             r = y_tilde - X @ beta0
             sums = []
             for entry in np.unique(entries):
@@ -342,23 +345,30 @@ def leaf_statistics(leaves: list[LeafRows], data: dict, x: np.ndarray, pos_U: np
     return total
 
 
+def _ascending(leaf: LeafRows) -> list[bool]:
+    """Whether each parameter term's rows ascend (a chunk's part is then a slice found by binary search)."""
+    return [bool(np.all(r[1:] >= r[:-1])) for r, _, _ in leaf.fixed]
+
+
 def _coefs(leaf: LeafRows, rows: slice) -> np.ndarray:
     n = rows.stop - rows.start
     return np.array([c[rows] for c in leaf.coef], dtype=float).reshape(len(leaf.coef), n)
 
 
-def _chunk(leaf: LeafRows, y: np.ndarray, x: np.ndarray, pos_U: np.ndarray, column: np.ndarray, p: int, rows: slice):
+def _chunk(leaf: LeafRows, y: np.ndarray, x: np.ndarray, pos_U: np.ndarray, column: np.ndarray, p: int, rows: slice,
+           ordered: list[bool]):
     """One chunk's ``X``, data less offsets and observed parents, latent columns, base weights and sd entries."""
     n, start = rows.stop - rows.start, rows.start
     X = np.zeros((n, p))
-    for t_rows, t_theta, t_vals in leaf.fixed:
-        keep = (t_rows >= start) & (t_rows < rows.stop)
-        np.add.at(X, (t_rows[keep] - start, column[t_theta[keep]]), t_vals[keep])
+    for (t_rows, t_theta, t_vals), ascending in zip(leaf.fixed, ordered):
+        keep = slice(*np.searchsorted(t_rows, [start, rows.stop])) if ascending else (t_rows >= start) & (t_rows < rows.stop)
+        flat = (t_rows[keep] - start) * p + column[t_theta[keep]]
+        X += np.bincount(flat, weights=t_vals[keep], minlength=n * p).reshape(n, p)
     y_tilde = y[rows] - np.broadcast_to(leaf.offset, (leaf.size,))[rows]
-    cols = np.empty((len(leaf.parent), n), dtype=np.int64)
-    for a, (parent, coef) in enumerate(zip(leaf.parent, leaf.coef)):
-        par = parent[rows]
-        has = par >= 0
+    cols = np.empty((len(leaf.cols), n), dtype=np.int64)
+    for a, (declared, start_a, coef) in enumerate(zip(leaf.cols, leaf.starts, leaf.coef)):
+        par = declared[rows] + start_a
+        has = declared[rows] >= 0
         u = np.where(has, pos_U[np.maximum(par, 0)], -1)
         seen = has & (u < 0)  # an observed parent: its value is data
         if seen.any():
