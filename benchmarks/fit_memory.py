@@ -47,8 +47,9 @@ def data(n: int, seed: int = 0):
 
 
 def one(n: int) -> dict:
-    import gdag
     from fits import declare_slopes
+
+    import gdag
 
     warm = data(4096, seed=1)  # numba's kernels and the code paths loaded before the baseline
     declare_slopes(warm[0], warm[1]).fit({"y": warm[2]}, method="ml")

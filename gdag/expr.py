@@ -158,12 +158,9 @@ def identity_term(source, size: int) -> Term:
 
 
 def compact(expr: Expr) -> Expr:
-    """``expr`` with its terms' repeated arrays stored once: rows ``0..n-1`` shared by every term that
-    has them, and coefficients or parameter columns that are one value repeated as read-only broadcasts.
-
-    A node over millions of rows (``b0 + b1 * x + u[g]``) then holds its data and index arrays, not
-    three more arrays per term (what issue 11 measured: 150 bytes a row for ``(1 + x | g)``).
-    """
+    """``expr`` with rows ``0..n-1`` shared by every term that has them, and coefficients or parameter
+    columns that repeat one value as read-only broadcasts: a node over millions of rows holds its data
+    and index arrays, not three arrays per term (150 bytes a row for ``(1 + x | g)`` before)."""
     n, shared, out = expr.length, None, []
     for t in expr.terms:
         rows, cols, vals = t.rows, t.cols, t.vals
@@ -172,17 +169,12 @@ def compact(expr: Expr) -> Expr:
                 shared = np.arange(n, dtype=np.int64)
                 shared.flags.writeable = False
             rows = shared
-        out.append(replace(t, rows=rows, cols=_repeated(cols), vals=_repeated(vals)))
+        out.append(replace(t, rows=rows, cols=compact_values(cols), vals=compact_values(vals)))
     return Expr(n, tuple(out), expr.offset)
 
 
 def compact_values(a: np.ndarray) -> np.ndarray:
-    """``a`` (an array gdag owns) as a read-only broadcast when it repeats one value."""
-    return _repeated(a)
-
-
-def _repeated(a: np.ndarray) -> np.ndarray:
-    """``a`` as a read-only broadcast of its first value when every entry equals it (else ``a``)."""
+    """``a`` (an array gdag owns) as a read-only broadcast of its first value when every entry equals it."""
     if a.shape[0] > 1 and a.strides != (0,) and np.all(a == a[0]):
         return np.broadcast_to(a[:1].copy()[0], a.shape)
     return a
