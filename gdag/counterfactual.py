@@ -149,6 +149,8 @@ class Counterfactual:
                              f"{small.shape[1]}; ask for smaller blocks or use var() for marginal variances.")
         self.factual._check_variance_accuracy("counterfactual covariances")
         block = np.asarray(other @ self._factor.solve(small.T.toarray()))
+        if name_a == name_b:  # a covariance matrix: symmetric to the bit
+            return (block + block.T) / 2
         return block.T if flip else block
 
     def sample(self, n: int, seed=None, nodes=None) -> dict[str, np.ndarray]:

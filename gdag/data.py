@@ -32,8 +32,10 @@ def own(key, declared: Mapping | None, model: str, where: str, error=DataError):
     if not isinstance(key, (Node, Param)):
         return key
     if declared is not None and declared.get(key.name) is not key:
-        raise error(f"{where} uses `{key.name}` from another model than `{model}`. Use that model's own "
-                    f"{'parameter' if key.is_param else 'node'} or the name '{key.name}'.")
+        same = getattr(getattr(key, "model", None), "name", None) == model  # do() and from_dict make new models
+        raise error(f"{where} uses `{key.name}` from another model than `{model}`"
+                    f"{' (one of the same name: a model made by do() or from_dict has nodes of its own)' if same else ''}"
+                    f". Use that model's own {'parameter' if key.is_param else 'node'} or the name '{key.name}'.")
     return key.name
 
 
@@ -158,6 +160,9 @@ def node_values(node: Node, value) -> np.ndarray:
         raise DataError(
             f"Data for node `{node.name}` must be a number or a 1-d array of {node.size}; got a ragged or odd sequence."
         ) from err
+    if arr.dtype.kind == "m":  # numpy counts durations as integers: their unit would silently be the number
+        raise DataError(f"Data for node `{node.name}` are durations ({arr.dtype}); divide them by a unit first, "
+                        "e.g. `values / np.timedelta64(1, 'D')` for days.")
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == object):
         raise DataError(f"Data for node `{node.name}` must be numeric; got dtype {arr.dtype}.")
     if np.iscomplexobj(arr) or (arr.dtype == object and any(isinstance(v, complex) for v in arr.reshape(-1))):

@@ -161,6 +161,8 @@ class Posterior:
             )
         solved = self._factor.solve(small.T.toarray())
         block = np.asarray(other @ solved)
+        if a.name == b.name:  # a covariance matrix: symmetric to the bit (the solves leave it so only to rounding)
+            return (block + block.T) / 2
         return block.T if flip else block
 
     def sample(self, n: int, seed=None, nodes=None) -> dict[str, np.ndarray]:

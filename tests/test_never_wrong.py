@@ -448,3 +448,40 @@ def test_observing_an_entry_set_by_do_is_refused_by_the_one_data_check():
             (m2.fit if fit else m2.posterior)({"a": [0.5, 2.0, np.nan]})
     with pytest.raises(DataError, match=re.escape("Node `d` has sd 0 at entries [1], so it is deterministic")):
         m2.posterior({"d": [np.nan, 1.0, np.nan]})
+
+
+def test_durations_as_data_are_refused_not_read_in_their_unit():
+    # Before: numpy counts timedelta64 as integers, so the same durations in days and in hours gave
+    # posterior means 24 times apart, with no word
+    m = gdag.Model("dur")
+    m.normal("y", m.normal("u", 0.0, 1.0), 1.0, plate=m.plate("o", 3))
+    days = np.array([1, 2, 3], dtype="timedelta64[D]")
+    for values in (days, days.astype("timedelta64[h]")):
+        with pytest.raises(DataError, match=re.escape("Data for node `y` are durations (timedelta64[")):
+            m.posterior({"y": values})
+    assert m.posterior({"y": days / np.timedelta64(1, "D")}).mean("u") == m.posterior({"y": [1.0, 2, 3]}).mean("u")
+
+
+def test_a_node_of_the_model_before_do_is_refused_with_a_hint():
+    m = gdag.Model("base")
+    a = m.normal("a", 0.0, 1.0)
+    m.normal("y", a, 1.0)
+    m2 = m.do({"a": 1.0})
+    with pytest.raises(DataError, match=re.escape(
+            "`data` uses `y` from another model than `base` (one of the same name: a model made by do() or "
+            "from_dict has nodes of its own). Use that model's own node or the name 'y'.")):
+        m2.posterior({m.nodes["y"]: 2.0})
+
+
+def test_a_covariance_matrix_is_symmetric_to_the_bit():
+    # Before: cov(a) came from solves, symmetric only to rounding (scipy's multivariate_normal and a
+    # Cholesky of it see an asymmetric matrix)
+    rng = np.random.default_rng(3)
+    m = gdag.Model("sym")
+    a = m.normal("a", 0.0, 1.0, plate=m.plate("A", 12))
+    b = m.normal("b", 0.0, 1.0, plate=m.plate("B", 9))
+    m.normal("y", a[rng.integers(0, 12, 60)] + b[rng.integers(0, 9, 60)], 0.3, plate=m.plate("o", 60))
+    post = m.posterior({"y": rng.normal(size=60)})
+    for block in (post.cov("a"), post.cov(a, a), post.counterfactual({"b": 0.5}).cov("a")):
+        assert np.array_equal(block, block.T)
+    np.testing.assert_allclose(np.diag(post.cov("a")), post.var("a"), rtol=1e-12)
