@@ -77,7 +77,8 @@ class ReducedObjective(Objective):
         n = base.shape[0]
         base_keys = _keys(base)
         class_keys = [_keys(c.ZZ) for c in self.stats.classes]
-        keys = np.unique(np.concatenate([base_keys, *class_keys]))
+        keys = np.sort(np.concatenate([base_keys, *class_keys]), kind="stable")  # sorted runs: a merge
+        keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if keys.size else keys
         cols, rows = np.divmod(keys, n)
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(cols, minlength=n), out=indptr[1:])
@@ -335,11 +336,13 @@ def leaf_statistics(leaves: list[LeafRows], data: dict, x: np.ndarray, pos_U: np
             rows = slice(start, min(start + chunk_rows, leaf.size))
             X, y_tilde, cols, w, entries = _chunk(leaf, data[leaf.name], x, pos_U, column, p, rows, ordered)
             r = y_tilde - X @ beta0
-            sums = []
-            for entry in np.unique(entries):
-                keep = entries == entry
-                sums.append(chunk_sums(cols[:, keep], _coefs(leaf, rows)[:, keep], X[keep], r[keep], w[keep],
-                                       int(entry), n_U))
+            sums, coefs = [], _coefs(leaf, rows)
+            if entries.min(initial=0) == entries.max(initial=0):  # one class (the usual case): no selection
+                sums.append(chunk_sums(cols, coefs, X, r, w, int(entries[0]) if entries.size else -1, n_U))
+            else:
+                for entry in np.unique(entries):
+                    keep = entries == entry
+                    sums.append(chunk_sums(cols[:, keep], coefs[:, keep], X[keep], r[keep], w[keep], int(entry), n_U))
             part = LeafStatistics(tuple(sorted(lf.name for lf in leaves)), beta0, tuple(sums))
             total = part if total is None else add(total, part)
     return total
