@@ -160,9 +160,6 @@ def node_values(node: Node, value) -> np.ndarray:
         raise DataError(
             f"Data for node `{node.name}` must be a number or a 1-d array of {node.size}; got a ragged or odd sequence."
         ) from err
-    if arr.dtype.kind == "m":  # numpy counts durations as integers: their unit would silently be the number
-        raise DataError(f"Data for node `{node.name}` are durations ({arr.dtype}); divide them by a unit first, "
-                        "e.g. `values / np.timedelta64(1, 'D')` for days.")
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == object):
         raise DataError(f"Data for node `{node.name}` must be numeric; got dtype {arr.dtype}.")
     if np.iscomplexobj(arr) or (arr.dtype == object and any(isinstance(v, complex) for v in arr.reshape(-1))):

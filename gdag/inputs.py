@@ -23,6 +23,10 @@ def as_float_array(value, error: type, message) -> np.ndarray:
     if np.ma.is_masked(value):
         raise error(f"{message() if callable(message) else message} It is a masked array with masked entries, "
                     "which have no value here: fill them (`.filled(...)`) or leave them out.")
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    if kind in ("m", "M"):  # numpy turns durations and dates into numbers in their own unit, without a word
+        raise error(f"{message() if callable(message) else message} It holds {'durations' if kind == 'm' else 'dates'} "
+                    f"({value.dtype}): divide them by a unit first, e.g. `values / np.timedelta64(1, 'D')` for days.")
     with warnings.catch_warnings():
         warnings.simplefilter("error", np.exceptions.ComplexWarning)
         try:

@@ -450,16 +450,27 @@ def test_observing_an_entry_set_by_do_is_refused_by_the_one_data_check():
         m2.posterior({"d": [np.nan, 1.0, np.nan]})
 
 
-def test_durations_as_data_are_refused_not_read_in_their_unit():
-    # Before: numpy counts timedelta64 as integers, so the same durations in days and in hours gave
-    # posterior means 24 times apart, with no word
+DAYS = np.array([1, 2, 3], dtype="timedelta64[D]")
+
+
+@pytest.mark.parametrize("where", ["data", "data in hours", "sd", "coefficient", "offset", "value=", "params", "do"])
+def test_durations_are_refused_not_read_as_numbers_in_their_unit(where):
+    # Before: numpy turns timedelta64 into numbers in its own unit, so the same durations in days and in hours
+    # gave answers 24x apart, with no word, everywhere but pandas columns (refused as non-numeric)
     m = gdag.Model("dur")
-    m.normal("y", m.normal("u", 0.0, 1.0), 1.0, plate=m.plate("o", 3))
-    days = np.array([1, 2, 3], dtype="timedelta64[D]")
-    for values in (days, days.astype("timedelta64[h]")):
-        with pytest.raises(DataError, match=re.escape("Data for node `y` are durations (timedelta64[")):
-            m.posterior({"y": values})
-    assert m.posterior({"y": days / np.timedelta64(1, "D")}).mean("u") == m.posterior({"y": [1.0, 2, 3]}).mean("u")
+    s = m.param("s", positive=True, value=1.0)
+    u = m.normal("u", 0.0, 1.0)
+    declare = {"sd": lambda: m.normal("z", 0.0, DAYS, plate=m.plate("q", 3)),
+               "coefficient": lambda: m.normal("z", DAYS * u, 1.0, plate=m.plate("q", 3)),
+               "offset": lambda: m.normal("z", DAYS, 1.0, plate=m.plate("q", 3)),
+               "value=": lambda: m.param("b", size=3, value=DAYS)}
+    m.normal("y", u, s, plate=m.plate("o", 3))
+    query = {"data": lambda: m.posterior({"y": DAYS}), "data in hours": lambda: m.posterior({"y": DAYS.astype("m8[h]")}),
+             "params": lambda: m.posterior({}, {"s": np.timedelta64(2, "D")}), "do": lambda: m.do({"y": DAYS}),
+             **declare}
+    with pytest.raises(gdag.ModelError, match=re.escape("It holds durations (timedelta64[")):
+        query[where]()
+    assert m.posterior({"y": DAYS / np.timedelta64(1, "D")}).mean("u") == m.posterior({"y": [1.0, 2, 3]}).mean("u")
 
 
 def test_a_node_of_the_model_before_do_is_refused_with_a_hint():
