@@ -120,3 +120,29 @@ def test_em_with_summed_rows_reaches_the_joint_systems_optimum(monkeypatch):
     assert reduced.loglik == pytest.approx(joint.loglik, rel=1e-12)
     for name, value in joint.params.items():
         np.testing.assert_allclose(reduced.params[name], value, rtol=1e-8)
+
+
+def test_a_coefficient_near_zero_is_not_taken_for_a_flat_direction():
+    """20M rows of ``(1 + x | g)`` with independent slopes put ``rho`` at about 1e-4, and the identification
+    check moved it by half of itself, saw no change and refused the fit.  Coefficients now move by at least 1."""
+    from gdag.fitting.optimize import FitLog, check_identified
+
+    df = slopes_frame(seed=5, n=600, groups=30)
+    m = gdag.Model("slopes")
+    G, obs = m.plate("g", 30), m.plate("obs", len(df))
+    g, x = df["g"].astype(int).to_numpy(), df["x"].to_numpy()
+    u0 = m.normal("u0", 0.0, m.param("s0", positive=True), plate=G)
+    u1 = m.normal("u1", m.param("rho") * u0, m.param("s1", positive=True), plate=G)
+    m.normal("y", m.param("b0") + m.param("b1") * x + u0[g] + x * u1[g], m.param("sigma", positive=True), plate=obs)
+    fit = m.fit({"y": df["y"].to_numpy()}, method="ml")
+    cm = m._queries.compiled(m.spec())
+    xv, observed = data_vector(m.spec(), cm, {"y": df["y"].to_numpy()})
+    cond = m._queries.conditioning_for(cm, observed)
+    roles = infer_roles(cm, cond)
+    obj = Objective(cm, cond, xv, roles, reml=False)
+    v = np.array([fit.params[roles.labels[k]] / fit.params["sigma"] if roles.sd[k] else fit.params[roles.labels[k]]
+                  for k in roles.optimized])
+    v[[roles.labels[k] for k in roles.optimized].index("rho")] = 1e-9  # an identified coefficient at about 0
+    log = FitLog()
+    log.record(v, obj.evaluate(v, gradient=True, curvature=True))
+    assert check_identified(obj, log) is None

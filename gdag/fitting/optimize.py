@@ -298,8 +298,8 @@ def check_identified(obj: Objective, log: FitLog) -> np.ndarray | None:
     """NotIdentifiedError when the objective is flat at the optimum along some variance component;
     a point to go on from when an sd stopped at 0 where moving it to 1 lowers the objective.
 
-    A candidate direction is the null vector of the information scaled to relative
-    changes, ``diag(v) I diag(v)`` (``I``: the average information without the
+    A candidate direction is the null vector of the information scaled to relative changes,
+    ``diag(s) I diag(s)`` (``s = v`` for sds, ``max(|v|, 1)`` for coefficients; ``I``: the AI without the
     boundary term; its eigenvalues are of the order of the number of observations
     when identified, round-off when not: one observation per group, one group under
     REML).  The variables are then moved by half of themselves along it (sds in their
@@ -334,21 +334,22 @@ def check_identified(obj: Objective, log: FitLog) -> np.ndarray | None:
     unchanged = lambda moved: abs(change(moved)) <= tol  # noqa: E731
 
     inside = np.flatnonzero(~obj.is_sd | (v >= SINGULAR_TOL))
+    size = np.where(obj.is_sd, v, np.maximum(np.abs(v), 1.0))  # a coefficient near 0 (rho) moves by 1, not by itself
     flat = []
     if inside.size:
-        w, V = np.linalg.eigh(v[inside, None] * H[np.ix_(inside, inside)] * v[None, inside])
+        w, V = np.linalg.eigh(size[inside, None] * H[np.ix_(inside, inside)] * size[None, inside])
         u = V[:, 0] / np.max(np.abs(V[:, 0]))
-        if w[0] < 1e-6 * max(1, obj.n_obs) and any(unchanged(_moved(obj, v, inside, step * u)) for step in (0.5, -0.5)):
+        if w[0] < 1e-6 * max(1, obj.n_obs) and any(unchanged(_moved(obj, v, size, inside, step * u)) for step in (0.5, -0.5)):
             flat = [labels[inside[i]] for i in np.flatnonzero(np.abs(u) > 0.1)]
     for i in np.flatnonzero(obj.is_sd & (v < SINGULAR_TOL)):
-        for size in (1.0, 0.3, 0.1) if not flat else ():
+        for to in (1.0, 0.3, 0.1) if not flat else ():
             moved = v.copy()
-            moved[i] = size
+            moved[i] = to
             delta = change(moved)
             if delta < -tol:  # better off 0: the optimizer stopped at a boundary that is not the optimum
                 obj.n_evaluations = n_evaluations
                 return moved
-            if size == 1.0 and abs(delta) <= tol:
+            if to == 1.0 and abs(delta) <= tol:
                 flat = [labels[i]]
     obj.n_evaluations = n_evaluations
     if flat:
@@ -363,11 +364,11 @@ def check_identified(obj: Objective, log: FitLog) -> np.ndarray | None:
     return None
 
 
-def _moved(obj: Objective, v: np.ndarray, inside: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """``v`` moved by ``step`` relative to itself on ``inside``: sds in their squares (``V`` is linear in
-    the variances, so a set of them that leaves it unchanged is a line there), other variables directly."""
+def _moved(obj: Objective, v: np.ndarray, size: np.ndarray, inside: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """``v`` moved by ``step`` times ``size`` on ``inside``: sds relative to themselves in their squares (``V``
+    is linear in the variances, so a set of them that leaves it unchanged is a line there), others directly."""
     moved = v.copy()
-    moved[inside] *= np.where(obj.is_sd[inside], np.sqrt(1.0 + step), 1.0 + step)
+    moved[inside] = np.where(obj.is_sd[inside], v[inside] * np.sqrt(1.0 + step), v[inside] + step * size[inside])
     return moved
 
 
