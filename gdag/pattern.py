@@ -129,7 +129,7 @@ class Conditioning:
         coef, c_R, g, M = self._reduced_coefficients(coef, c)
         d_R = _over_R(self, d)
         r = self._gram.residual(coef, c_R, _over_R(self, x))
-        Q, b = self._gram.assemble(coef, 1.0 / d_R, r / d_R)
+        Q, b = assembly.gram_values(self._gram.structure, self._gram.entry_values(coef), d_R, r, divide=True)
         return LinearSystem(Q, b, r, d_R, g, M)
 
     # ------------------------------------------------------------------
@@ -338,7 +338,7 @@ class PaddedConditioning:
         full = shared.gram
         values = full.entry_values(coef)
         values[self._zeroed] = 0.0
-        Q_pad, b_pad = assembly.gram_values(full.structure, values, 1.0 / d_R, r / d_R)
+        Q_pad, b_pad = assembly.gram_values(full.structure, values, d_R, r, divide=True)
         Q_pad.data[self._diag_O] = 1.0
         Q = sp.csc_matrix((Q_pad.data[self._take], self._U_rows, self._U_indptr), shape=(self.n_unobserved,) * 2)
         return LinearSystem(Q, b_pad[self.u_in_R], r, d_R, g, M, Q_pad)

@@ -92,3 +92,24 @@ def test_posteriors_are_the_same_with_64_bit_indices(seed, monkeypatch):
     scale, vscale = 1.0 + np.max(np.abs(dense.full_mean)), 1.0 + np.max(np.diag(dense.prior_cov))
     assert_matches_dense(post, dense, spec.families, scale, vscale)
     assert post.log_evidence == pytest.approx(dense.log_evidence, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("thin", [False, True])
+def test_dividing_inside_the_pass_gives_the_same_bits(thin):
+    """``gram_values(..., d, r, divide=True)`` equals ``gram_values(..., 1 / d, r / d)`` bit for bit."""
+    rng = np.random.default_rng(11)
+    n_rows, n_cols = 60, 25
+    if thin:  # at most two entries a row, in two columns: the thin road
+        rows = np.repeat(np.arange(n_rows), 2)
+        cols = np.stack([rng.integers(0, 12, n_rows), rng.integers(12, n_cols, n_rows)], axis=1).ravel()
+    else:
+        rows, cols = rng.integers(0, n_rows, 200), rng.integers(0, n_cols, 200)
+    values = rng.normal(size=rows.shape[0])
+    structure = assembly.gram_structure(rows, cols, n_rows, n_cols)
+    assert (structure.pair_pos is not None) == thin
+    d, r = rng.uniform(1e-3, 1e3, n_rows), rng.normal(size=n_rows)
+    Q, b = assembly.gram_values(structure, values, 1.0 / d, r / d)
+    Q_div, b_div = assembly.gram_values(structure, values, d, r, divide=True)
+    assert np.array_equal(Q.data, Q_div.data) and np.array_equal(b, b_div)
+    assert np.array_equal(assembly.gram_values(structure, values, 1.0 / d).data,
+                          assembly.gram_values(structure, values, d, divide=True).data)

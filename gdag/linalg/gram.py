@@ -68,16 +68,18 @@ def gram_structure(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int)
 
 
 def gram_values(structure: GramStructure, values: np.ndarray, weights: np.ndarray,
-                rhs: np.ndarray | None = None):
+                rhs: np.ndarray | None = None, divide: bool = False):
     """Lower triangle of ``A^T diag(weights) A`` for entry ``values`` (in the original entry order).
 
     With ``rhs`` (one value per row of ``A``), also returns ``A^T rhs``,
-    accumulated in the same pass: ``(Q, b)``.
+    accumulated in the same pass: ``(Q, b)``.  With ``divide``, ``weights``
+    are variances ``d`` and the pass uses ``1 / d`` and ``rhs / d`` (the same
+    bits as dividing first, without the two arrays).
     """
     s = structure
     out = np.zeros((1, s.q_rows.shape[0]))
     b = np.zeros(s.n_cols if rhs is not None else 0)
-    _numeric(s, values, weights, _NO_CLASSES, out, _NO_RHS if rhs is None else rhs, b)
+    _numeric(s, values, weights, _NO_CLASSES, out, _NO_RHS if rhs is None else rhs, b, divide)
     Q = sp.csc_matrix((out[0], s.q_rows, s.q_indptr), shape=(s.n_cols, s.n_cols))
     return Q if rhs is None else (Q, b)
 
@@ -91,18 +93,18 @@ def class_gram_values(structure: GramStructure, values: np.ndarray, weights: np.
     ``Q`` is a weighted sum of such terms (one per variance parameter).
     """
     out = np.zeros((n_classes, structure.q_rows.shape[0]))
-    _numeric(structure, values, weights, classes.astype(np.int64, copy=False), out, _NO_RHS, np.zeros(0))
+    _numeric(structure, values, weights, classes.astype(np.int64, copy=False), out, _NO_RHS, np.zeros(0), False)
     return out
 
 
-def _numeric(s: GramStructure, values, weights, classes, out, rhs, b) -> None:
+def _numeric(s: GramStructure, values, weights, classes, out, rhs, b, divide: bool) -> None:
     """One numeric pass: the thin one (row by row) or the general one (column by column); the same bits."""
     if s.pair_pos is not None:
         thin_numeric(s.csr_indptr, s.csr_cols, s.csr_entry, values, weights, classes, s.q_indptr, s.pair_pos,
-                     out, rhs, b)
+                     out, rhs, b, divide)
     else:
         _gram_numeric(s.csr_indptr, s.csr_cols, s.csr_entry, s.csc_indptr, s.csc_rows, s.csc_entry, values, weights,
-                      classes, s.q_indptr, s.q_rows, np.zeros((out.shape[0], s.n_cols)), out, rhs, b)
+                      classes, s.q_indptr, s.q_rows, np.zeros((out.shape[0], s.n_cols)), out, rhs, b, divide)
 
 
 def a_times(structure: GramStructure, values: np.ndarray, x: np.ndarray, n_rows: int) -> np.ndarray:
@@ -266,8 +268,9 @@ def _sort_small(a, start, stop):
 
 @numba.njit(cache=True)
 def _gram_numeric(csr_indptr, csr_cols, csr_entry, csc_indptr, csc_rows, csc_entry, values, weights, classes,
-                  q_indptr, q_rows, work, out, rhs, b):
-    """Fill ``out[c]`` (values on the pattern) with ``sum_r [class_r = c] A_rj w_r A_ri``; ``b = A^T rhs``.
+                  q_indptr, q_rows, work, out, rhs, b, divide):
+    """Fill ``out[c]`` (values on the pattern) with ``sum_r [class_r = c] A_rj w_r A_ri``; ``b = A^T rhs``
+    (``divide``: ``weights`` are variances, ``w = 1 / weights`` and ``rhs / weights`` for ``rhs``).
 
     Column ``j`` sums its rows in increasing order, so a matrix with extra
     zero entries gives bitwise the same values (the padded queries rely on it).
@@ -280,8 +283,8 @@ def _gram_numeric(csr_indptr, csr_cols, csr_entry, csc_indptr, csc_rows, csc_ent
             c = classes[r] if classes.shape[0] else 0
             v = values[csc_entry[p]]
             if rhs.shape[0]:
-                b[j] += v * rhs[r]
-            a_rj = v * weights[r]
+                b[j] += v * (rhs[r] / weights[r] if divide else rhs[r])
+            a_rj = v * (1.0 / weights[r] if divide else weights[r])
             for q in range(csr_indptr[r], csr_indptr[r + 1]):
                 i = csr_cols[q]
                 if i >= j:

@@ -111,8 +111,9 @@ def _fill_pattern(start, pair_row, pair_col, present, q_indptr, q_rows, pair_pos
 
 
 @numba.njit(cache=True)
-def thin_numeric(csr_indptr, csr_cols, csr_entry, values, weights, classes, q_indptr, pair_pos, out, rhs, b):
-    """Add ``A^T diag(weights [class]) A`` into ``out[class]`` and ``A^T rhs`` into ``b``, row by row.
+def thin_numeric(csr_indptr, csr_cols, csr_entry, values, weights, classes, q_indptr, pair_pos, out, rhs, b, divide):
+    """Add ``A^T diag(weights [class]) A`` into ``out[class]`` and ``A^T rhs`` into ``b``, row by row
+    (``divide``: ``weights`` are variances, ``w = 1 / weights`` and ``rhs / weights`` for ``rhs``).
 
     The products are the general pass's: ``(v_j w) v_j``, ``(v_j w) v_i`` and
     ``(v_i w) v_i`` for a row with entries in columns ``j < i``.
@@ -130,14 +131,16 @@ def thin_numeric(csr_indptr, csr_cols, csr_entry, values, weights, classes, q_in
         elif e - s == 2:
             i, v_i = csr_cols[s + 1], values[csr_entry[s + 1]]
         if rhs.shape[0]:
-            b[j] += v_j * rhs[r]
+            s_r = rhs[r] / weights[r] if divide else rhs[r]
+            b[j] += v_j * s_r
             if e - s == 2:
-                b[i] += v_i * rhs[r]
-        a_j = v_j * weights[r]
+                b[i] += v_i * s_r
+        w_r = 1.0 / weights[r] if divide else weights[r]
+        a_j = v_j * w_r
         out[c, q_indptr[j]] += a_j * v_j
         if e - s == 2:
             out[c, pair_pos[r]] += a_j * v_i
-            out[c, q_indptr[i]] += (v_i * weights[r]) * v_i
+            out[c, q_indptr[i]] += (v_i * w_r) * v_i
 
 
 @numba.njit(cache=True)
