@@ -122,18 +122,33 @@ def test_em_with_summed_rows_reaches_the_joint_systems_optimum(monkeypatch):
         np.testing.assert_allclose(reduced.params[name], value, rtol=1e-8)
 
 
+def slopes_model(df, groups):
+    m = gdag.Model("slopes")
+    G, obs = m.plate("g", groups), m.plate("obs", len(df))
+    g, x = df["g"].astype(int).to_numpy(), df["x"].to_numpy()
+    u0 = m.normal("u0", 0.0, m.param("s0", positive=True), plate=G)
+    u1 = m.normal("u1", m.param("rho") * u0, m.param("s1", positive=True), plate=G)
+    m.normal("y", m.param("b0") + m.param("b1") * x + u0[g] + x * u1[g], m.param("sigma", positive=True), plate=obs)
+    return m
+
+
+def test_the_summary_counts_the_summed_rows(monkeypatch):
+    df = slopes_frame(seed=2, n=800, groups=20)
+    m = slopes_model(df, 20)
+    monkeypatch.setattr(observations, "MIN_ROWS", 0)
+    fit = m.fit({"y": df["y"].to_numpy()}, method="ml")
+    assert [(name, what, n) for name, _, what, n in fit.roles["variance"]] == [
+        ("s0", "u0", 20), ("s1", "u1 | u0", 20), ("sigma", "y", 800)]
+    assert fit.observed == ("y",) and fit.nobs == 800
+
+
 def test_a_coefficient_near_zero_is_not_taken_for_a_flat_direction():
     """20M rows of ``(1 + x | g)`` with independent slopes put ``rho`` at about 1e-4, and the identification
     check moved it by half of itself, saw no change and refused the fit.  Coefficients now move by at least 1."""
     from gdag.fitting.optimize import FitLog, check_identified
 
     df = slopes_frame(seed=5, n=600, groups=30)
-    m = gdag.Model("slopes")
-    G, obs = m.plate("g", 30), m.plate("obs", len(df))
-    g, x = df["g"].astype(int).to_numpy(), df["x"].to_numpy()
-    u0 = m.normal("u0", 0.0, m.param("s0", positive=True), plate=G)
-    u1 = m.normal("u1", m.param("rho") * u0, m.param("s1", positive=True), plate=G)
-    m.normal("y", m.param("b0") + m.param("b1") * x + u0[g] + x * u1[g], m.param("sigma", positive=True), plate=obs)
+    m = slopes_model(df, 30)
     fit = m.fit({"y": df["y"].to_numpy()}, method="ml")
     cm = m._queries.compiled(m.spec())
     xv, observed = data_vector(m.spec(), cm, {"y": df["y"].to_numpy()})

@@ -384,6 +384,9 @@ def _make_fit(spec: ModelSpec, cm: CompiledModel, obj: Objective, log: FitLog, m
             fams = np.unique(sd_fam[cm.sd_param == entry])
             what = "; ".join(family_text(int(f)) for f in fams)
             levels = int(np.count_nonzero(cm.sd_param == entry))
+            if entry in obj.leaf_classes:  # rows summed apart (gdag.fitting.reduced)
+                what = "; ".join(w for w in (what, *obj.leaf_classes[entry][0]) if w)
+                levels += obj.leaf_classes[entry][1]
             variance.append((roles.labels[entry], float(theta[entry]), what, levels))
         elif entry in free:
             if roles.scale[entry]:
