@@ -77,8 +77,8 @@ class Conditioning:
             self.O = np.flatnonzero(~det & observed)
         else:  # the usual case: every variable is stochastic
             self.R = np.arange(cm.n)
-            self.U = np.flatnonzero(~observed)
             self.O = np.flatnonzero(observed)
+            self.U = self.R if not self.O.size else np.flatnonzero(~observed)  # nothing observed: one array
         self._pattern = self._coefficient_pattern()
         self._observed = observed
         self._analyses: dict = {}  # factorization -> analysis of this pattern, each made once
