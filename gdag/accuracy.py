@@ -165,6 +165,27 @@ def condition_upper_bound(Q: sp.csc_matrix, variances: np.ndarray) -> float:
         return scaled_norm(Q, root) * float(np.max(t) * np.sum(t))
 
 
+def check_variance_bound(model: str, what: str, bound: float, kappa: float, label: str) -> None:
+    """Refuse answers whose variance error bound leaves no digit (``>= VARIANCE_HOPELESS``), else warn.
+
+    For a bound above :data:`VARIANCE_TOLERANCE`; ``kappa`` is ``kappa_1(S)`` and
+    ``label`` the variable where it is worst.
+    """
+    if not bound < VARIANCE_HOPELESS:
+        raise NotIdentifiedError(
+            f"The posterior {what} of `{model}` cannot be computed in double precision: the scaled posterior "
+            f"precision has condition number {kappa:.1e}, worst around `{label}`. Its prior sd is too large, or "
+            "its data too precise, next to the other sds of the model: shrink the range of sds (rescale units), "
+            "or make near-deterministic nodes exactly deterministic (sd=0)."
+        )
+    warn(
+        f"Posterior {what} of `{model}` may be inaccurate: variances may have relative errors up to {bound:.0e} "
+        f"(scaled precision condition number {kappa:.1e}, worst around `{label}`); sds spanning many orders of "
+        "magnitude cost digits.",
+        AccuracyWarning,
+    )
+
+
 # Refinement steps before a mean that is still moving is declared uncertain (well-conditioned
 # models stop after one or two; on random models with sds over 1e-6..1e8, all but those whose
 # scaled condition number exceeds 1e17 settled within 30)

@@ -15,6 +15,7 @@ from .accuracy import (
     VARIANCE_TOLERANCE,
     check_mean_accuracy,
     check_system,
+    check_variance_bound,
     condition_upper_bound,
     refined_mean,
     require_finite,
@@ -23,7 +24,7 @@ from .accuracy import (
 from .compiler import CompiledModel
 from .counterfactual import Counterfactual
 from .data import own
-from .errors import AccuracyWarning, DataError, ModelError, NotIdentifiedError, warn
+from .errors import DataError, ModelError
 from .linalg import LOG_2PI
 from .pattern import Conditioning, LinearSystem
 from .resources import start_draws
@@ -70,14 +71,9 @@ class Posterior:
         self._settle_factor()
 
     def _settle_factor(self) -> None:
-        """Put the factor in the one form every later call uses.
-
-        CHOLMOD keeps a simplicial factor as ``L D L^T`` and converts it in place
-        to ``L L^T`` on the first draw, half-solve or selected inversion; solves
-        before and after the conversion differ in their last bits.  Converting
-        once, right after the mean (a half-solve of one zero column, O(nnz(L))),
-        makes every answer independent of the order of the calls.
-        """
+        """Put the factor in the one form later calls use: CHOLMOD turns a simplicial ``L D L^T`` into ``L L^T``
+        on the first draw, half-solve or selected inversion, and solves before and after differ in their last
+        bits; one half-solve right after the mean (O(nnz(L))) makes answers independent of the order of calls."""
         if self._factor is not None:
             self._factor.half_solve(np.zeros((self._factor.n, 1)))
 
@@ -313,16 +309,10 @@ class Posterior:
     def variance_error_bound(self) -> float:
         """The stated bound on the relative error of the posterior variances: ``4 eps kappa_1(S)``.
 
-        ``S = diag(Q)^{-1/2} Q_UU diag(Q)^{-1/2}`` is the posterior precision
-        scaled to a unit diagonal; rounding ``Q_UU`` while forming and
-        factoring it perturbs ``S`` by about ``eps`` entrywise, which moves
-        every variance by at most about ``eps kappa(S)`` relatively.  It is a
-        first-order bound, not a proof: measured against exact rational
-        arithmetic, the actual error stayed below it (at most 0.08 of it on
-        the cases where it had been low; docs/accuracy.md).  ``kappa_1(S)`` is
-        exact up to 256 unobserved variables (``n`` solves); beyond, ``||S^{-1}||_1``
-        is Hager's estimate (a lower estimate, a few solves, deterministic), so
-        the bound is then an estimate of this bound.
+        ``S`` is ``Q_UU`` scaled to a unit diagonal; rounding it by about ``eps`` entrywise moves every
+        variance by about ``eps kappa(S)`` relatively.  A first-order bound, not a proof (measured against
+        exact arithmetic: docs/accuracy.md), with ``kappa_1(S)`` exact up to 256 unobserved variables and,
+        beyond, Hager's lower estimate of ``||S^{-1}||_1``: then an estimate of this bound.
         """
         if self._factor is None:
             return 0.0
@@ -340,12 +330,8 @@ class Posterior:
                             lambda j: self._cond.label_unobserved(np.array([j]))[0], self._no_digit)
 
     def _no_digit(self) -> int | None:
-        """The position in U where the factor has no certain digit (variance bound >= 0.1), or None (decided once).
-
-        The rigorous bound from the variances (:func:`~gdag.accuracy.condition_upper_bound`,
-        no solves; the variances come from one selected inversion, kept for ``var()``) decides
-        when it clears; otherwise the estimator does (:meth:`variance_error_bound`).
-        """
+        """Where in U the factor has no certain digit (variance bound >= 0.1), or None; decided once, by the
+        rigorous bound from the variances (kept for ``var()``) when it clears, else by the estimator."""
         if self._factor is None:
             return None
         if self._hopeless is None:
@@ -363,35 +349,16 @@ class Posterior:
 
     @timed("accuracy check")
     def _check_variance_accuracy(self, what: str = "variances", variances_U: np.ndarray | None = None) -> None:
-        """Warn when variances (or the log-determinant in the evidence) may have lost digits;
-        refuse when none would be left.
-
-        With the variances of U at hand, a rigorous upper bound on the condition
-        number is tried first (:func:`~gdag.accuracy.condition_upper_bound`, no
-        solves); the estimator runs only when that bound does not clear the tolerance.
-        """
+        """Warn when variances (or the evidence's log-determinant) may have lost digits, refuse when none is
+        left; given the variances, the rigorous :func:`~gdag.accuracy.condition_upper_bound` goes first."""
         if variances_U is not None and self._kappa is None:
             cheap = 4 * np.finfo(float).eps * condition_upper_bound(self._system.Q, variances_U)
             if cheap <= VARIANCE_TOLERANCE:
                 return
         bound = self.variance_error_bound()
-        if not (bound > VARIANCE_TOLERANCE):
-            return
-        label = self._cond.label_unobserved(np.array([self._scaled_condition()[1]]))[0]
-        if not (bound < VARIANCE_HOPELESS):
-            raise NotIdentifiedError(
-                f"The posterior {what} of `{self._cm.name}` cannot be computed in double precision: the "
-                f"scaled posterior precision has condition number {self._scaled_condition()[0]:.1e}, worst "
-                f"around `{label}`. Its prior sd is too large, or its data too precise, next to the other "
-                "sds of the model: shrink the range of sds (rescale units), or make near-deterministic "
-                "nodes exactly deterministic (sd=0)."
-            )
-        warn(
-            f"Posterior {what} of `{self._cm.name}` may be inaccurate: variances may have relative errors up to {bound:.0e} "
-            f"(scaled precision condition number {self._scaled_condition()[0]:.1e}, worst around `{label}`); "
-            "sds spanning many orders of magnitude cost digits.",
-            AccuracyWarning,
-        )
+        if bound > VARIANCE_TOLERANCE:
+            kappa, j = self._scaled_condition()
+            check_variance_bound(self._cm.name, what, bound, kappa, self._cond.label_unobserved(np.array([j]))[0])
 
     def _deterministic_variance(self, chunk: int = 256) -> np.ndarray:
         """``diag(M_U Q^{-1} M_U^T)``: squared norms of ``L^{-1} P M_U^T``, in column chunks."""
