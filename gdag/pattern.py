@@ -182,7 +182,7 @@ class Conditioning:
         """``(coef, c_R, d_R)``: ``B'`` on :attr:`coefficient_pattern`, ``c'`` and the variances over R."""
         coef, c, d = self.cm.values(theta)
         coef, c_R, _, _ = self._reduced_coefficients(coef, c)
-        return coef, c_R, d[self.R]
+        return coef, c_R, _over_R(self, d)  # d is new: no copy needed
 
     def reduced_offsets(self, theta: np.ndarray, C: sp.spmatrix) -> sp.csr_matrix:
         """``C' = C_R + B_RS (I - B_SS)^{-1} C_S`` for offsets ``C`` (n x k, columns like ``c``).
