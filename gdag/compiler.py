@@ -209,7 +209,7 @@ def compile_model(model: ModelSpec) -> CompiledModel:
     k = 0
     f_rows, f_cols, f_vals = [], [], []
     c0 = np.zeros(n)
-    sd_base = np.zeros(n)
+    sd_base = np.empty(n)  # every entry is written below (the families cover 0..n-1)
     sd_param = None  # written only when some sd carries a parameter
     for nd in nodes:
         start = node_off[nd.name]
