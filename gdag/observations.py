@@ -9,17 +9,14 @@ variances and ``r = c - x + B_O x_O`` their residual at the observed parents,
     Q_UU += Z^T W Z,      b += -Z^T W r,
 
 and the log evidence gains their count, ``sum log d`` and ``e^T W e`` with
-``e = r + Z m``.  These are additive over any split of the rows: each chunk
-of rows gives its part, and the parts are added in row order, so a given
-chunking always gives the same bits (the seam for data that do
-not fit in memory).
+``e = r + Z m``.  These are additive over any split of the rows, added in row
+order: a given chunking always gives the same bits.
 
 :func:`reducible_families` picks the families; a :class:`LeafRows` reads one
-of them straight from its declaration (its mean's terms, its sds and the
-data), so no per-row index structure of the joint system is ever built for
-it; a :class:`ReducedConditioning` wraps the conditioning of the remaining
-(latent) model, adds the leaves' sums to its system, and answers the
-posterior's questions about the leaves (observed: their data, variance 0).
+of them straight from its declaration (its mean's terms, its sds and the data:
+no per-row index structure of the joint system); a :class:`ReducedConditioning`
+wraps the conditioning of the remaining (latent) model, adds the leaves' sums
+to its system, and answers the posterior's questions about the leaves.
 """
 
 from __future__ import annotations
@@ -103,7 +100,7 @@ class LeafRows:
         self.fixed = []  # (rows, theta index, vals) of parameter terms
         for t in node.mean.terms:
             if t.source.is_param:
-                self.fixed.append((t.rows, t.cols + _param_start(cm, t.source.name), t.vals))
+                self.fixed.append((t.rows, _shifted(t.cols, _param_start(cm, t.source.name)), t.vals))
                 continue
             self.starts.append(int(cm.family_offset[cm.family(t.source.name)]))
             if t.rows.shape[0] == self.size:  # every row has the term (rows increase, so they are 0..size-1)
@@ -114,10 +111,10 @@ class LeafRows:
                 cols[t.rows] = t.cols
                 coef[t.rows] = t.vals
             self.cols.append(np.ascontiguousarray(cols, dtype=np.int64))
-            self.coef.append(np.ascontiguousarray(coef, dtype=float))
+            self.coef.append(coef if coef.strides == (0,) else np.ascontiguousarray(coef, dtype=float))
             self.scale.append(-1 if t.scale is None else _param_start(cm, t.scale.name))
         self.sd_base = node.sd.base
-        self.sd_theta = None if node.sd.param is None else node.sd.param_index + _param_start(cm, node.sd.param.name)
+        self.sd_theta = None if node.sd.param is None else _shifted(node.sd.param_index, _param_start(cm, node.sd.param.name))
         # parameter terms whose rows increase: a chunk's part is a slice (found by binary search)
         self._fixed_sorted = [bool(np.all(rows[1:] >= rows[:-1])) for rows, _, _ in self.fixed]
         # one coefficient for every row of every term (gathers: 1): the kernels read it, not a column of ones
@@ -208,6 +205,10 @@ class LeafRows:
             return sp.csr_matrix((self.size, n))
         return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                              shape=(self.size, n))
+
+
+def _shifted(index: np.ndarray, start: int) -> np.ndarray:  # index + start; a broadcast stays one
+    return np.broadcast_to(index[:1] + start, index.shape) if index.strides == (0,) and index.size else index + start
 
 
 def _param_start(cm: CompiledModel, name: str) -> int:
