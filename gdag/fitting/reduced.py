@@ -329,7 +329,7 @@ def leaf_statistics(leaves: list[LeafRows], data: dict, x: np.ndarray, pos_U: np
         rows = slice(0, min(first.size, chunk_rows))
         X, y_tilde, _, w, _ = _chunk(first, data[first.name], x, pos_U, column, p, rows, _ascending(first))
         beta0 = reference_fit(X, y_tilde, w)
-    total = None
+    levels: list = []  # a binary counter of partial sums: level k holds 2^k chunks (pairwise, not a running sum)
     for leaf in leaves:
         ordered = _ascending(leaf)
         for start in range(0, leaf.size, max(chunk_rows, 1)):
@@ -344,8 +344,24 @@ def leaf_statistics(leaves: list[LeafRows], data: dict, x: np.ndarray, pos_U: np
                     keep = entries == entry
                     sums.append(chunk_sums(cols[:, keep], coefs[:, keep], X[keep], r[keep], w[keep], int(entry), n_U))
             part = LeafStatistics(tuple(sorted(lf.name for lf in leaves)), beta0, tuple(sums))
-            total = part if total is None else add(total, part)
+            _carry(levels, part)
+    total = None
+    for part in levels:  # the remaining levels, the most recent rows last
+        if part is not None:
+            total = part if total is None else add(part, total)
     return total
+
+
+def _carry(levels: list, part: LeafStatistics) -> None:
+    """Add ``part`` to the counter: equal-sized partial sums merge, so adding the sparse ``Z^T W Z`` of
+    many chunks costs its final size times the number of levels, not times the number of chunks."""
+    k = 0
+    while k < len(levels) and levels[k] is not None:
+        part, levels[k] = add(levels[k], part), None
+        k += 1
+    if k == len(levels):
+        levels.append(None)
+    levels[k] = part
 
 
 def _ascending(leaf: LeafRows) -> list[bool]:
