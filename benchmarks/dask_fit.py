@@ -60,7 +60,7 @@ def run_dask(path: str, what: str) -> dict:
 
     import gdag
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
     client = Client(cluster)
     try:
         start = time.perf_counter()

@@ -61,7 +61,7 @@ from .pattern import Conditioning, LinearSystem
 from .posterior import Posterior
 from .resources import check_memory, factor_size
 
-__all__ = ["is_dask", "levels", "check_rows", "RowSums", "row_sums", "tree_sum", "posterior", "fitted",
+__all__ = ["is_dask", "levels", "levels_of", "check_rows", "RowSums", "row_sums", "tree_sum", "posterior", "fit", "fitted",
            "DaskPosterior", "DaskModel", "FAN_IN"]
 
 # Partial sums added per node of the reduction tree.
@@ -595,6 +595,13 @@ def posterior_from_sums(m, plan: _Plan, sums: RowSums) -> DaskPosterior:
     return post
 
 
+def fit(m, ddf, rows: Callable, method: str = "reml", **options):
+    """ML, REML or EM from the rows of ``ddf`` declared by ``rows``; see :func:`gdag.distributed_fit.fit`."""
+    from .distributed_fit import fit as fit_rows
+
+    return fit_rows(m, ddf, rows, method, **options)
+
+
 # ------------------------------------------------------------------ second pass: fitted values
 
 
@@ -666,8 +673,6 @@ class DaskModel(Model):
     def fit(self, data, method: str = "reml", **options):
         """ML, REML or EM from a dask DataFrame (:func:`gdag.distributed_fit.fit`); other data as :meth:`Model.fit`."""
         if is_dask(data):
-            from .distributed_fit import fit
-
             return fit(self, data, self.design.partition_rows, method, **options)
         return super().fit(data, method, **options)
 

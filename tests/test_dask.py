@@ -16,7 +16,7 @@ TOL = 1e-12
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
     c = distributed.Client(cluster)
     yield c
     c.close()
@@ -268,9 +268,7 @@ def test_dsl_fit_and_fitted_values(client):
     df = crossed_frame(n=5000)
     ddf = dd.from_pandas(df, npartitions=3)
     lv = gd.levels_of({"a": ddf["a"], "b": ddf["b"]})
-    from gdag.distributed_fit import fit
-
-    fd = fit(latent(lv), ddf, rows, method="reml")
+    fd = gd.fit(latent(lv), ddf, rows, method="reml")
     full = latent(lv)
     rows(full, df)
     fm = full.fit({"y": df["y"].to_numpy()}, method="reml")
@@ -291,3 +289,21 @@ def test_formula_fitted_values_from_a_fit(client):
     assert out.index.equals(fm.design.rows)
     assert relative(out["y_fitted"].to_numpy(), fm.fitted().to_numpy()) < 1e-10
     assert relative(out["y_residual"].to_numpy(), fm.residuals().to_numpy()) < 1e-9
+
+
+def test_the_docs_example_runs(tmp_path):
+    """docs/larger-than-memory.md's first example, as a script (its own LocalCluster, under the __main__ guard)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "larger-than-memory.md")) as f:
+        page = f.read()
+    code = re.findall(r"```python\n(.*?)```", page, re.S)[0]
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Linear mixed model fit by maximum likelihood" in out.stdout and "Number of obs: 100000" in out.stdout
