@@ -110,7 +110,7 @@ class LeafRows:
                 coef = np.zeros(self.size)
                 cols[t.rows] = t.cols
                 coef[t.rows] = t.vals
-            self.cols.append(np.ascontiguousarray(cols, dtype=np.int64))
+            self.cols.append(cols if cols.dtype == np.int64 else cols.astype(np.int64))  # as declared: no copy
             self.coef.append(coef if coef.strides == (0,) else np.ascontiguousarray(coef, dtype=float))
             self.scale.append(-1 if t.scale is None else _param_start(cm, t.scale.name))
         self.sd_base = node.sd.base
@@ -119,7 +119,7 @@ class LeafRows:
         self._fixed_sorted = [bool(np.all(rows[1:] >= rows[:-1])) for rows, _, _ in self.fixed]
         # one coefficient for every row of every term (gathers: 1): the kernels read it, not a column of ones
         vals = [t.vals for t in node.mean.terms if not t.source.is_param]
-        same = all(v.size and np.all(v == v[0]) for v in vals)
+        same = all(v.size and (v.strides == (0,) or np.all(v == v[0])) for v in vals)
         self._one_coef = np.array([v[0] for v in vals], dtype=float).reshape(-1, 1) if same else None
 
     @property
