@@ -14,6 +14,7 @@ from typing import Callable
 
 import numba
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 
 from .compiler import CompiledModel
@@ -234,6 +235,33 @@ def refined_mean(solve, gram, values: np.ndarray, system: LinearSystem, max_step
     rho = float(np.max(sizes[-1]) / np.max(sizes[-2])) if len(sizes) > 1 else np.inf
     j = int(np.argmax(sizes[-1]))
     return m, (float(sizes[-1][j]) * rho / (1.0 - rho) if rho < 1 else np.inf, j, False)
+
+
+# Means the factor cannot settle are recomputed by a dense QR up to this many entries of D^{-1/2} A_U.
+QR_ENTRIES = 4_000_000
+
+
+def qr_mean(gram, values: np.ndarray, system: LinearSystem) -> np.ndarray | None:
+    """``m`` minimizing ``||D^{-1/2} (r - A_U m)||`` by a dense Householder QR, or None when too large.
+
+    The square-root form: its condition is the square root of ``S``'s, where
+    ``Q_UU = A_U^T D^{-1} A_U`` squares it.  Rows sorted by decreasing size and
+    columns pivoted make Householder QR row-wise backward stable (Cox and
+    Higham 1998): the answer is exact for every weighted equation changed by a
+    few ulps of its own size, the errors that rounding the inputs already makes.
+    """
+    n_R, n_U = system.r.shape[0], int(gram.n_U)
+    if n_R * n_U > QR_ENTRIES or n_U > n_R:
+        return None
+    weight = 1.0 / np.sqrt(system.d)
+    M = np.zeros((n_R, n_U))
+    np.add.at(M, (gram.entry_row, gram.entry_col), values)
+    M *= weight[:, None]
+    order = np.argsort(-np.abs(M).max(axis=1), kind="stable")
+    q, r, pivots = scipy.linalg.qr(M[order], mode="economic", pivoting=True)
+    m = np.empty(n_U)
+    m[pivots] = scipy.linalg.solve_triangular(r, q.T @ (system.r * weight)[order])
+    return m
 
 
 def check_mean_accuracy(model: str, doubt, variance_bound: Callable[[], float], label: Callable[[int], str],

@@ -53,6 +53,7 @@ class Counterfactual:
 
     def __init__(self, post, interventions):
         cm, cond = post._cm, post._cond
+        post._settle_mean()  # the factual means it moves are those mean() gives
         self.factual = post
         self._factor = post._factor
         leaves = {leaf.name: leaf for leaf in getattr(cond, "leaves", ()) if leaf.name in cond.leaf_data}

@@ -17,6 +17,7 @@ from .accuracy import (
     check_system,
     check_variance_bound,
     condition_upper_bound,
+    qr_mean,
     refined_mean,
     require_finite,
     scaled_condition,
@@ -86,17 +87,13 @@ class Posterior:
 
     @property
     def log_evidence(self) -> float:
-        """``log p(observed values)`` under the model (0 when nothing is observed).
-
-        The quadratic form is summed as ``e^T D^{-1} e`` with the fitted residual
-        ``e = r - A_U m_U``, a sum of non-negative terms.  The equal expression
-        ``r^T D^{-1} r - b^T m_U`` cancels catastrophically when some sds are tiny
-        (an observation with sd 1e-8 made it lose every digit).
-        """
+        """``log p(observed values)`` (0 when nothing is observed); its quadratic form is ``e^T D^{-1} e`` with
+        ``e = r - A_U m_U``, non-negative terms (``r^T D^{-1} r - b^T m_U`` lost every digit at an sd of 1e-8)."""
         s, cond = self._system, self._cond
         if cond.n_observed == 0:
             return 0.0  # exactly: the unobserved variables integrate to one
         self._check_variance_accuracy("log evidence")
+        self._settle_mean()  # the residual at the means: the same ones mean() gives
         logdet = self._factor.logdet() if self._factor is not None else 0.0
         with np.errstate(over="ignore", invalid="ignore"):
             e = self._fitted_residual()
@@ -326,19 +323,34 @@ class Posterior:
 
     def _check_mean_accuracy(self) -> None:
         """Warn about or refuse means whose refinement left a doubt (:func:`gdag.accuracy.check_mean_accuracy`)."""
+        self._settle_mean()
         check_mean_accuracy(self._cm.name, self._mean_error, self.variance_error_bound,
-                            lambda j: self._cond.label_unobserved(np.array([j]))[0], self._no_digit)
+                            lambda j: self._cond.label_unobserved(np.array([j]))[0],
+                            lambda: None if self._hopeless < 0 else self._hopeless)
 
-    def _no_digit(self) -> int | None:
-        """Where in U the factor has no certain digit (variance bound >= 0.1), or None; decided once, by the
-        rigorous bound from the variances (kept for ``var()``) when it clears, else by the estimator."""
+    def _settle_mean(self) -> None:
+        """Once: the refined means stand unless the refinement left a doubt or the factor has no digit (variance
+        bound >= 0.1: the bound from the variances, else the estimator); then :func:`~gdag.accuracy.qr_mean`
+        replaces them where small, or ``_hopeless`` keeps where to refuse.  Every reader of the means settles."""
+        if self._hopeless is not None:
+            return
+        self._hopeless = -1
         if self._factor is None:
-            return None
-        if self._hopeless is None:
-            cheap = 4 * np.finfo(float).eps * condition_upper_bound(self._system.Q, self._variances_U())
-            hopeless = not cheap < VARIANCE_HOPELESS and not self.variance_error_bound() < VARIANCE_HOPELESS
-            self._hopeless = self._scaled_condition()[1] if hopeless else -1
-        return None if self._hopeless < 0 else self._hopeless
+            return
+        if self._mean_error is None:
+            if self._kappa is None:
+                cheap = 4 * np.finfo(float).eps * condition_upper_bound(self._system.Q, self._variances_U())
+                if cheap < VARIANCE_HOPELESS:
+                    return
+            if self.variance_error_bound() < VARIANCE_HOPELESS:
+                return
+            self._hopeless = self._scaled_condition()[1]
+        m = None if self._cond.leaf_data else qr_mean(self._cond.gram, self._entries_of_A_U(), self._system)
+        if m is not None:
+            self._mean_U, self._mean_error, self._hopeless = m, None, -1
+            with np.errstate(over="ignore", invalid="ignore"):
+                self._mean = self._full_mean()
+            require_finite(self._mean, "posterior mean", self._cm)
 
     def _variances_U(self) -> np.ndarray:
         """``diag(Q_UU^{-1})`` by selected inversion, unchecked (computed once)."""

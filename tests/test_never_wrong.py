@@ -397,14 +397,25 @@ def test_names_and_labels_with_backslashes_and_quotes_render():
         assert m.render(expanded=expanded).pipe(format="svg").startswith(b"<?xml")
 
 
-def test_a_counterfactual_of_means_without_a_certain_digit_is_refused_too():
-    # Before: post.mean refused, but the counterfactual moved the same wrong factual means (0.17 posterior
-    # sds off, tests/test_accuracy.py) and returned them with no warning
-    from test_accuracy import ar_chain
+def test_a_counterfactual_moves_the_settled_means(monkeypatch):
+    # Before: the counterfactual moved the factual means 0.17 posterior sds off (tests/test_accuracy.py)
+    # unchecked, also where post.mean refused. Now it moves the means mean() gives (recomputed by QR), or
+    # is refused with them
+    from test_accuracy import ar_chain, mean_error
+
+    from exact import exact_posterior
 
     m, B, c, d, x = ar_chain(256)
+    U, mean, var, _ = exact_posterior(B, c, d, x)
+    exact = np.where(np.isnan(x), 0.0, x)
+    exact[U] = mean
+    phi = B[1, 0]
+    want = exact + np.r_[0.0, phi ** np.arange(x.size - 1)] * (1.0 - exact[1])  # x*_t = x_t + phi^(t-1) (1 - x_1)
     post = m.posterior({"x": x})
     cf = post.counterfactual({"x": np.r_[np.nan, 1.0, np.full(x.size - 2, np.nan)]})
+    assert mean_error(cf.mean("x")[U], want[U], var) < 1e-6
+    monkeypatch.setattr(gdag.accuracy, "QR_ENTRIES", 0)
+    cf = m.posterior({"x": x}).counterfactual({"x": np.r_[np.nan, 1.0, np.full(x.size - 2, np.nan)]})
     with pytest.raises(gdag.NotIdentifiedError, match="the factor of the posterior precision has no certain digit"):
         cf.mean("x")
     with pytest.raises(gdag.NotIdentifiedError, match="counterfactual draws of `ar` cannot be computed"):
