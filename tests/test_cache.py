@@ -205,3 +205,14 @@ def test_answers_do_not_depend_on_earlier_queries(case, fraction):
         assert got.keys() == reference.keys()
         for key in reference:
             assert np.array_equal(got[key], reference[key]), (key, first)
+
+
+def test_a_pattern_evicted_and_conditioned_again_answers_the_same_bits():
+    m, y = crossed_model()
+    rng = np.random.default_rng(12)
+    data = {"y": masked(y, rng, 0.8)}
+    before = answers(m.posterior(data), "rest")
+    for _ in range(cache.CONDITIONING_CACHE + 2):  # enough other patterns to evict it
+        m.posterior({"y": masked(y, rng, 0.8)})
+    again = answers(m.posterior(data), "rest")
+    assert all(np.array_equal(again[key], before[key]) for key in before)
