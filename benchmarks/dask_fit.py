@@ -70,7 +70,8 @@ def run_dask(path: str, what: str) -> dict:
         if what == "fit":
             fit = m.fit(ddf, method="ml")
             summary = {"loglik": float(fit.loglik), "params": {k: _plain(v) for k, v in fit.params.items()},
-                       "converged": bool(fit.converged)}
+                       "converged": bool(fit.converged), "pass_and_setup": fit.timings["setup"],
+                       "optimize": fit.timings["optimize"]}
         else:
             post = m.posterior(ddf, params=_params(m))
             summary = {"log_evidence": float(post.log_evidence)}

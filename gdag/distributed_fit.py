@@ -20,7 +20,7 @@ those rows, checked again against the counts of the whole pass.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -37,10 +37,11 @@ from .distributed import (
     _declare,
     _plan,
     _shared_delayed,
+    fitted,
     tree_sum,
 )
 from .errors import ConvergenceWarning, DataError, FitError, ModelSpecError, warn
-from .fitting.fit import METHODS, Deferred, _make_fit, _positive
+from .fitting.fit import METHODS, Deferred, Fit, _make_fit, _positive
 from .fitting.leaves import REFERENCE_ROWS, LeafStatistics
 from .fitting.monitor import STOPPED, Monitor
 from .fitting.optimize import FitLog, optimize, starting_point
@@ -50,7 +51,36 @@ from .linalg.blas import one_blas_thread
 from .observations import LeafRows
 from .resources import check_memory
 
-__all__ = ["fit", "FitSums", "fit_sums", "row_sums_at", "posterior_from_statistics"]
+__all__ = ["fit", "DaskFit", "FitSums", "fit_sums", "row_sums_at", "posterior_from_statistics"]
+
+
+@dataclass(frozen=True)
+class DaskFit(Fit):
+    """A :class:`~gdag.Fit` whose rows are on a Dask cluster: fitted values and residuals are lazy dask Series."""
+
+    rows_data: Any = field(default=None, repr=False, compare=False)  # the dask DataFrame fitted
+    rows_function: Any = field(default=None, repr=False, compare=False)  # rows(m, part)
+
+    def _pass(self, node):
+        leaves = self.posterior.leaves
+        name = getattr(node, "name", node) if node is not None else (leaves[0] if len(leaves) == 1 else None)
+        if name not in leaves:
+            raise DataError(f"Name one of the observed families {', '.join(f'`{v}`' for v in leaves)}: fit.fitted(node=...).")
+        return fitted(self, self.rows_data, self.rows_function), name
+
+    def fitted(self, node=None):
+        """Fitted means of the rows (lme4's ``fitted()``): a lazy dask Series, partitioned like the data."""
+        out, name = self._pass(node)
+        return out[f"{name}_fitted"].rename("fitted")
+
+    def residuals(self, node=None):
+        """Observed minus fitted (lme4's ``residuals()``): a lazy dask Series, partitioned like the data."""
+        out, name = self._pass(node)
+        return out[f"{name}_residual"].rename("residuals")
+
+    def simulate(self, n: int = 1, seed=None):
+        raise FitError("simulate() of a fit on a Dask cluster would bring row-sized draws to the client; draw the "
+                       "random effects with fit.posterior.sample(n) and the rows on the cluster.")
 
 
 @dataclass
@@ -197,8 +227,8 @@ def fit(m, ddf, rows: Callable, method: str = "reml", *, data: Mapping[str, Any]
                "gradient": 0.0, **phases}
     result = _make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
     seen = tuple(name for name in cm.family_names if plan.observed[cm.span(name)].any()) + stats.names
-    result = replace(result, spec=spec, observed=seen, message=message)
-    return result if getattr(m, "design", None) is None else replace(result, design=m.design)
+    result = replace(result, spec=spec, observed=seen, message=message, design=getattr(m, "design", None))
+    return DaskFit(**{f.name: getattr(result, f.name) for f in fields(Fit)}, rows_data=ddf, rows_function=rows)
 
 
 def _spread(x_R: np.ndarray, moments: dict) -> float:

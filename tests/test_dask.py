@@ -289,6 +289,13 @@ def test_formula_fitted_values_from_a_fit(client):
     assert out.index.equals(fm.design.rows)
     assert relative(out["y_fitted"].to_numpy(), fm.fitted().to_numpy()) < 1e-10
     assert relative(out["y_residual"].to_numpy(), fm.residuals().to_numpy()) < 1e-9
+    lazy = fd.fitted()
+    assert isinstance(lazy, dd.Series) and relative(lazy.compute().to_numpy(), fm.fitted().to_numpy()) < 1e-10
+    assert relative(fd.residuals().compute().to_numpy(), fm.residuals().to_numpy()) < 1e-9
+    with pytest.raises(gdag.FitError, match="simulate\\(\\) of a fit on a Dask cluster"):
+        fd.simulate(2)
+    with pytest.raises(gdag.DataError, match="rows are a dask DataFrame"):
+        fd.predict(df.head())
 
 
 def test_the_docs_example_runs(tmp_path):
