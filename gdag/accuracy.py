@@ -18,6 +18,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from .compiler import CompiledModel
+from .entries import GramEntries
 from .errors import AccuracyWarning, ModelError, ModelSpecError, NotIdentifiedError, ParamError, warn
 from .pattern import Conditioning, LinearSystem
 
@@ -250,6 +251,8 @@ def qr_mean(gram, values: np.ndarray, system: LinearSystem) -> np.ndarray | None
     Higham 1998): the answer is exact for every weighted equation changed by a
     few ulps of its own size, the errors that rounding the inputs already makes.
     """
+    if not isinstance(gram, GramEntries):  # rows summed apart (leaf families): no rows to factor
+        return None
     n_R, n_U = system.r.shape[0], int(gram.n_U)
     if n_R * n_U > QR_ENTRIES or n_U > n_R:
         return None

@@ -345,7 +345,7 @@ class Posterior:
             if self.variance_error_bound() < VARIANCE_HOPELESS:
                 return
             self._hopeless = self._scaled_condition()[1]
-        m = None if self._cond.leaf_data else qr_mean(self._cond.gram, self._entries_of_A_U(), self._system)
+        m = qr_mean(self._cond.gram, self._entries_of_A_U(), self._system)
         if m is not None:
             self._mean_U, self._mean_error, self._hopeless = m, None, -1
             with np.errstate(over="ignore", invalid="ignore"):
