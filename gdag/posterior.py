@@ -35,6 +35,8 @@ from .timing import timed
 
 # Dense covariance blocks beyond this many solved entries are refused.
 COV_LIMIT = 50_000_000
+# The mean check inverts (~ the factor's flops) rather than estimates (~30 solves) while flops <= this * nnz(L).
+INVERSION_PER_SOLVES = 128
 
 
 class Posterior:
@@ -129,8 +131,7 @@ class Posterior:
 
     def sd(self, node) -> np.ndarray | float:
         """Posterior marginal standard deviations."""
-        v = self.var(node)
-        return np.sqrt(v)
+        return np.sqrt(self.var(node))
 
     def cov(self, a, b=None) -> np.ndarray:
         """Dense posterior covariance block between the entries of nodes ``a`` and ``b``.
@@ -198,7 +199,7 @@ class Posterior:
         lines = [f"{'entry':<16}{'mean':>12}{'sd':>12}"]
         if node.name in self._cond.leaf_data:
             observed = np.ones(node.size, dtype=bool)
-            plate = None if node.is_scalar else self._leaf_plate(node.name)
+            plate = None if node.is_scalar else self._cond.leaf_plates[node.name]
             entries = [label(node.name, plate, k) for k in range(min(node.size, max_rows))]
         else:
             span = self._cm.span(node.name)
@@ -218,7 +219,7 @@ class Posterior:
             [nodes] if isinstance(nodes, (str, Node)) else list(nodes)
         plates = {}
         for node in map(self._node, names):
-            plate = None if node.is_scalar else self._leaf_plate(node.name) if node.name in self._cond.leaf_data \
+            plate = None if node.is_scalar else self._cond.leaf_plates[node.name] if node.name in self._cond.leaf_data \
                 else self._cm.family_plate[self._cm.family(node.name)]
             plates[node.name] = (plate, self._cm.plate_labels.get(plate))
         return posterior_frame(self, plates, quantiles)
@@ -256,9 +257,6 @@ class Posterior:
 
     def _leaf_shaped(self, node, values: np.ndarray):
         return float(values[0]) if node.is_scalar else values.copy()
-
-    def _leaf_plate(self, name: str) -> str | None:
-        return self._cond.leaf_plates[name]
 
     def _fitted_residual(self, mean_U: np.ndarray | None = None) -> np.ndarray:
         """``e = r - A_U m_U`` over the stochastic variables (``A = I - B'``, see conditioning)."""
@@ -338,9 +336,9 @@ class Posterior:
         if self._factor is None:
             return
         if self._mean_error is None:
-            if self._kappa is None:
-                cheap = 4 * np.finfo(float).eps * condition_upper_bound(self._system.Q, self._variances_U())
-                if cheap < VARIANCE_HOPELESS:
+            size = self._cond.factor_size()  # variances first where selected inversion costs less than the estimator
+            if self._kappa is None and (self._var_U is not None or size.flops <= INVERSION_PER_SOLVES * size.nnz_L):
+                if 4 * np.finfo(float).eps * condition_upper_bound(self._system.Q, self._variances_U()) < VARIANCE_HOPELESS:
                     return
             if self.variance_error_bound() < VARIANCE_HOPELESS:
                 return
