@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from .arrays import compact_values, identity_rows, is_identity
 from .errors import ModelSpecError
 from .inputs import _asarray, as_float_array, is_boolean, is_complex  # noqa: F401 (re-exported)
 
@@ -152,32 +153,21 @@ def as_expr(value) -> Expr:
 
 def identity_term(source, size: int) -> Term:
     """The term selecting every entry of ``source`` in order (rows and columns: one read-only array; unit values)."""
-    idx = np.arange(size, dtype=np.int64)
-    idx.flags.writeable = False
+    idx = identity_rows(size)
     return Term(source, idx, idx, np.broadcast_to(np.float64(1.0), (size,)))
 
 
 def compact(expr: Expr) -> Expr:
     """``expr`` with rows ``0..n-1`` shared by every term that has them, and coefficients or parameter
-    columns that repeat one value as read-only broadcasts: a node over millions of rows holds its data
-    and index arrays, not three arrays per term (150 bytes a row for ``(1 + x | g)`` before)."""
-    n, shared, out = expr.length, None, []
+    columns that repeat one value as read-only broadcasts (:mod:`gdag.arrays`)."""
+    shared, out = None, []
     for t in expr.terms:
-        rows, cols, vals = t.rows, t.cols, t.vals
-        if _every_row(t, n):
-            if shared is None:
-                shared = np.arange(n, dtype=np.int64)
-                shared.flags.writeable = False
+        rows = t.rows
+        if is_identity(rows, expr.length):
+            shared = rows if shared is None else shared
             rows = shared
-        out.append(replace(t, rows=rows, cols=compact_values(cols), vals=compact_values(vals)))
-    return Expr(n, tuple(out), expr.offset)
-
-
-def compact_values(a: np.ndarray) -> np.ndarray:
-    """``a`` (an array gdag owns) as a read-only broadcast of its first value when every entry equals it."""
-    if a.shape[0] > 1 and a.strides != (0,) and np.all(a == a[0]):
-        return np.broadcast_to(a[:1].copy()[0], a.shape)
-    return a
+        out.append(replace(t, rows=rows, cols=compact_values(t.cols), vals=compact_values(t.vals)))
+    return Expr(expr.length, tuple(out), expr.offset)
 
 
 def zeros(n: int) -> np.ndarray:
@@ -199,7 +189,7 @@ def gather(source, index, *, where=None) -> Expr:
     index = _asarray(index, f"index into `{source.name}`")
     scalar_index = index.ndim == 0
     idx = check_index(index, source.size, f"index into `{source.name}`")
-    rows = np.arange(idx.shape[0], dtype=np.int64)
+    rows = identity_rows(idx.shape[0])
     vals = np.broadcast_to(np.float64(1.0), idx.shape)  # unit coefficients take no memory
     if where is not None:
         mask = _asarray(where, f"`where` for `{source.name}`")
@@ -288,7 +278,7 @@ def broadcast_to(expr: Expr, length: int) -> Expr:
     terms = tuple(
         replace(
             t,
-            rows=np.repeat(np.arange(length, dtype=np.int64), t.rows.shape[0]),
+            rows=np.repeat(np.arange(length, dtype=np.int64), t.rows.shape[0]) if t.rows.shape[0] != 1 else identity_rows(length),
             cols=np.tile(t.cols, length) if t.rows.shape[0] != 1 else np.broadcast_to(t.cols[:1].copy()[0], (length,)),
             vals=np.tile(t.vals, length) if t.rows.shape[0] != 1 else np.broadcast_to(t.vals[:1].copy()[0], (length,)),
         )
@@ -342,18 +332,12 @@ def _multiply(expr: Expr, other) -> Expr:
     expr = broadcast_to(expr, n)
     with np.errstate(over="ignore", invalid="ignore"):
         number = factor[0] if factor.shape[0] == 1 else None  # a number multiplies without a gather by rows
-        terms = tuple(replace(t, vals=t.vals * (number if number is not None else factor if _every_row(t, n)
+        terms = tuple(replace(t, vals=t.vals * (number if number is not None else factor if is_identity(t.rows, n)
                                                 else factor[t.rows])) for t in expr.terms)
         offset = zeros(n) if is_zeros(expr.offset) else expr.offset * (factor if number is None else number)
     for values in [offset] + [t.vals for t in terms]:
         _check_finite(values, "product")
     return Expr(n, terms, offset)
-
-
-def _every_row(t: Term, n: int) -> bool:
-    """Whether ``t`` has one entry per row, rows ``0..n-1`` in order (then a factor over rows needs no gather)."""
-    rows = t.rows
-    return rows.shape[0] == n and bool(n) and rows[0] == 0 and rows[-1] == n - 1 and bool(np.all(np.diff(rows) == 1))
 
 
 def _check_finite(values: np.ndarray, what: str) -> None:

@@ -175,22 +175,23 @@ class ReducedObjective(Objective):
             a[k, i] = 2.0 / pt.th[self._entries[k]] * self.scales[i]
         if n_C > m:  # the profiled scale's column
             a[:, m] = 1.0 / pt.sigma2
-        R = np.hstack([C, M[:, moves]])
-        WR = pt.W[:, None] * R
+        R = np.hstack([C, M[:, moves]])  # becomes P R in place: the latent-sized arrays are the fit's peak
         U, F_e = self._residual_products(pt)
         wa = pt.omega[:, None] * a
         A_U = (pt.A_U if pt.A_U is not None else self.A_U(pt.entry_vals)) if self.n_U else sp.csr_matrix((R.shape[0], 0))
+        WR = pt.W[:, None] * R
         t = np.asarray(A_U.T @ WR) + U.T @ wa
+        FWR = np.asarray(pt.F.T @ WR) if self.reml and self.p else None
+        del WR
         solved = self._factor.solve(t).reshape(self.n_U, -1) if self.n_U else t
-        res = R.copy()
         B = np.zeros((self.p, R.shape[1]))
-        if self.reml and self.p:
-            rhs = pt.Z_F.T @ t - (np.asarray(pt.F.T @ WR) + F_e.T @ wa)
-            B = sla.cho_solve((pt.chol_S, True), rhs, check_finite=False)
-            solved = solved + pt.Z_F @ B
-            res = res + np.asarray(pt.F @ B)
-        res = res - np.asarray(A_U @ solved)
-        P = pt.W[:, None] * res
+        if FWR is not None:
+            B = sla.cho_solve((pt.chol_S, True), pt.Z_F.T @ t - (FWR + F_e.T @ wa), check_finite=False)
+            solved += pt.Z_F @ B
+            R += np.asarray(pt.F @ B)
+        R -= np.asarray(A_U @ solved)
+        R *= pt.W[:, None]
+        P = R
         leaf = wa.T @ (a * pt.leaf_q[:, None] + F_e @ B - U @ solved)
         H = C.T @ P[:, :n_C] + leaf[:n_C, :n_C]
         H[np.ix_(moves, moves)] += 2.0 * (M[:, moves].T @ P[:, n_C:] + leaf[n_C:, n_C:])
