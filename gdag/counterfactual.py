@@ -35,6 +35,7 @@ from .errors import DataError, ModelError, ModelSpecError
 from .intervene import parse_interventions
 from .pattern import nilpotent_series
 from .resources import start_draws
+from .spec import Node
 
 # Dense covariance blocks and variance solves beyond this many entries are refused.
 SOLVE_LIMIT = 50_000_000
@@ -175,6 +176,8 @@ class Counterfactual:
     # ------------------------------------------------------------ internals
 
     def _name(self, node) -> str:
+        if isinstance(node, Node):  # of this model only, as the factual posterior's queries
+            own(node, self.factual._nodes, self.factual._cm.name, "This counterfactual's query")
         name = getattr(node, "name", node)
         if not isinstance(name, str) or name not in self._span:
             known = ", ".join(f"`{f}`" for f in list(self._span)[:10])

@@ -507,3 +507,14 @@ def test_a_covariance_matrix_is_symmetric_to_the_bit():
     for block in (post.cov("a"), post.cov(a, a), post.counterfactual({"b": 0.5}).cov("a")):
         assert np.array_equal(block, block.T)
     np.testing.assert_allclose(np.diag(post.cov("a")), post.var("a"), rtol=1e-12)
+
+
+def test_a_counterfactual_refuses_a_node_of_another_model():
+    # Before: cf.mean(other.nodes["u"]) answered for this model's `u` (the posterior's queries refused it)
+    small, large = _two_models()
+    cf = small.posterior({"y": np.arange(3.0)}).counterfactual({"u": 0.5})
+    for query in (lambda: cf.mean(large.nodes["u"]), lambda: cf.var(large.nodes["y"]), lambda: cf.cov(large.nodes["u"]),
+                  lambda: cf.sample(2, seed=0, nodes=[large.nodes["u"]])):
+        with pytest.raises(DataError, match=re.escape("This counterfactual's query uses `")):
+            query()
+    np.testing.assert_array_equal(cf.mean(small.nodes["u"]), cf.mean("u"))
