@@ -66,6 +66,8 @@ __all__ = ["is_dask", "levels", "levels_of", "check_rows", "RowSums", "row_sums"
 
 # Partial sums added per node of the reduction tree.
 FAN_IN = 8
+# Running sums over the partitions (each folds every LANES-th partition in order): the parallelism of the pass.
+LANES = 16
 
 
 # ------------------------------------------------------------------ dask, imported on use
@@ -279,6 +281,42 @@ def tree_sum(parts: list, fan_in: int = FAN_IN, add: Callable = _add_all):
     return level[0]
 
 
+def _fold(total, reduce: Callable, part, shared):
+    """``total + reduce(part, shared)`` (None: nothing yet / a partition without rows)."""
+    found = reduce(part, shared)
+    if total is None or found is None:
+        return found if total is None else total
+    return total + found
+
+
+def reduce_partitions(reduce: Callable, ddf, shared, lanes: int = LANES, fan_in: int = FAN_IN):
+    """The sum of ``reduce(part, shared)`` over the partitions of ``ddf``, as one ``dask.delayed`` value.
+
+    Lane ``j`` folds partitions ``j, j + lanes, j + 2 lanes, ...`` in order,
+    each task reducing one partition and adding it to the lane's running
+    sum, so a worker holds one running sum per lane it runs (the sums are the
+    size of the latent system, not of the rows); the lanes' sums are then added
+    by :func:`tree_sum`.  The structure depends only on the number of
+    partitions, ``lanes`` and ``fan_in``: the same partitioning gives the same
+    bits, whichever worker finishes first.
+    """
+    dask, _ = _dask()
+    parts = ddf.to_delayed()
+    totals = []
+    for j in range(min(lanes, len(parts))):
+        total = None
+        for part in parts[j::lanes]:
+            total = dask.delayed(_fold, pure=True)(total, reduce, part, shared)
+        totals.append(total)
+    return tree_sum(totals, fan_in, _add_present)
+
+
+def _add_present(*parts):
+    """The sum of the parts that are not None (None if none is)."""
+    present = [p for p in parts if p is not None]
+    return None if not present else _add_all(*present)
+
+
 def row_sums(part: pd.DataFrame, shared: dict) -> RowSums:
     """One partition's :class:`RowSums` (runs on a worker): declare its rows, read them, add them up."""
     n_U = shared["n_U"]
@@ -416,14 +454,14 @@ def _shared_delayed(shared: dict):
     return dask.delayed(shared, name=f"gdag-shared-{uuid.uuid4().hex}")  # a name: hashing the model's bytes costs seconds
 
 
-def reduce_rows(m, ddf, rows: Callable, params=None, data=None, fan_in: int = FAN_IN) -> tuple[_Plan, RowSums]:
+def reduce_rows(m, ddf, rows: Callable, params=None, data=None, fan_in: int = FAN_IN,
+                lanes: int = LANES) -> tuple[_Plan, RowSums]:
     """The plan and the :class:`RowSums` of all partitions of ``ddf`` (one pass, one ``dask.compute``)."""
     dask, _ = _dask()
     plan = _plan(m, ddf, rows, params, data)
     shared = _shared_delayed(plan.shared)
-    parts = [dask.delayed(row_sums, pure=True)(p, shared) for p in ddf.to_delayed()]
-    total = dask.compute(tree_sum(parts, fan_in))[0]
-    return plan, total
+    total = dask.compute(reduce_partitions(row_sums, ddf, shared, lanes, fan_in))[0]
+    return plan, RowSums.zero(plan.shared["n_U"]) if total is None else total
 
 
 class SummedConditioning:
@@ -561,7 +599,7 @@ class DaskPosterior(Posterior):
 
 
 def posterior(m, ddf, rows: Callable, params: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None,
-              fan_in: int = FAN_IN) -> DaskPosterior:
+              fan_in: int = FAN_IN, lanes: int = LANES) -> DaskPosterior:
     """The exact posterior of ``m``'s latent nodes given the rows of the dask DataFrame ``ddf``.
 
     Parameters
@@ -579,10 +617,11 @@ def posterior(m, ddf, rows: Callable, params: Mapping[str, Any] | None = None, d
         Parameter values, as for :meth:`Model.posterior`.
     data : mapping, optional
         In-memory observations of latent nodes.
-    fan_in : int
-        Partial sums added per node of the reduction tree.
+    fan_in, lanes : int
+        The reduction's shape (:func:`reduce_partitions`): the same shape and
+        partitioning give the same bits.
     """
-    plan, sums = reduce_rows(m, ddf, rows, params, data, fan_in)
+    plan, sums = reduce_rows(m, ddf, rows, params, data, fan_in, lanes)
     return posterior_from_sums(m, plan, sums)
 
 

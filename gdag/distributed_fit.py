@@ -29,6 +29,7 @@ import scipy.sparse as sp
 from . import timing
 from .distributed import (
     FAN_IN,
+    LANES,
     DaskPosterior,
     RowSums,
     SummedConditioning,
@@ -38,7 +39,7 @@ from .distributed import (
     _plan,
     _shared_delayed,
     fitted,
-    tree_sum,
+    reduce_partitions,
 )
 from .errors import ConvergenceWarning, DataError, FitError, ModelSpecError, warn
 from .fitting.fit import METHODS, Deferred, Fit, _make_fit, _positive
@@ -145,20 +146,10 @@ def fit_sums(part, shared: dict):
     return FitSums(stats, moments)
 
 
-def _add_present(*parts):
-    present = [p for p in parts if p is not None]
-    if not present:
-        return None
-    total = present[0]
-    for p in present[1:]:
-        total = total + p
-    return total
-
-
 def fit(m, ddf, rows: Callable, method: str = "reml", *, data: Mapping[str, Any] | None = None,
         init: Mapping[str, Any] | None = None, tol: float | None = None, max_iter: int | None = None,
         criterion: str | None = None, optimizer: str = "auto", factorization: str = "auto", progress: bool | None = None,
-        callback: Callable | None = None, fan_in: int = FAN_IN):
+        callback: Callable | None = None, fan_in: int = FAN_IN, lanes: int = LANES):
     """Estimate ``m``'s parameters from the rows of the dask DataFrame ``ddf``, declared per partition by ``rows``.
 
     ``m`` is the latent part and ``rows(m, part)`` declares a partition's
@@ -196,8 +187,7 @@ def fit(m, ddf, rows: Callable, method: str = "reml", *, data: Mapping[str, Any]
                            "a variance component alone and the parameters of its mean fixed effects.")
         beta0 = leaf_statistics(probe_leaves, probe_data, x, cond.pos_U, cond.n_unobserved, roles.fixed).beta0
         shared = _shared_delayed({**plan.shared, "fixed": roles.fixed, "beta0": beta0})
-        parts = [dask.delayed(fit_sums, pure=True)(p, shared) for p in ddf.to_delayed()]
-        total = dask.compute(tree_sum(parts, fan_in, _add_present))[0]
+        total = dask.compute(reduce_partitions(fit_sums, ddf, shared, lanes, fan_in))[0]
         if total is None:
             raise FitError("No row of the data is complete: nothing to fit.")
         stats = total.stats

@@ -91,7 +91,7 @@ def test_same_partitioning_gives_identical_bits(client):
     ddf = dd.from_pandas(crossed_frame(), npartitions=11)
     lv = gd.levels_of({"a": ddf["a"], "b": ddf["b"]})
     one = gd.posterior(latent(lv), ddf, rows, params=PARAMS)
-    two = gd.posterior(latent(lv), ddf, rows, params=PARAMS, fan_in=8)
+    two = gd.posterior(latent(lv), ddf, rows, params=PARAMS, fan_in=8, lanes=16)
     assert np.array_equal(one.mean("u_a"), two.mean("u_a")) and np.array_equal(one.sd("u_b"), two.sd("u_b"))
     assert one.log_evidence == two.log_evidence
     # the tree, not the workers' order, fixes the sums: a single-threaded scheduler gives the same bits
@@ -103,6 +103,14 @@ def test_same_partitioning_gives_identical_bits(client):
 def test_tree_sum_is_a_fixed_tree():
     parts = [dask.delayed(float)(v) for v in (1e16, 1.0, -1e16, 1.0, 3.0)]
     assert dask.compute(gd.tree_sum(parts, fan_in=2), scheduler="sync")[0] == ((1e16 + 1.0) + (-1e16 + 1.0)) + 3.0
+
+
+def test_lanes_fold_partitions_in_a_fixed_order():
+    df = pd.DataFrame({"v": [1e16, 1.0, -1e16, 1.0, 3.0, 5.0, -2.0]})
+    ddf = dd.from_pandas(df, npartitions=7, sort=False)
+    total = gd.reduce_partitions(lambda part, shared: float(part["v"].sum()), ddf, None, lanes=2, fan_in=2)
+    lane0, lane1 = ((1e16 + -1e16) + 3.0) + -2.0, (1.0 + 1.0) + 5.0  # partitions 0, 2, 4, 6 and 1, 3, 5
+    assert dask.compute(total, scheduler="sync")[0] == lane0 + lane1
 
 
 def test_levels_only_in_some_partitions(client):
