@@ -183,3 +183,14 @@ def test_any_chunking_gives_the_same_objective(monkeypatch, chunk_rows):
     assert b.objective == pytest.approx(a.objective, rel=1e-12)
     np.testing.assert_allclose(b.gradient, a.gradient, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(b.theta, a.theta, rtol=1e-12)
+
+
+def test_the_fits_posterior_keeps_its_own_copy_of_the_data(monkeypatch):
+    df = slopes_frame(seed=6, n=500, groups=10)
+    m = slopes_model(df, 10)
+    monkeypatch.setattr(observations, "MIN_ROWS", 0)
+    y = df["y"].to_numpy().copy()
+    fit = m.fit({"y": y}, method="ml")
+    expected = m.posterior({"y": y.copy()}, params=fit.params).mean("u0")
+    y[:] = 0.0  # the caller reuses the array
+    np.testing.assert_array_equal(fit.posterior.mean("u0"), expected)

@@ -21,6 +21,7 @@ and ``docs/fitting.md``; the optimizers in :mod:`gdag.fitting.optimize`.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -332,7 +333,7 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
         )
     theta = best.theta
     posterior = Deferred(Posterior, cm, cond, theta, x, dict(spec.nodes)) if reduced is None else \
-        Deferred(conditioned, spec, queries, dict(data), None, theta)
+        Deferred(conditioned, spec, queries, {k: copy.deepcopy(v) for k, v in data.items()}, None, theta)
     timings = {"setup": t_setup - t_start, "optimize": t_opt - t_setup, "assemble": 0.0, "factor": 0.0,
                "fixed": 0.0, "gradient": 0.0, **phases}
     fit = _make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
