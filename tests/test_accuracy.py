@@ -550,3 +550,27 @@ def test_means_are_right_backward_stable_warned_or_refused_for_sds_in_1e_minus_8
     # otherwise no algorithm on these doubles could do better: rounding the inputs moves the exact means as much
     moved = max(np.max(np.abs(other - mean) / sd) for other in nudged_exact_means(B, c, d, x))
     assert err <= 4 * moved, (err, moved)
+
+
+@pytest.mark.parametrize("case", ["padded", "per mask", "deterministic"])
+def test_qr_mean_agrees_with_the_refined_mean_where_both_are_right(case):
+    # gdag.accuracy.qr_mean reads the same rows as the refinement: padded systems, eliminated sd-0 nodes
+    from test_cache import crossed_model, masked
+
+    rng = np.random.default_rng(5)
+    if case == "padded":
+        m, y = crossed_model()
+        y = masked(y, rng, 0.7)
+    else:
+        m = gdag.Model("qr")
+        a = m.normal("a", 0.0, 1.0, plate=m.plate("A", 6))
+        b = m.normal("b", 0.0, 1.0, plate=m.plate("B", 4))
+        source = m.normal("d", 2.0 * a + 1.0, 0.0, plate=m.plate("D", 6)) if case == "deterministic" else a
+        m.normal("y", source[rng.integers(0, 6, 40)] + b[rng.integers(0, 4, 40)], 0.5, plate=m.plate("o", 40))
+        y = masked(rng.normal(size=40), rng, 0.95)
+    post = m.posterior({"y": y})
+    assert (type(post._cond).__name__ == "PaddedConditioning") == (case == "padded")  # internals: the mode
+    assert (post._cond.S.size > 0) == (case == "deterministic")
+    sd = np.sqrt(post._variances_U())
+    m_qr = gdag.accuracy.qr_mean(post._cond.gram, post._entries_of_A_U(), post._system)
+    assert np.max(np.abs(m_qr - post._mean_U) / sd) < 1e-10
