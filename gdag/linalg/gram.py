@@ -266,7 +266,7 @@ def _sort_small(a, start, stop):
         a[j + 1] = v
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")  # 1/0 is inf, as numpy divides
 def _gram_numeric(csr_indptr, csr_cols, csr_entry, csc_indptr, csc_rows, csc_entry, values, weights, classes,
                   q_indptr, q_rows, work, out, rhs, b, divide):
     """Fill ``out[c]`` (values on the pattern) with ``sum_r [class_r = c] A_rj w_r A_ri``; ``b = A^T rhs``

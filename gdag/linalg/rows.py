@@ -37,7 +37,7 @@ def _find(keys, key):
     return lo
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def leaf_sums(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, theta, extra, keys, n, diag, b, q):
     """Adds these rows' ``diag(Z^T W Z)`` into ``diag``, ``-Z^T W r`` into ``b`` and the pairs into ``q``.
 
@@ -89,7 +89,7 @@ def leaf_sums(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, theta
     return bad_d, bad_r
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def leaf_residual(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, theta, extra, m, gradient):
     """``e^T W e`` for ``e = r + Z m``, adding ``-Z^T W e`` into ``gradient``; nothing per row is kept."""
     f = 0.0
@@ -122,7 +122,7 @@ def leaf_residual(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, t
     return f
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def leaf_log_variances(sd, sd_theta, theta, n_rows):
     """``sum log d`` over ``n_rows`` rows."""
     total = 0.0

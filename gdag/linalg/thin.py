@@ -110,7 +110,7 @@ def _fill_pattern(start, pair_row, pair_col, present, q_indptr, q_rows, pair_pos
             pair_pos[pair_col[t]] = k
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")  # 1/0 is inf, as numpy divides
 def thin_numeric(csr_indptr, csr_cols, csr_entry, values, weights, classes, q_indptr, pair_pos, out, rhs, b, divide):
     """Add ``A^T diag(weights [class]) A`` into ``out[class]`` and ``A^T rhs`` into ``b``, row by row
     (``divide``: ``weights`` are variances, ``w = 1 / weights`` and ``rhs / weights`` for ``rhs``).
