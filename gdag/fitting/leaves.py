@@ -100,33 +100,85 @@ def _sum(x, y, name: str):
     return x + y
 
 
-def chunk_sums(columns: np.ndarray, coefs: np.ndarray, X: np.ndarray, r: np.ndarray, w: np.ndarray,
-               entry: int, n_U: int) -> ClassSums:
-    """The sums of one class's rows: ``columns[a, i]`` the latent column row ``i`` reads by term ``a``
-    (-1 for none), ``coefs`` its coefficient, ``X`` the rows' fixed-effect design (rows x p), ``r``
-    their data less offsets, known parents and ``X beta0``, ``w`` the base weights ``1 / s^2``.
+class ClassAccumulator:
+    """One variance class's sums, added chunk by chunk in the order given (the same chunking, the same bits).
 
-    Vectorized over rows (scipy.sparse products); for chunks of a bounded number of rows.
+    A chunk's work is proportional to its rows: its products run over the latent columns it reads
+    (``np.unique``, then local indices), the dense sums are added into those columns only, and
+    ``Z^T W Z``'s entries, as sorted keys ``col * n_U + row``, go into a binary counter of runs
+    merged pairwise.  A running sparse total, or dense vectors over every latent column per
+    chunk, cost the latent size per chunk instead: quadratic in the rows.
     """
-    n, terms = r.shape[0], columns.shape[0]
-    has = columns >= 0
-    if terms and has.all():  # every row reads every term: Z's CSR arrays directly, row by row
-        Z = sp.csr_matrix((coefs.T.ravel(), columns.T.ravel(), np.arange(0, terms * n + 1, terms)), shape=(n, n_U))
-        Z.sum_duplicates()  # a column read twice by one row: summed
-    else:
-        term_rows = np.broadcast_to(np.arange(n), columns.shape)[has]
-        Z = sp.csr_matrix((coefs[has], (term_rows, columns[has])), shape=(n, n_U))
-    WZ = sp.csr_matrix((Z.data * np.repeat(w, np.diff(Z.indptr)), Z.indices, Z.indptr), shape=Z.shape)
-    ZZ = sp.tril(sp.csc_matrix(Z.T @ WZ)).tocsc()
-    ZZ.sum_duplicates()
-    ZZ.sort_indices()
-    WX = w[:, None] * X
-    return ClassSums(
-        entry=int(entry), count=n, log_base=float(-np.sum(np.log(w))), rr=float(np.dot(w * r, r)),
-        Zr=np.asarray(WZ.T @ r).reshape(-1), Xr=WX.T @ r, ZZ=ZZ, ZX=np.asarray(WZ.T @ X), XX=X.T @ WX,
-        Z2=np.bincount(columns[has], weights=coefs[has] ** 2, minlength=n_U),
-        Zn=np.bincount(columns[has], minlength=n_U).astype(float),
-    )
+
+    def __init__(self, entry: int, n_U: int, p: int):
+        self.entry, self.n_U, self.count, self.log_base, self.rr = int(entry), n_U, 0, 0.0, 0.0
+        self.Zr, self.Z2, self.Zn = np.zeros(n_U), np.zeros(n_U), np.zeros(n_U)
+        self.Xr, self.ZX, self.XX = np.zeros(p), np.zeros((n_U, p)), np.zeros((p, p))
+        self._runs: list = []  # level k: the (keys, values) of 2^k chunks' Z^T W Z, or None
+
+    def add(self, columns: np.ndarray, coefs: np.ndarray, X: np.ndarray, r: np.ndarray, w: np.ndarray) -> None:
+        """Add rows: ``columns[a, i]`` the latent column row ``i`` reads by term ``a`` (-1 for none),
+        ``coefs`` its coefficient, ``X`` their fixed-effect design, ``r`` their data less offsets, known
+        parents and ``X beta0``, ``w`` their base weights ``1 / s^2``."""
+        n, terms = r.shape[0], columns.shape[0]
+        has = columns >= 0
+        local, inverse = np.unique(columns[has], return_inverse=True)  # the columns read, ascending
+        m = local.shape[0]
+        if terms and has.all():  # every row reads every term: Z's CSR arrays directly, row by row
+            at = np.empty(columns.shape, dtype=np.int64)
+            at[has] = inverse
+            Z = sp.csr_matrix((coefs.T.ravel(), at.T.ravel(), np.arange(0, terms * n + 1, terms)), shape=(n, m))
+            Z.sum_duplicates()  # a column read twice by one row: summed
+        else:
+            term_rows = np.broadcast_to(np.arange(n), columns.shape)[has]
+            Z = sp.csr_matrix((coefs[has], (term_rows, inverse)), shape=(n, m))
+        WZ = sp.csr_matrix((Z.data * np.repeat(w, np.diff(Z.indptr)), Z.indices, Z.indptr), shape=Z.shape)
+        ZZ = sp.tril(sp.csc_matrix(Z.T @ WZ)).tocsc()
+        ZZ.sum_duplicates()
+        ZZ.sort_indices()
+        cols = np.repeat(np.arange(m), np.diff(ZZ.indptr))
+        self._push(local[cols] * self.n_U + local[ZZ.indices], ZZ.data)  # local order is global order
+        WX = w[:, None] * X
+        self.count += n
+        self.log_base += float(-np.sum(np.log(w)))
+        self.rr += float(np.dot(w * r, r))
+        self.Xr += WX.T @ r
+        self.XX += X.T @ WX
+        self.Zr[local] += np.asarray(WZ.T @ r).reshape(-1)
+        self.ZX[local] += np.asarray(WZ.T @ X)
+        self.Z2[local] += np.bincount(inverse, weights=coefs[has] ** 2, minlength=m)
+        self.Zn[local] += np.bincount(inverse, minlength=m)
+
+    def _push(self, keys: np.ndarray, values: np.ndarray) -> None:
+        run, k = (keys, values), 0
+        while k < len(self._runs) and self._runs[k] is not None:
+            run, self._runs[k] = _merged(self._runs[k], run), None
+            k += 1
+        if k == len(self._runs):
+            self._runs.append(None)
+        self._runs[k] = run
+
+    def sums(self) -> ClassSums:
+        run = (np.zeros(0, np.int64), np.zeros(0))
+        for level in self._runs:  # the remaining runs, most recent first
+            if level is not None:
+                run = _merged(level, run)
+        keys, values = run
+        cols, rows = np.divmod(keys, self.n_U) if self.n_U else (keys, keys)
+        indptr = np.zeros(self.n_U + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cols, minlength=self.n_U), out=indptr[1:])
+        ZZ = sp.csc_matrix((values, rows, indptr), shape=(self.n_U, self.n_U))
+        return ClassSums(self.entry, self.count, self.log_base, self.rr, self.Zr, self.Xr, ZZ, self.ZX, self.XX,
+                         self.Z2, self.Zn)
+
+
+def _merged(a: tuple, b: tuple) -> tuple:
+    """Two sorted runs of (keys, values) as one, values of equal keys added (``a``'s first)."""
+    keys, values = np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]])
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], values[order]
+    first = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if keys.size else np.zeros(0, np.int64)
+    return keys[first], np.add.reduceat(values, first) if keys.size else values
 
 
 def reference_fit(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ from ..spec import ModelSpec
 from ..timing import phase
 from . import derivatives
 from .derivatives import Point
-from .leaves import LeafStatistics, add, chunk_sums, reference_fit
+from .leaves import ClassAccumulator, LeafStatistics, reference_fit
 from .objective import Evaluation, Objective
 from .roles import Roles, exact_fit_error, infer_roles
 
@@ -330,39 +330,24 @@ def leaf_statistics(leaves: list[LeafRows], data: dict, x: np.ndarray, pos_U: np
         rows = slice(0, min(first.size, chunk_rows))
         X, y_tilde, _, w, _ = _chunk(first, data[first.name], x, pos_U, column, p, rows, _ascending(first))
         beta0 = reference_fit(X, y_tilde, w)
-    levels: list = []  # a binary counter of partial sums: level k holds 2^k chunks (pairwise, not a running sum)
+    classes: dict[int, ClassAccumulator] = {}
     for leaf in leaves:
         ordered = _ascending(leaf)
         for start in range(0, leaf.size, max(chunk_rows, 1)):
             rows = slice(start, min(start + chunk_rows, leaf.size))
             X, y_tilde, cols, w, entries = _chunk(leaf, data[leaf.name], x, pos_U, column, p, rows, ordered)
             r = y_tilde - X @ beta0
-            sums, coefs = [], _coefs(leaf, rows)
+            coefs = _coefs(leaf, rows)
             if entries.min(initial=0) == entries.max(initial=0):  # one class (the usual case): no selection
-                sums.append(chunk_sums(cols, coefs, X, r, w, int(entries[0]) if entries.size else -1, n_U))
-            else:
-                for entry in np.unique(entries):
-                    keep = entries == entry
-                    sums.append(chunk_sums(cols[:, keep], coefs[:, keep], X[keep], r[keep], w[keep], int(entry), n_U))
-            part = LeafStatistics(tuple(sorted(lf.name for lf in leaves)), beta0, tuple(sums))
-            _carry(levels, part)
-    total = None
-    for part in levels:  # the remaining levels, the most recent rows last
-        if part is not None:
-            total = part if total is None else add(part, total)
-    return total
-
-
-def _carry(levels: list, part: LeafStatistics) -> None:
-    """Add ``part`` to the counter: equal-sized partial sums merge, so adding the sparse ``Z^T W Z`` of
-    many chunks costs its final size times the number of levels, not times the number of chunks."""
-    k = 0
-    while k < len(levels) and levels[k] is not None:
-        part, levels[k] = add(levels[k], part), None
-        k += 1
-    if k == len(levels):
-        levels.append(None)
-    levels[k] = part
+                entry = int(entries[0]) if entries.size else -1
+                classes.setdefault(entry, ClassAccumulator(entry, n_U, p)).add(cols, coefs, X, r, w)
+                continue
+            for entry in np.unique(entries):
+                keep = entries == entry
+                accumulator = classes.setdefault(int(entry), ClassAccumulator(int(entry), n_U, p))
+                accumulator.add(cols[:, keep], coefs[:, keep], X[keep], r[keep], w[keep])
+    names = tuple(sorted(lf.name for lf in leaves))
+    return LeafStatistics(names, beta0, tuple(classes[e].sums() for e in sorted(classes)))
 
 
 def _ascending(leaf: LeafRows) -> list[bool]:
