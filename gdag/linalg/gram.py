@@ -55,8 +55,7 @@ def gram_structure(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int)
     itype = index_dtype(n_rows, n_cols, rows.shape[0])
     rows = rows.astype(itype, copy=False)
     cols = cols.astype(itype, copy=False)
-    csr_indptr, csr_entry = bucket(rows, n_rows)
-    csr_cols = cols[csr_entry]
+    csr_indptr, csr_entry, csr_cols = bucket(rows, n_rows, cols)  # the columns placed in the same pass
     thin = thin_pattern(csr_indptr, csr_cols, n_cols)
     if thin is not None:  # rows of at most two entries: pairs sorted by column, no CSC view, no products
         return GramStructure(csr_indptr, csr_cols, csr_entry, None, None, None, thin[0], thin[1], n_cols, thin[2])
@@ -168,11 +167,35 @@ def index_dtype(*sizes: int):
     return np.int32 if max(sizes, default=0) < INT32_MAX else np.int64
 
 
-def bucket(keys: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stable counting sort: ``indptr`` and the order of entries grouped by key (in the keys' integer type)."""
+def bucket(keys: np.ndarray, n_keys: int, carried: np.ndarray | None = None) -> tuple:
+    """Stable counting sort: ``indptr`` and the order of entries grouped by key (in the keys' integer type).
+
+    With ``carried`` (one value per entry), also ``carried[order]``, placed in the same pass.
+    """
     if keys.dtype == np.int32 and keys.shape[0] >= INT32_MAX:
         keys = keys.astype(np.int64)
-    return counting_sort(keys, n_keys)
+    if carried is None:
+        return counting_sort(keys, n_keys)
+    placed = np.empty_like(carried)
+    indptr, order = _counting_sort_carrying(keys, n_keys, carried, placed)
+    return indptr, order, placed
+
+
+@numba.njit(cache=True)
+def _counting_sort_carrying(keys, n_keys, carried, placed):
+    indptr = np.zeros(n_keys + 1, dtype=keys.dtype)
+    for k in keys:
+        indptr[k + 1] += 1
+    for j in range(n_keys):
+        indptr[j + 1] += indptr[j]
+    order = np.empty(keys.shape[0], dtype=keys.dtype)
+    for e in range(keys.shape[0]):
+        k = indptr[keys[e]]
+        order[k] = e
+        placed[k] = carried[e]
+        indptr[keys[e]] = k + 1
+    _unshift(indptr)
+    return indptr, order
 
 
 @numba.njit(cache=True)
