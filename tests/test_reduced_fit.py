@@ -51,7 +51,7 @@ def test_reduced_objective_equals_dense_formula_on_random_models(sds_are_params)
         case = reduced_case(seed, sds_are_params, profile)
         if case is None:
             continue
-        rng, spec, m, data, x, (cm, cond, x_gdag, _, roles, stats, _) = case
+        rng, spec, m, data, x, (cm, cond, x_gdag, _, roles, stats, _, _) = case
         own = spec_roles(spec, ~np.isnan(x), profile)
         assert (list(roles.fixed), list(roles.optimized), roles.profiled) == (own.fixed, own.optimized, own.profiled)
         for reml in (False, True):
@@ -173,7 +173,7 @@ def test_any_chunking_gives_the_same_objective(monkeypatch, chunk_rows):
     m = slopes_model(df, 40)
     monkeypatch.setattr(observations, "MIN_ROWS", 0)
     data = {"y": df["y"].to_numpy()}
-    cm, cond, x, _, roles, stats, _ = reduced_setup(m.spec(), m._queries, data, True)
+    cm, cond, x, _, roles, stats, _, _ = reduced_setup(m.spec(), m._queries, data, True)
     rows = [LeafRows(m.spec().nodes["y"], cm)]
     other = leaf_statistics(rows, data, x, cond.pos_U, cond.n_unobserved, roles.fixed, chunk_rows=chunk_rows,
                             beta0=stats.beta0)

@@ -21,7 +21,6 @@ and ``docs/fitting.md``; the optimizers in :mod:`gdag.fitting.optimize`.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -41,7 +40,7 @@ from ..spec import ModelSpec
 from .monitor import STOPPED, Monitor
 from .objective import Objective
 from .optimize import SINGULAR_TOL, FitLog, optimize, starting_point
-from .reduced import ReducedObjective, reduced_setup
+from .reduced import ReducedObjective, own_data, reduced_setup
 from .roles import infer_roles
 
 __all__ = ["Fit", "fit"]
@@ -311,7 +310,7 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
             cond = queries.conditioning_for(cm, observed)
             roles = infer_roles(cm, cond, profile=(method != "em"))
         else:
-            cm, cond, x, observed, roles, stats, start = reduced
+            cm, cond, x, observed, roles, stats, start, full = reduced
         v0, scales = starting_point(spec, cm, cond, x, roles, init, None if reduced is None else start)
         if reduced is None:
             obj = Objective(cm, cond, x, roles, reml=(criterion == "reml"), factorization=factorization, scales=scales)
@@ -333,7 +332,7 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
         )
     theta = best.theta
     posterior = Deferred(Posterior, cm, cond, theta, x, dict(spec.nodes)) if reduced is None else \
-        Deferred(conditioned, spec, queries, {k: copy.deepcopy(v) for k, v in data.items()}, None, theta)
+        Deferred(conditioned, spec, queries, own_data(spec, data, full), None, theta)
     timings = {"setup": t_setup - t_start, "optimize": t_opt - t_setup, "assemble": 0.0, "factor": 0.0,
                "fixed": 0.0, "gradient": 0.0, **phases}
     fit = _make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)

@@ -23,6 +23,7 @@ Nothing row-sized is kept: the leaves' memory is that of their sums.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -241,7 +242,8 @@ def _keys(pattern: sp.csc_matrix) -> np.ndarray:
 
 
 def reduced_setup(spec: ModelSpec, queries: QueryCache, data, profile: bool):
-    """``(cm, cond, x, observed, roles, stats)`` of the latent model and the leaves' sums, or None when no
+    """``(cm, cond, x, observed, roles, stats, start, full)``: the latent model, the leaves' sums, starting
+    values' data and the leaves' validated data (a copy), or None when no
     observed leaf family can be summed (:func:`gdag.observations.reducible_families`, :func:`fit_ready`)."""
     full = fully_observed(spec, data)
     leaves = reducible_families(queries.graph(spec), full) if full else ()
@@ -263,7 +265,13 @@ def reduced_setup(spec: ModelSpec, queries: QueryCache, data, profile: bool):
     x_R = x[cond.R]
     start = LeafStart(_spread([x_R[np.isfinite(x_R)], *(full[name] for name in stats.names)]),
                       _coefficients(stats, cm.sd_param[cond.U], cm.n_theta))
-    return cm, cond, x, observed, roles, stats, start
+    return cm, cond, x, observed, roles, stats, start, full
+
+
+def own_data(spec: ModelSpec, data, full: dict) -> dict:
+    """The data a reduced fit's posterior reads, copied (the caller may change theirs): the leaves' validated
+    values and the rest as given."""
+    return {**{k: copy.deepcopy(v) for k, v in without(spec, data, full).items()}, **{k: v.copy() for k, v in full.items()}}
 
 
 @dataclass(frozen=True)
