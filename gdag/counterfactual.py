@@ -143,12 +143,11 @@ class Counterfactual:
         name_a = self._name(a)
         name_b = name_a if b is None else self._name(b)
         Ga, Gb = self._G[self._span[name_a]], self._G[self._span[name_b]]
+        small, other, flip = (Gb, Ga, False) if Gb.shape[0] <= Ga.shape[0] else (Ga, Gb, True)
+        check_block("counterfactual cov", name_a, name_b, Ga.shape[0], Gb.shape[0],
+                    small.shape[0] if self._factor is not None else 0, small.shape[1])
         if self._factor is None:
             return np.zeros((Ga.shape[0], Gb.shape[0]))
-        small, other, flip = (Gb, Ga, False) if Gb.shape[0] <= Ga.shape[0] else (Ga, Gb, True)
-        if small.shape[0] * small.shape[1] > SOLVE_LIMIT:
-            raise ModelError(f"counterfactual cov(`{name_a}`, `{name_b}`) would need {small.shape[0]} solves of size "
-                             f"{small.shape[1]}; ask for smaller blocks or use var() for marginal variances.")
         self.factual._check_variance_accuracy("counterfactual covariances")
         block = np.asarray(other @ self._factor.solve(small.T.toarray()))
         if name_a == name_b:  # a covariance matrix: symmetric to the bit
@@ -224,6 +223,15 @@ class Counterfactual:
             moved = var[block] - 2 * np.einsum("ij,ij->i", h, C) + np.einsum("ij,ij->i", h @ S, h)
             var[block] = np.maximum(moved, 0.0)
         return var
+
+
+def check_block(what: str, a: str, b: str, rows: int, cols: int, solves: int, size: int) -> None:
+    """Refuse a dense covariance block of more than :data:`SOLVE_LIMIT` entries, or needing more solved entries
+    (``solves`` of ``size``): a posterior's or a counterfactual's ``cov``, before anything is allocated."""
+    need = (f"would be a dense {rows} x {cols} block" if rows * cols > SOLVE_LIMIT else
+            f"would need {solves} solves of size {size}" if solves * size > SOLVE_LIMIT else None)
+    if need is not None:
+        raise ModelError(f"{what}(`{a}`, `{b}`) {need}; ask for smaller blocks or use var() for marginal variances.")
 
 
 def _descendant_solve(B: sp.spmatrix, J: sp.csr_matrix) -> sp.csr_matrix:

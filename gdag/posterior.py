@@ -23,7 +23,7 @@ from .accuracy import (
     scaled_condition,
 )
 from .compiler import CompiledModel
-from .counterfactual import Counterfactual
+from .counterfactual import Counterfactual, check_block
 from .data import own
 from .errors import DataError, ModelError
 from .linalg import LOG_2PI
@@ -33,8 +33,6 @@ from .spec import Node, Param, label
 from .tables import posterior_frame, posterior_html
 from .timing import timed
 
-# Dense covariance blocks beyond this many solved entries are refused.
-COV_LIMIT = 50_000_000
 # The mean check inverts (~ the factor's flops) rather than estimates (~30 solves) while flops <= this * nnz(L).
 INVERSION_PER_SOLVES = 128
 
@@ -140,19 +138,14 @@ class Posterior:
         """
         a = self._node(a)
         b = a if b is None else self._node(b)
-        if a.name in self._cond.leaf_data or b.name in self._cond.leaf_data:
-            return np.zeros((a.size, b.size))  # observed: known exactly
+        known = a.name in self._cond.leaf_data or b.name in self._cond.leaf_data or self._factor is None  # observed
+        check_block("cov", a.name, b.name, a.size, b.size, 0 if known else min(a.size, b.size), self._cond.n_unobserved)
+        if known:
+            return np.zeros((a.size, b.size))
         G = self._affine_map()
         Ga, Gb = G[self._cm.span(a.name)], G[self._cm.span(b.name)]
-        if self._factor is None:
-            return np.zeros((a.size, b.size))
         self._check_variance_accuracy("covariances")
         small, other, flip = (Gb, Ga, False) if b.size <= a.size else (Ga, Gb, True)
-        if small.shape[0] * self._cond.n_unobserved > COV_LIMIT:
-            raise ModelError(
-                f"cov(`{a.name}`, `{b.name}`) would need {small.shape[0]} solves of size "
-                f"{self._cond.n_unobserved}; ask for smaller blocks or use var() for marginal variances."
-            )
         solved = self._factor.solve(small.T.toarray())
         block = np.asarray(other @ solved)
         if a.name == b.name:  # a covariance matrix: symmetric to the bit (the solves leave it so only to rounding)

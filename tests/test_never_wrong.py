@@ -518,3 +518,18 @@ def test_a_counterfactual_refuses_a_node_of_another_model():
         with pytest.raises(DataError, match=re.escape("This counterfactual's query uses `")):
             query()
     np.testing.assert_array_equal(cf.mean(small.nodes["u"]), cf.mean("u"))
+
+
+def test_a_covariance_block_too_large_to_hold_is_refused_before_allocating():
+    # Before: cov of an observed family (summed leaf rows, or every entry observed) and a counterfactual's
+    # cov of it allocated the zero block: numpy's MemoryError ("298. GiB") for 200,000 entries
+    n = 200_000
+    m = gdag.Model("big")
+    m.normal("y", m.normal("u", 0.0, 1.0), 1.0, plate=m.plate("o", n))
+    post = m.posterior({"y": np.zeros(n)})
+    refusal = re.escape(f"cov(`y`, `y`) would be a dense {n} x {n} block; ask for smaller blocks or use var()")
+    for query in (lambda: post.cov("y"), lambda: m.posterior({"y": np.zeros(n), "u": 0.0}).cov("y"),
+                  lambda: post.counterfactual({"u": 1.0}).cov("y")):
+        with pytest.raises(gdag.ModelError, match=refusal):
+            query()
+    assert post.cov("y", "u").shape == (n, 1)
