@@ -194,3 +194,23 @@ def test_the_fits_posterior_keeps_its_own_copy_of_the_data(monkeypatch):
     expected = m.posterior({"y": y.copy()}, params=fit.params).mean("u0")
     y[:] = 0.0  # the caller reuses the array
     np.testing.assert_array_equal(fit.posterior.mean("u0"), expected)
+
+
+@pytest.mark.parametrize("mean", [1e8, 0.0])
+def test_a_large_mean_is_fitted_and_an_exact_fit_refused_as_in_the_joint_system(monkeypatch, mean):
+    """The sums' exact-fit check is relative to the residual square about beta0, not to the data's square:
+    y = 1e8 + noise (R^2 1 - 1e-16) is fitted as the joint system fits it; y exactly linear in x is refused."""
+    df = slopes_frame(seed=7, n=600, groups=20, mean=mean)
+    if mean == 0.0:
+        df["y"] = 3.0 + 2.0 * df["x"]
+    fits = []
+    for rows in (10**9, 0):
+        monkeypatch.setattr(observations, "MIN_ROWS", rows)
+        if mean == 0.0:
+            with pytest.raises(gdag.NotIdentifiedError, match="fitted exactly"):
+                gdag.lmer("y ~ 1 + x + (1 | g)", df, method="ml")
+        else:
+            fits.append(gdag.lmer("y ~ 1 + x + (1 | g)", df, method="ml"))
+    if fits:  # values near 1e8 carry 1.5e-8 of rounding each: the two roads agree to that, not to the last bit
+        assert fits[1].loglik == pytest.approx(fits[0].loglik, rel=1e-9)
+        np.testing.assert_allclose(fits[1].params["sigma"], fits[0].params["sigma"], rtol=1e-6)

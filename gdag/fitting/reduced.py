@@ -48,7 +48,8 @@ from .roles import Roles, exact_fit_error, infer_roles
 
 # Rows a chunk when a fit sums the leaves: bounds the pass's temporaries (about 300 bytes a row, 20 MB).
 FIT_CHUNK_ROWS = 1 << 16
-# With the data summed, an exact fit is seen only to the sums' rounding (about 1e-16 of the residual's square).
+# The sums' residual square is known to about 1e-16 of the square about beta0: at or below this fraction of it,
+# the fit is exact (as is one at the joint system's criterion, EXACT_FIT^2 of the data's square).
 LEAF_EXACT_FIT = 64 * np.finfo(float).eps
 
 
@@ -59,14 +60,15 @@ class ReducedObjective(Objective):
                  stats: LeafStatistics, factorization: str = "auto", scales: np.ndarray | None = None):
         self.stats = stats
         super().__init__(cm, cond, x, roles, reml, factorization, scales, leaf_rows=stats.count)
-        self.exact_fit = LEAF_EXACT_FIT
         classes = stats.classes
         self.leaf_classes = {c.entry: (stats.names, c.count) for c in classes}
         self._entries = np.array([c.entry for c in classes], dtype=np.int64)
         b0 = stats.beta0
         self._Zy = np.array([c.Zr + c.ZX @ b0 for c in classes]).reshape(len(classes), self.n_U)
         self._Xy = np.array([c.Xr + c.XX @ b0 for c in classes]).reshape(len(classes), self.p)
-        self._size = np.array([c.rr + 2.0 * b0 @ c.Xr + b0 @ c.XX @ b0 for c in classes])
+        # what the exact-fit check compares the residual square with (exact_fit = EXACT_FIT^2 times it)
+        self._size = np.array([c.rr + 2.0 * b0 @ c.Xr + b0 @ c.XX @ b0 + LEAF_EXACT_FIT / self.exact_fit * c.rr
+                               for c in classes])
         self._optimized = np.isin(self._entries, self.free)
         self._analysis = None
         if self.n_U:
@@ -226,7 +228,7 @@ class ReducedObjective(Objective):
         for k in np.flatnonzero(self._optimized):
             second[self._entries[k]] += found[k]
             counts[self._entries[k]] += self.stats.classes[k].count
-        if found is not None and float(np.sum(found)) <= LEAF_EXACT_FIT * float(np.sum(self._size)):
+        if found is not None and float(np.sum(found)) <= self.exact_fit * float(np.sum(self._size)):
             raise exact_fit_error(self.cm.name, [self.roles.labels[k] for k in self.free], float(np.sum(found)))
         return second, counts
 
