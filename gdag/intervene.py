@@ -185,8 +185,3 @@ def _rebind(mean: Expr, by_name: dict) -> Expr:
     terms = tuple(Term(by_name[t.source.name], t.rows, t.cols, t.vals,
                        None if t.scale is None else by_name[t.scale.name]) for t in mean.terms)
     return Expr(mean.length, terms, mean.offset)
-
-
-def check_data(model, data) -> None:
-    """Nothing left to check here: :func:`gdag.data.data_vector` refuses data at entries set by ``do()``,
-    with the same words, as part of its one validation of the data (kept until the callers drop it)."""

@@ -25,7 +25,7 @@ from .fitting.fit import fit as fit_model
 from .frame import frame_data, is_frame, plate_labels
 from .frame import levels as level_codes
 from .graph import check_self_reference, expanded_graph, family_graph
-from .intervene import check_data, intervened_model
+from .intervene import intervened_model
 from .query import conditioned
 from .render import render as render_model
 from .resources import BYTES_PER_DECLARED_ENTRY, check_entries, check_model_size
@@ -231,7 +231,6 @@ class Model:
         spec = self.spec()
         check_model_size(spec, self.name)
         data = {} if data is None else frame_data(data, spec.nodes) if is_frame(data) else data
-        check_data(self, data)
         return conditioned(spec, self._queries, data, params)
 
     def fit(self, data, method: str = "reml", **options):
@@ -249,7 +248,6 @@ class Model:
         spec = self.spec()
         check_model_size(spec, self.name)
         data = frame_data(data, spec.nodes) if is_frame(data) else data
-        check_data(self, data)
         result = fit_model(spec, self._queries, data, method=method, **options)
         return result if self.design is None else replace(result, design=self.design)
 

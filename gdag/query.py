@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .cache import QueryCache
-from .data import data_vector, fully_observed, parameter_vector, without
+from .data import checked, data_vector, fully_observed, parameter_vector, without
 from .observations import reducible_families
 from .posterior import Posterior
 from .resources import check_memory
@@ -21,7 +21,8 @@ from .spec import ModelSpec
 
 def conditioned(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], params: Mapping[str, Any] | None = None,
                 theta: np.ndarray | None = None) -> Posterior:
-    """The posterior of ``spec`` given ``data`` (validated), at ``params`` or at the parameter vector ``theta``."""
+    """The posterior of ``spec`` given ``data`` (validated here, once), at ``params`` or at the parameter vector ``theta``."""
+    data = checked(spec, data)
     full = fully_observed(spec, data)
     leaves = reducible_families(queries.graph(spec), full) if full else ()
     if leaves:  # observed leaf families enter as sums over their rows (gdag.observations)

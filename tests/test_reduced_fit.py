@@ -214,3 +214,18 @@ def test_a_large_mean_is_fitted_and_an_exact_fit_refused_as_in_the_joint_system(
     if fits:  # values near 1e8 carry 1.5e-8 of rounding each: the two roads agree to that, not to the last bit
         assert fits[1].loglik == pytest.approx(fits[0].loglik, rel=1e-9)
         np.testing.assert_allclose(fits[1].params["sigma"], fits[0].params["sigma"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [10**9, 0])
+def test_a_fits_posterior_is_the_querys_bit_for_bit(monkeypatch, rows):
+    """Joint system or summed rows: fit.posterior is m.posterior(data, params=fit.params), the same bits and draws."""
+    df = slopes_frame(seed=8, n=400, groups=20)
+    m = slopes_model(df, 20)
+    monkeypatch.setattr(observations, "MIN_ROWS", rows)
+    data = {"y": df["y"].to_numpy()}
+    fit = m.fit(data, method="reml")
+    post = m.posterior(data, params=fit.params)
+    for name in ("u0", "u1"):
+        assert np.array_equal(fit.posterior.mean(name), post.mean(name))
+        assert np.array_equal(fit.posterior.sd(name), post.sd(name))
+    assert np.array_equal(fit.posterior.sample(3, seed=1)["u0"], post.sample(3, seed=1)["u0"])

@@ -31,7 +31,7 @@ import numpy as np
 from .. import tables, timing
 from ..cache import QueryCache
 from ..compiler import CompiledModel
-from ..data import data_vector
+from ..data import checked, data_vector
 from ..errors import ConvergenceWarning, FitError, warn
 from ..linalg.blas import one_blas_thread
 from ..posterior import Posterior
@@ -299,6 +299,7 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
     # One BLAS thread for the whole fit, the optimizer's own work included (OneBlasThread)
     with one_blas_thread(), timing.record() as phases:
         t_start = time.perf_counter()
+        data = checked(spec, data)  # validated once; every stage below takes it as it is
         reduced = reduced_setup(spec, queries, data, profile=(method != "em"))
         if reduced is None:
             cm = queries.compiled(spec)
@@ -331,8 +332,8 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
             ConvergenceWarning,
         )
     theta = best.theta
-    posterior = Deferred(Posterior, cm, cond, theta, x, dict(spec.nodes)) if reduced is None else \
-        Deferred(conditioned, spec, queries, own_data(spec, data, full), None, theta)
+    # the posterior m.posterior(data, params=fit.params) gives, bit for bit (the query's own road)
+    posterior = Deferred(conditioned, spec, queries, own_data(spec, data, full if reduced else {}), None, theta)
     timings = {"setup": t_setup - t_start, "optimize": t_opt - t_setup, "assemble": 0.0, "factor": 0.0,
                "fixed": 0.0, "gradient": 0.0, **phases}
     fit = _make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
