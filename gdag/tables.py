@@ -293,7 +293,10 @@ def posterior_frame(post, plates: dict, quantiles=(0.025, 0.975)) -> pd.DataFram
 
     ``plates`` maps each node's name to its plate's name and labels (None for none).
     """
-    probs = [float(q) for q in np.atleast_1d(quantiles)]
+    try:
+        probs = [float(q) for q in np.atleast_1d(quantiles)]
+    except (TypeError, ValueError):  # "0.5" or a node: not a probability
+        probs = [np.nan]
     if any(not 0.0 < q < 1.0 for q in probs):
         raise DataError(f"to_frame(quantiles=...) takes probabilities strictly between 0 and 1; got {quantiles!r}.")
     parts = []

@@ -269,6 +269,8 @@ def test_posterior_to_frame_has_labels_levels_and_quantiles():
     assert set(everything.node) == {"u", "y"} and (everything[everything.node == "y"].sd == 0).all()
     with pytest.raises(gdag.DataError, match="strictly between 0 and 1"):
         post.to_frame("u", quantiles=(0.0, 0.5))
+    with pytest.raises(gdag.DataError, match="strictly between 0 and 1"):  # a bare ValueError before
+        post.to_frame("u", quantiles=("median",))
 
 
 def test_a_fit_reads_well_in_a_terminal_and_a_notebook(lmer_fits):
