@@ -37,11 +37,10 @@ def thin_pattern(csr_indptr: np.ndarray, csr_cols: np.ndarray, n_cols: int):
     pair_row, pair_col = np.empty(n_pairs, dtype=itype), np.empty(n_pairs, dtype=itype)
     qtype = itype if n_cols + n_pairs <= INT32_MAX else np.int64
     q_indptr = np.zeros(n_cols + 1, dtype=qtype)
-    _sort_pairs(csr_indptr, csr_cols, start, present, pair_row, pair_col, q_indptr)
-    q_rows = np.empty(q_indptr[-1], dtype=itype)
+    q_rows = np.empty(n_cols + n_pairs, dtype=itype)  # an upper bound: the pages past the end are never touched
     pair_pos = np.full(csr_indptr.shape[0] - 1, -1, dtype=qtype)
-    _fill_pattern(start, pair_row, pair_col, present, q_indptr, q_rows, pair_pos)
-    return q_indptr, q_rows, pair_pos
+    _sort_pairs(csr_indptr, csr_cols, start, present, pair_row, pair_col, q_indptr, q_rows, pair_pos)
+    return q_indptr, q_rows[: q_indptr[-1]], pair_pos
 
 
 @numba.njit(cache=True)
@@ -63,11 +62,12 @@ def _count_pairs(csr_indptr, csr_cols, start, present):
 
 
 @numba.njit(cache=True)
-def _sort_pairs(csr_indptr, csr_cols, start, present, pair_row, pair_col, indptr):
-    """Each column's pairs, sorted by row ``i`` (ties in the order of ``A``'s rows), and the pattern's ``indptr``.
+def _sort_pairs(csr_indptr, csr_cols, start, present, pair_row, pair_col, indptr, q_rows, pair_pos):
+    """Each column's pairs, sorted by row ``i`` (ties in the order of ``A``'s rows), and the pattern.
 
     ``pair_row`` holds the pairs' ``i`` and ``pair_col`` their row of ``A``;
-    per column, the pattern has its diagonal (if present) and its distinct ``i``.
+    per column, the pattern has its diagonal (if present) and its distinct
+    ``i``, and ``pair_pos`` gets where each row's pair sits in it.
     """
     n_cols = start.shape[0] - 1
     for r in range(csr_indptr.shape[0] - 1):
@@ -89,17 +89,7 @@ def _sort_pairs(csr_indptr, csr_cols, start, present, pair_row, pair_col, indptr
                 pair_row[u + 1], pair_col[u + 1] = pair_row[u], pair_col[u]
                 u -= 1
             pair_row[u + 1], pair_col[u + 1] = i, r
-        count = 1 if present[j] else 0
-        for t in range(start[j], start[j + 1]):
-            if t == start[j] or pair_row[t] != pair_row[t - 1]:
-                count += 1
-        indptr[j + 1] = indptr[j] + count
-
-
-@numba.njit(cache=True)
-def _fill_pattern(start, pair_row, pair_col, present, q_indptr, q_rows, pair_pos):
-    for j in range(start.shape[0] - 1):
-        k = q_indptr[j] - 1
+        k = indptr[j] - 1  # then the column's pattern: its diagonal, then its distinct rows
         if present[j]:
             k += 1
             q_rows[k] = j
@@ -108,6 +98,7 @@ def _fill_pattern(start, pair_row, pair_col, present, q_indptr, q_rows, pair_pos
                 k += 1
                 q_rows[k] = pair_row[t]
             pair_pos[pair_col[t]] = k
+        indptr[j + 1] = k + 1
 
 
 @numba.njit(cache=True, error_model="numpy")  # 1/0 is inf, as numpy divides
