@@ -158,16 +158,29 @@ def identity_term(source, size: int) -> Term:
 
 
 def compact(expr: Expr) -> Expr:
-    """``expr`` with rows ``0..n-1`` shared by every term that has them, and coefficients or parameter
-    columns that repeat one value as read-only broadcasts (:mod:`gdag.arrays`)."""
-    shared, out = None, []
+    """``expr`` with rows ``0..n-1`` shared by every term that has them, equal column or coefficient arrays
+    of different terms stored once (``u0[g] + x * u1[g]``: one ``g``; ``b1 * x + x * u1[g]``: one ``x``),
+    and values repeated over every row as read-only broadcasts (:mod:`gdag.arrays`)."""
+    shared, seen, out = None, [], []
     for t in expr.terms:
         rows = t.rows
         if is_identity(rows, expr.length):
             shared = rows if shared is None else shared
             rows = shared
-        out.append(replace(t, rows=rows, cols=compact_values(t.cols), vals=compact_values(t.vals)))
+        cols, vals = (_stored_once(compact_values(a), seen) for a in (t.cols, t.vals))
+        out.append(replace(t, rows=rows, cols=cols, vals=vals))
     return Expr(expr.length, tuple(out), expr.offset)
+
+
+def _stored_once(a: np.ndarray, seen: list) -> np.ndarray:
+    """``a``, or an equal array (dtype and values) already kept in ``seen`` (shared: terms' arrays are never written)."""
+    if a.strides == (0,) or a.shape[0] < 2:
+        return a
+    for b in seen:
+        if b.shape == a.shape and b.dtype == a.dtype and np.array_equal(a, b):
+            return b
+    seen.append(a)
+    return a
 
 
 def zeros(n: int) -> np.ndarray:
