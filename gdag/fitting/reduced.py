@@ -178,26 +178,27 @@ class ReducedObjective(Objective):
             a[k, i] = 2.0 / pt.th[self._entries[k]] * self.scales[i]
         if n_C > m:  # the profiled scale's column
             a[:, m] = 1.0 / pt.sigma2
-        R = np.hstack([C, M[:, moves]])  # becomes P R in place: the latent-sized arrays are the fit's peak
+        Mm = M[:, moves]
+        k = n_C + moves.size
         U, F_e = self._residual_products(pt)
         wa = pt.omega[:, None] * a
-        A_U = (pt.A_U if pt.A_U is not None else self.A_U(pt.entry_vals)) if self.n_U else sp.csr_matrix((R.shape[0], 0))
-        WR = pt.W[:, None] * R
-        t = np.asarray(A_U.T @ WR) + U.T @ wa
-        FWR = np.asarray(pt.F.T @ WR) if self.reml and self.p else None
-        del WR
+        A_U = (pt.A_U if pt.A_U is not None else self.A_U(pt.entry_vals)) if self.n_U else sp.csr_matrix((C.shape[0], 0))
+        # c_i^T P c_j = c_i^T W c_j - (A_U^T W c_i)^T m_j + (F^T W c_i)^T B_j: no data-space P is formed
+        WC, WM = pt.W[:, None] * C, pt.W[:, None] * Mm
+        inner = np.block([[C.T @ WC, C.T @ WM], [Mm.T @ WC, Mm.T @ WM]])
+        t_latent = np.hstack([np.asarray(A_U.T @ WC), np.asarray(A_U.T @ WM)]).reshape(self.n_U, k)
+        FW = np.hstack([np.asarray(pt.F.T @ WC), np.asarray(pt.F.T @ WM)]).reshape(self.p, k) if self.reml and self.p else None
+        del WC, WM
+        t = t_latent + U.T @ wa
         solved = self._factor.solve(t).reshape(self.n_U, -1) if self.n_U else t
-        B = np.zeros((self.p, R.shape[1]))
-        if FWR is not None:
-            B = sla.cho_solve((pt.chol_S, True), pt.Z_F.T @ t - (FWR + F_e.T @ wa), check_finite=False)
-            solved += pt.Z_F @ B
-            R += np.asarray(pt.F @ B)
-        R -= np.asarray(A_U @ solved)
-        R *= pt.W[:, None]
-        P = R
-        leaf = wa.T @ (a * pt.leaf_q[:, None] + F_e @ B - U @ solved)
-        H = C.T @ P[:, :n_C] + leaf[:n_C, :n_C]
-        H[np.ix_(moves, moves)] += 2.0 * (M[:, moves].T @ P[:, n_C:] + leaf[n_C:, n_C:])
+        B = np.zeros((self.p, k))
+        if FW is not None:
+            B = sla.cho_solve((pt.chol_S, True), pt.Z_F.T @ t - (FW + F_e.T @ wa), check_finite=False)
+            solved = solved + pt.Z_F @ B
+        full = inner - t_latent.T @ solved + (FW.T @ B if FW is not None else 0.0)
+        full += wa.T @ (a * pt.leaf_q[:, None] + F_e @ B - U @ solved)
+        H = full[:n_C, :n_C].copy()
+        H[np.ix_(moves, moves)] += 2.0 * full[n_C:, n_C:]
         return H
 
     def _residual_products(self, pt: Point) -> tuple[np.ndarray, np.ndarray]:
