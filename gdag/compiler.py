@@ -208,13 +208,14 @@ def compile_model(model: ModelSpec) -> CompiledModel:
     scaled_entries, scaled_param = [], []
     k = 0
     f_rows, f_cols, f_vals = [], [], []
-    c0 = np.zeros(n)
+    c0, offsets_given = np.zeros(n), False
     sd_base = np.empty(n)  # every entry is written below (the families cover 0..n-1)
     sd_param = None  # written only when some sd carries a parameter
     for nd in nodes:
         start = node_off[nd.name]
         if not is_zeros(nd.mean.offset):  # c0 starts as zeros (pages not touched until written)
             c0[start : start + nd.size] = nd.mean.offset
+            offsets_given = True
         for t in nd.mean.terms:
             if t.source.is_param:
                 f_rows.append(t.rows + start)
@@ -254,7 +255,7 @@ def compile_model(model: ModelSpec) -> CompiledModel:
         scaled_entries=cat(scaled_entries, np.int64),
         scaled_param=cat(scaled_param, np.int64),
         F=F,
-        c0=_read_only(c0),
+        c0=_read_only(c0) if offsets_given else np.broadcast_to(0.0, (n,)),  # all zero: read-only, no memory
         sd_base=_read_only(sd_base),
         sd_param=sd_param if sd_param is not None else np.broadcast_to(np.int64(-1), (n,)),  # read-only, no memory
         param_names=tuple(p.name for p in params),
