@@ -164,11 +164,12 @@ def curvature(obj, pt: Point, grad: np.ndarray, v: np.ndarray, information=None)
     slopes and to 3e-3 on two crossed components.  Sds also get
     ``max(0, grad/v)``, the part of the sd-to-variance map's curvature that
     matters at a boundary.  ``information(pt, C, M, moves)``, when given, computes
-    ``C^T P C + 2 M^T P M`` (the moves' block) in place of :func:`projected_residuals`.
+    ``C^T P C + 2 M^T P M`` (``M``: the columns ``moves`` only) in place of :func:`projected_residuals`.
     """
     th, e, roles = pt.th, pt.e, obj.roles
     m, prof = obj.free.shape[0], int(roles.profiled >= 0)
-    C, M = np.zeros((obj.n_R, m + prof)), np.zeros((obj.n_R, m + prof))
+    means = [i for i, entry in enumerate(obj.free) if roles.scale[entry] or roles.linear[entry]]
+    C, M = np.zeros((obj.n_R, m + prof)), np.zeros((obj.n_R, len(means)))  # M: the columns that can move a mean
     mu = None
     for i, entry in enumerate(obj.free):
         if roles.sd[entry]:
@@ -180,18 +181,19 @@ def curvature(obj, pt: Point, grad: np.ndarray, v: np.ndarray, information=None)
                 mu = ancestor_solve(obj, pt.coef, pt.c_full, False)
             s = ancestor_solve(obj, pt.coef, _times(obj, dcoef, pt.W * e, True), True)
             C[:, i] += _times(obj, dcoef, pt.xbar - mu, False) + pt.d * s
-            M[:, i] += _times(obj, dcoef, mu, False)
+            M[:, means.index(i)] += _times(obj, dcoef, mu, False)
         if roles.linear[entry]:
-            M[:, i] += obj.free_offset(int(entry), th)
+            M[:, means.index(i)] += obj.free_offset(int(entry), th)
     C[:, :m] *= obj.scales
-    M[:, :m] *= obj.scales
+    M *= obj.scales[means]
     if prof:
         C[:, m] = e / pt.sigma2
-    moves = np.flatnonzero(np.any(M != 0, axis=0))  # the mean part's columns, solved only where there is one
+    nonzero = np.any(M != 0, axis=0)  # the mean part's columns, solved only where there is one
+    moves, M = np.array(means, dtype=np.int64)[nonzero], M[:, nonzero]
     if information is None:
-        P = projected_residuals(obj, pt, np.hstack([C, M[:, moves]]))
+        P = projected_residuals(obj, pt, np.hstack([C, M]))
         H = C.T @ P[:, :m + prof]
-        H[np.ix_(moves, moves)] += 2.0 * (M[:, moves].T @ P[:, m + prof:])
+        H[np.ix_(moves, moves)] += 2.0 * (M.T @ P[:, m + prof:])
     else:  # rows summed apart add their part (gdag.fitting.reduced)
         H = information(pt, C, M, moves)
     H /= pt.sigma2

@@ -178,7 +178,7 @@ class ReducedObjective(Objective):
             a[k, i] = 2.0 / pt.th[self._entries[k]] * self.scales[i]
         if n_C > m:  # the profiled scale's column
             a[:, m] = 1.0 / pt.sigma2
-        Mm = M[:, moves]
+        Mm = M  # the columns `moves` only
         k = n_C + moves.size
         U, F_e = self._residual_products(pt)
         wa = pt.omega[:, None] * a
