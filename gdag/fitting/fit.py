@@ -37,6 +37,7 @@ from ..linalg.blas import one_blas_thread
 from ..posterior import Posterior
 from ..query import conditioned
 from ..spec import ModelSpec
+from .boundary import objective_at_zero
 from .monitor import STOPPED, Monitor
 from .objective import Objective
 from .optimize import SINGULAR_TOL, FitLog, optimize, starting_point
@@ -363,11 +364,10 @@ def _make_fit(spec: ModelSpec, cm: CompiledModel, obj: Objective, log: FitLog, m
         span = cm.param_span(name)
         if np.any(np.isin(np.arange(span.start, span.stop), roles.fixed)):
             stderr[name] = float(se_full[span][0]) if cm.param_scalar[i] else se_full[span].copy()
-    # boundary: variance components whose (relative) sd ended below SINGULAR_TOL
-    boundary = []
-    for i, entry in enumerate(obj.free):
-        if obj.is_sd[i] and max(v_best[i], 0.0) < SINGULAR_TOL:
-            boundary.append(roles.labels[entry])
+    # boundary: variance components whose (relative) sd ended below SINGULAR_TOL; logLik with them exactly 0
+    held = obj.is_sd & (np.maximum(v_best, 0.0) < SINGULAR_TOL) if v_best is not None else np.zeros(0, bool)
+    boundary = [roles.labels[entry] for entry in obj.free[held]]
+    objective = objective_at_zero(obj, v_best, held) if held.any() else best.objective
     # descriptions for the summary: what each variance component and coefficient belongs to
     fam_of = lambda idx: np.searchsorted(cm.family_offset, idx, side="right") - 1  # noqa: E731
     row_fam, col_fam = fam_of(cm.B_rows), fam_of(cm.B_cols)
@@ -401,7 +401,7 @@ def _make_fit(spec: ModelSpec, cm: CompiledModel, obj: Objective, log: FitLog, m
         method=method,
         criterion=criterion,
         params=params,
-        loglik=-0.5 * best.objective,
+        loglik=-0.5 * objective,
         stderr=stderr,
         cov_fixed=best.cov_beta.copy(),
         fixed_labels=tuple(roles.labels[k] for k in roles.fixed),
