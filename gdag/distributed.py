@@ -281,9 +281,26 @@ def tree_sum(parts: list, fan_in: int = FAN_IN, add: Callable = _add_all):
     return level[0]
 
 
+class _Partition:
+    """How to read one partition, read inside the task that reduces it: no partition is read ahead of its turn.
+
+    (Passed as the partition's own small graph; as a task of its own, every
+    partition would be read as soon as a worker is free and wait in memory
+    for its lane.)
+    """
+
+    def __init__(self, part):
+        self.graph, self.key = dict(part.__dask_graph__()), part.key
+
+    def read(self) -> pd.DataFrame:
+        import dask
+
+        return dask.get(self.graph, self.key)  # the synchronous scheduler, inside the worker's task
+
+
 def _fold(total, reduce: Callable, part, shared):
     """``total + reduce(part, shared)`` (None: nothing yet / a partition without rows)."""
-    found = reduce(part, shared)
+    found = reduce(part.read() if isinstance(part, _Partition) else part, shared)
     if total is None or found is None:
         return found if total is None else total
     return total + found
@@ -306,7 +323,7 @@ def reduce_partitions(reduce: Callable, ddf, shared, lanes: int = LANES, fan_in:
     for j in range(min(lanes, len(parts))):
         total = None
         for part in parts[j::lanes]:
-            total = dask.delayed(_fold, pure=True)(total, reduce, part, shared)
+            total = dask.delayed(_fold, pure=True)(total, reduce, _Partition(part), shared)
         totals.append(total)
     return tree_sum(totals, fan_in, _add_present)
 
