@@ -119,3 +119,13 @@ def test_dividing_inside_the_pass_gives_the_same_bits(thin):
         Q_div, b_div = assembly.gram_values(structure, values, d, r, divide=True)
     np.testing.assert_array_equal(Q_div.data, Q.data)
     np.testing.assert_array_equal(b_div, b)
+
+
+def test_weighted_residual_without_e_gives_the_same_w_and_f():
+    rng = np.random.default_rng(12)
+    rows, cols, values, A = random_entries(rng, 30, 10, 70)
+    structure = assembly.gram_structure(rows, cols, 30, 10)
+    x, r, d = rng.normal(size=10), rng.normal(size=30), rng.uniform(0.5, 2.0, 30)
+    e, w, f = assembly.weighted_residual(structure, values, x, r, d)
+    none, w2, f2 = assembly.weighted_residual(structure, values, x, r, d, keep_e=False)
+    assert none is None and np.array_equal(w, w2) and f == f2

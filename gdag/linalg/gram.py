@@ -125,24 +125,32 @@ def at_times(structure: GramStructure, values: np.ndarray, y: np.ndarray) -> np.
     return out
 
 
-def weighted_residual(structure: GramStructure, values: np.ndarray, m: np.ndarray, r: np.ndarray, d: np.ndarray):
-    """``e = r - A m``, ``w = e / d`` and ``f = sum(e * w)`` (a sum of non-negative terms), in one pass."""
+def weighted_residual(structure: GramStructure, values: np.ndarray, m: np.ndarray, r: np.ndarray, d: np.ndarray,
+                      keep_e: bool = True):
+    """``e = r - A m``, ``w = e / d`` and ``f = sum(e * w)`` (a sum of non-negative terms), in one pass.
+
+    ``keep_e=False`` returns None for ``e`` and never forms it (one array over
+    every row fewer: the mean refinement reads ``w`` and ``f`` only).
+    """
     s = structure
-    e, w = np.empty(r.shape[0]), np.empty(r.shape[0])
+    e, w = np.empty(r.shape[0] if keep_e else 0), np.empty(r.shape[0])
     f = _weighted_residual(s.csr_indptr, s.csr_cols, s.csr_entry, values, m, r, d, e, w)
-    return e, w, f
+    return (e if keep_e else None), w, f
 
 
 @numba.njit(cache=True)
 def _weighted_residual(indptr, cols, entry, values, m, r, d, e, w):
     f = 0.0
+    keep = e.shape[0] > 0
     for row in range(indptr.shape[0] - 1):
         total = 0.0
         for q in range(indptr[row], indptr[row + 1]):
             total += values[entry[q]] * m[cols[q]]
-        e[row] = r[row] - total
-        w[row] = e[row] / d[row]
-        f += e[row] * w[row]
+        e_row = r[row] - total
+        if keep:
+            e[row] = e_row
+        w[row] = e_row / d[row]
+        f += e_row * w[row]
     return f
 
 
