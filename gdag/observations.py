@@ -33,6 +33,7 @@ from .compiler import CompiledModel
 from .errors import ModelError, ModelSpecError, ParamError
 from .graph import ModelGraph
 from .linalg import factor as factors
+from .linalg import gram as assembly
 from .linalg import rows as rows_kernels
 from .pattern import Conditioning, LinearSystem
 from .resources import factor_size
@@ -231,12 +232,10 @@ class ReducedConditioning:
         self.leaf_plates = MappingProxyType({leaf.name: leaf.plate for leaf in leaves})
         self.chunk_rows = int(chunk_rows)
         self.cm, self.S, self.R, self.U, self.O = latent.cm, latent.S, latent.R, latent.U, latent.O
-        self.pos_R, self.pos_U = latent.pos_R, latent.pos_U
-        self.n_unobserved = latent.n_unobserved
+        self.pos_R, self.pos_U, self.n_unobserved = latent.pos_R, latent.pos_U, latent.n_unobserved
         self._leaf_y = {}  # name -> the observed values as float64, set by with_data()
         self._union_pattern()
-        self._analysis = None
-        self._size = None
+        self._analysis = self._size = None
         self.gram = _ReducedGram(self)
 
     def __getstate__(self) -> dict:
@@ -345,12 +344,9 @@ class ReducedConditioning:
 
     def leaf_log_variances(self, theta: np.ndarray, x: np.ndarray) -> float:
         """``sum log d`` over the leaves' rows."""
-        total = 0.0
-        for leaf in self.leaves:
-            for rows in _chunks(leaf.size, self.chunk_rows):
-                sd, sd_theta = leaf.kernel_arguments(theta, rows, sd_only=True)
-                total += rows_kernels.leaf_log_variances(sd, sd_theta, theta, rows.stop - rows.start)
-        return float(total)
+        return float(sum(rows_kernels.leaf_log_variances(*leaf.kernel_arguments(theta, rows, sd_only=True), theta,
+                                                         rows.stop - rows.start)
+                         for leaf in self.leaves for rows in _chunks(leaf.size, self.chunk_rows)))
 
     def analysis(self, factorization: str = "sparse"):
         """CHOLMOD's analysis of the union pattern (once; timed as "analyze")."""
@@ -381,8 +377,10 @@ class _ReducedGram:
         return self._latent.times(values, m)
 
     def weighted_residual(self, values, m, r, d):
-        """As the latent gram's, plus the leaves' rows: ``w`` carries their ``A_U^T W e`` along."""
-        e, w, f = self._latent.weighted_residual(values, m, r, d)
+        """As the latent gram's, plus the leaves' rows: ``w`` carries their ``A_U^T W e`` along (``e`` is None)."""
+        structure = getattr(self._latent, "structure", None)  # the refinement reads w and f only: e is not formed
+        e, w, f = self._latent.weighted_residual(values, m, r, d) if structure is None else \
+            assembly.weighted_residual(structure, values, m, r, d, keep_e=False)
         f_leaves, leaf_part = self._cond.leaf_residual(self.theta, self.x, m)
         return e, (w, leaf_part), f + f_leaves
 
