@@ -88,7 +88,7 @@ class Conditioning:
     @timed("pattern")
     def _gram(self) -> GramAssembler:
         """The Gram structure, built on first use (sizing a forest needs none: :meth:`factor_size`)."""
-        return GramAssembler(self._pattern, _over_R(self, self.pos_U), _over_R(self, self._observed))
+        return _Gram(self._pattern, _over_R(self, self.pos_U), _over_R(self, self._observed))
 
     def __getstate__(self) -> dict:
         """Pickled without its analyses (CHOLMOD's do not pickle): :meth:`analysis` redoes them, identically, on first use."""
@@ -240,6 +240,14 @@ class Conditioning:
         M = sp.csr_matrix(nilpotent_series(B_SS, B_SR))  # stops after the longest deterministic chain
         g = nilpotent_series(B_SS, c[S])
         return (B_RR + B_RS @ M).tocsr(), c[R] + B_RS @ g, g, M
+
+
+class _Gram(GramAssembler):
+    """:class:`~gdag.entries.GramAssembler` whose ``weighted_residual`` forms no ``e`` (None): its callers,
+    the mean refinement and the leaf rows' wrapper, read ``w`` and ``f`` only (one array over every row fewer)."""
+
+    def weighted_residual(self, values: np.ndarray, m: np.ndarray, r: np.ndarray, d: np.ndarray):
+        return assembly.weighted_residual(self.structure, values, m, r, d, keep_e=False)
 
 
 class PaddedConditioning:
