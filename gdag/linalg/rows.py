@@ -48,6 +48,7 @@ def leaf_sums(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, theta
     bad_d, bad_r = -1, -1
     k = cols.shape[0]
     one = 1 if vals.shape[1] > 1 else 0
+    us, cs = np.empty(k, dtype=np.int64), np.empty(k)  # the row's unknowns (-1: none) and coefficients
     for i in range(y.shape[0]):
         s = sd[i] if sd.shape[0] > 1 else sd[0]  # the row's residual r and variance d (written out in each
         if sd_theta.shape[0]:                    # kernel: a call passing a dozen arrays costs ~100 ns a row)
@@ -59,8 +60,10 @@ def leaf_sums(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, theta
             r += extra[i]
         for a in range(k):
             j = cols[a, i]
-            if j >= 0 and pos[starts[a] + j] < 0:
-                r += (vals[a, i * one] * scales[a]) * x[starts[a] + j]
+            cs[a] = vals[a, i * one] * scales[a]
+            us[a] = pos[starts[a] + j] if j >= 0 else -1
+            if j >= 0 and us[a] < 0:
+                r += cs[a] * x[starts[a] + j]
         if not (np.isfinite(d) and d > 0.0 and np.isfinite(1.0 / d)):
             bad_d = i if bad_d < 0 else bad_d
             continue
@@ -69,19 +72,15 @@ def leaf_sums(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, theta
             continue
         w = 1.0 / d
         for a in range(k):
-            j = cols[a, i]
-            u = pos[starts[a] + j] if j >= 0 else -1
+            u, c = us[a], cs[a]
             if u < 0:
                 continue
-            c = vals[a, i * one] * scales[a]
             diag[u] += w * c * c
             b[u] -= w * c * r
             for t in range(a + 1, k):  # a second unknown of the same row: the cross product
-                jt = cols[t, i]
-                v = pos[starts[t] + jt] if jt >= 0 else -1
+                v, ct = us[t], cs[t]
                 if v < 0:
                     continue
-                ct = vals[t, i * one] * scales[t]
                 if v == u:
                     diag[u] += 2.0 * w * c * ct
                 else:
@@ -95,6 +94,7 @@ def leaf_residual(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, t
     f = 0.0
     k = cols.shape[0]
     one = 1 if vals.shape[1] > 1 else 0
+    us, cs = np.empty(k, dtype=np.int64), np.empty(k)  # the row's unknowns (-1: none) and coefficients
     for i in range(y.shape[0]):
         s = sd[i] if sd.shape[0] > 1 else sd[0]  # the row's residual r and variance d (written out in each
         if sd_theta.shape[0]:                    # kernel: a call passing a dozen arrays costs ~100 ns a row)
@@ -106,19 +106,19 @@ def leaf_residual(cols, vals, starts, scales, pos, x, offset, y, sd, sd_theta, t
             r += extra[i]
         for a in range(k):
             j = cols[a, i]
-            if j >= 0 and pos[starts[a] + j] < 0:
-                r += (vals[a, i * one] * scales[a]) * x[starts[a] + j]
+            cs[a] = vals[a, i * one] * scales[a]
+            us[a] = pos[starts[a] + j] if j >= 0 else -1
+            if j >= 0 and us[a] < 0:
+                r += cs[a] * x[starts[a] + j]
         e = r
         for a in range(k):
-            j = cols[a, i]
-            if j >= 0 and pos[starts[a] + j] >= 0:
-                e += (vals[a, i * one] * scales[a]) * m[pos[starts[a] + j]]
+            if us[a] >= 0:
+                e += cs[a] * m[us[a]]
         we = e / d
         f += e * we
         for a in range(k):
-            j = cols[a, i]
-            if j >= 0 and pos[starts[a] + j] >= 0:
-                gradient[pos[starts[a] + j]] -= (vals[a, i * one] * scales[a]) * we
+            if us[a] >= 0:
+                gradient[us[a]] -= cs[a] * we
     return f
 
 
