@@ -229,3 +229,24 @@ def test_a_fits_posterior_is_the_querys_bit_for_bit(monkeypatch, rows):
         assert np.array_equal(fit.posterior.mean(name), post.mean(name))
         assert np.array_equal(fit.posterior.sd(name), post.sd(name))
     assert np.array_equal(fit.posterior.sample(3, seed=1)["u0"], post.sample(3, seed=1)["u0"])
+
+
+@pytest.mark.parametrize("rows", [10**9, 0])
+def test_a_loading_is_moved_off_its_saddle_at_zero(monkeypatch, rows):
+    """``mu + a * u[g]`` with ``u ~ N(0, 1)`` (user trial): the likelihood is symmetric in ``a``, its gradient at
+    the start ``a = 0`` vanishes, and the fit stayed there, "converged".  It is the model ``u ~ N(0, s)``: |a| = s.
+    With the rows summed, a parameter scaling a leaf's term keeps the joint system (NotIdentifiedError before)."""
+    rng = np.random.default_rng(0)
+    n, groups = 600, 40
+    g = rng.integers(0, groups, n)
+    y = 1 + 0.8 * rng.normal(size=groups)[g] + rng.normal(size=n)
+    monkeypatch.setattr(observations, "MIN_ROWS", rows)
+    loading, scaled = gdag.Model("loading"), gdag.Model("scaled")
+    u = loading.normal("u", 0.0, 1.0, plate=loading.plate("g", groups))
+    loading.normal("y", loading.param("mu") + loading.param("a") * u[g], loading.param("sigma", positive=True),
+                   plate=loading.plate("obs", n))
+    v = scaled.normal("v", 0.0, scaled.param("s", positive=True), plate=scaled.plate("g", groups))
+    scaled.normal("y", scaled.param("mu") + v[g], scaled.param("sigma", positive=True), plate=scaled.plate("obs", n))
+    fit, reference = loading.fit({"y": y}, method="ml"), scaled.fit({"y": y}, method="ml")
+    assert fit.converged and abs(fit.params["a"]) == pytest.approx(reference.params["s"], rel=1e-5)
+    assert fit.loglik == pytest.approx(reference.loglik, rel=1e-10)

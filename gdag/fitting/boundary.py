@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import NotIdentifiedError
 from .objective import Evaluation, Objective
 from .roles import SD_FLOOR
 
@@ -136,3 +137,31 @@ def objective_at_zero(obj: Objective, v: np.ndarray, held: np.ndarray) -> float:
         f.append(obj.evaluate(moved).objective)
     obj.n_evaluations = n_evaluations  # n_eval counts the optimizer's evaluations
     return (64.0 * f[0] - 20.0 * f[1] + f[2]) / 45.0
+
+
+def off_saddle(obj: Objective, log) -> np.ndarray | None:
+    """A point to go on from when a coefficient ended exactly at 0 and moving it lowers the objective.
+
+    A loading ``a * u[g]`` whose ``u`` has a fixed scale makes the likelihood symmetric in ``a``: its
+    gradient at ``a = 0`` vanishes, so a fit started there (coefficients start at 0) stays there,
+    although ``a = 0`` is a saddle or a maximum.  A coefficient at exactly 0 is moved to 1, -1, 0.3
+    and -0.3 (times its scale); the first move that lowers -2 log L by more than its rounding
+    (``max(1e-5, 1e-11 |objective|)``, as :func:`~gdag.fitting.optimize.check_identified`) is returned.
+    """
+    v, best = log.v_best, log.best
+    if v is None or obj.free.size == 0:
+        return None
+    tol, n_evaluations = max(1e-5, 1e-11 * abs(best.objective)), obj.n_evaluations
+    for i in np.flatnonzero(obj.roles.scale[obj.free] & ~obj.is_sd & (v == 0.0)):
+        for step in (1.0, -1.0, 0.3, -0.3):
+            moved = np.array(v, dtype=float)
+            moved[i] = step
+            try:
+                lower = obj.evaluate(moved).objective < best.objective - tol
+            except NotIdentifiedError:
+                continue
+            if lower:
+                obj.n_evaluations = n_evaluations
+                return moved
+    obj.n_evaluations = n_evaluations
+    return None

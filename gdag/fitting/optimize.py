@@ -18,7 +18,7 @@ from ..data import declared
 from ..errors import FitError, NotIdentifiedError
 from ..pattern import Conditioning
 from ..spec import ModelSpec, check_param_value
-from .boundary import Held, HeldLog, at_optimum, boundary_sds
+from .boundary import Held, HeldLog, at_optimum, boundary_sds, off_saddle
 from .monitor import STOPPED, FitStopped
 from .objective import EXACT_FIT, MAX_DEPTH, Evaluation, Objective
 from .roles import SD_FLOOR, Roles, exact_fit_error
@@ -373,12 +373,12 @@ def _moved(obj: Objective, v: np.ndarray, size: np.ndarray, inside: np.ndarray, 
 
 
 def optimize(obj: Objective, v0: np.ndarray, method: str, optimizer: str, tol: float, max_iter: int | None, log: FitLog):
-    """Run the optimizer the method and options ask for, going on from false boundaries (:func:`check_identified`):
-    ``(converged, iterations, message)``; a stop asked by the log's monitor is ``(False, ..., STOPPED)``."""
+    """Run the optimizer the method asks for, going on from false boundaries (:func:`check_identified`) and saddles
+    at 0 (``off_saddle``): ``(converged, iterations, message)``; a stop asked by the monitor is ``(False, ..., STOPPED)``."""
     n_iter = 0
     try:
         converged, n_iter, message = _optimize(obj, v0, method, optimizer, tol, max_iter, log)
-        while (restart := check_identified(obj, log)) is not None:  # an sd stopped at 0 off the optimum: go on
+        while (restart := check_identified(obj, log)) is not None or (restart := off_saddle(obj, log)) is not None:
             converged, n_iter, message = _optimize(obj, restart, method, optimizer, tol, max_iter, log)
         if not converged and method != "em" and (held := boundary_sds(obj, log.v_best, log.best.objective,
                                                                        SINGULAR_TOL)).any():

@@ -257,9 +257,9 @@ def reduced_setup(spec: ModelSpec, queries: QueryCache, data, profile: bool):
     x, observed = data_vector(latent, cm, without(spec, data, leaves))
     cond = latent_queries.conditioning_for(cm, observed)
     rows = [LeafRows(spec.nodes[name], cm) for name in sorted(leaves)]
+    if cm.n_theta == 0 or any(s >= 0 for leaf in rows for s in leaf.scale):
+        return None  # nothing to fit, or a parameter scales a leaf's node term: the joint system
     leaf_rows, leaf_linear = leaf_rows_of(rows, cm.n_theta)
-    if cm.n_theta == 0:
-        return None  # the general path says there is nothing to fit
     roles = infer_roles(cm, cond, profile, leaf_rows, leaf_linear)
     if not fit_ready(rows, roles):
         return None
