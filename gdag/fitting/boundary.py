@@ -38,8 +38,17 @@ def boundary_sds(obj: Objective, v: np.ndarray, best: float, singular_tol: float
     return held
 
 
+# A held sd's relative value: the objective there differs from the sd 0's by O(HOLD^2) (a bias of 1e-9 in the
+# others' optimum), and its round-off is about 1e-7 relative, where at SD_FLOOR it was 1e-4 in the gradient
+# (line searches failed in it); below SINGULAR_TOL (1e-4), so the sd is reported at the boundary.
+HOLD = 3e-5
+
+
 class Held:
-    """``obj`` over the variables not ``held``; the held ones stay at ``SD_FLOOR`` (their boundary 0)."""
+    """``obj`` over the variables not ``held``; the held ones stay at ``HOLD`` (their boundary 0, see above).
+
+    The fit's log-likelihood is then that of the sds exactly 0 (:func:`objective_at_zero`).
+    """
 
     def __init__(self, obj: Objective, held: np.ndarray):
         self.obj, self.held, self.keep = obj, held, ~held
@@ -57,7 +66,7 @@ class Held:
         self.obj.n_evaluations = value
 
     def full(self, v: np.ndarray) -> np.ndarray:
-        out = np.full(self.held.shape[0], SD_FLOOR)
+        out = np.full(self.held.shape[0], HOLD)
         out[self.keep] = v
         return out
 
@@ -76,6 +85,9 @@ class HeldLog:
     def __init__(self, log, held: Held):
         self.log, self.held = log, held
         self.curved = None
+        # the best point so far was judged at the sd's floor, whose round-off (1e-4 relative in the gradient, more
+        # than the likelihood's changes along a flat ridge) can rank it above better points: the held run's replace it
+        log.best = log.v_best = None
 
     def record(self, v, ev: Evaluation) -> Evaluation:
         self.log.record(self.held.full(np.asarray(v, dtype=float)), ev)
@@ -165,3 +177,16 @@ def off_saddle(obj: Objective, log) -> np.ndarray | None:
                 return moved
     obj.n_evaluations = n_evaluations
     return None
+
+
+def scaling_nothing(obj: Objective, v: np.ndarray, singular_tol: float) -> np.ndarray:
+    """Mask of the coefficient variables whose every parent has its sd at 0 (below ``singular_tol``): they
+    scale a variable that is 0, so nothing identifies them (lme4's correlation of a singular fit is NaN),
+    and that is the boundary's doing, not an error."""
+    cm, out = obj.cm, np.zeros(obj.free.shape[0], bool)
+    at_zero = np.zeros(cm.n_theta + 1, bool)
+    at_zero[obj.free[obj.is_sd & (np.maximum(v, 0.0) < singular_tol)]] = True
+    for i in np.flatnonzero(obj.roles.scale[obj.free] & ~obj.is_sd):
+        parents = cm.sd_param[cm.B_cols[cm.B_scale == obj.free[i]]]
+        out[i] = parents.size > 0 and bool(np.all(at_zero[parents]))  # sd_param -1 (constant sd): the last, False
+    return out

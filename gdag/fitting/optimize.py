@@ -18,7 +18,7 @@ from ..data import declared
 from ..errors import FitError, NotIdentifiedError
 from ..pattern import Conditioning
 from ..spec import ModelSpec, check_param_value
-from .boundary import Held, HeldLog, at_optimum, boundary_sds, off_saddle
+from .boundary import Held, HeldLog, at_optimum, boundary_sds, off_saddle, scaling_nothing
 from .monitor import STOPPED, FitStopped
 from .objective import EXACT_FIT, MAX_DEPTH, Evaluation, Objective
 from .roles import SD_FLOOR, Roles, exact_fit_error
@@ -304,7 +304,7 @@ def check_identified(obj: Objective, log: FitLog) -> np.ndarray | None:
     when identified, round-off when not: one observation per group, one group under
     REML).  The variables are then moved by half of themselves along it (sds in their
     squares), and an sd
-    at 0 (where that scaling vanishes) to 1 (relative; also to 0.3 and 0.1, and a move that
+    at 0 (where that scaling vanishes) to 1 (relative; also to 0.3, 0.1 and 0.03, and a move that
     lowers the objective is returned: L-BFGS-B can stop at such a false boundary): -2 log L changing by no more than
     1e-5 (a likelihood ratio of 1.000005; more only where its own rounding is more) is flat,
     statistically and numerically (one group under REML drifts to ratios of 1e4, where
@@ -333,7 +333,7 @@ def check_identified(obj: Objective, log: FitLog) -> np.ndarray | None:
 
     unchanged = lambda moved: abs(change(moved)) <= tol  # noqa: E731
 
-    inside = np.flatnonzero(~obj.is_sd | (v >= SINGULAR_TOL))
+    inside = np.flatnonzero((~obj.is_sd | (v >= SINGULAR_TOL)) & ~scaling_nothing(obj, v, SINGULAR_TOL))
     size = np.where(obj.is_sd, v, np.maximum(np.abs(v), 1.0))  # a coefficient near 0 (rho) moves by 1, not by itself
     flat = []
     if inside.size:
@@ -342,7 +342,7 @@ def check_identified(obj: Objective, log: FitLog) -> np.ndarray | None:
         if w[0] < 1e-6 * max(1, obj.n_obs) and any(unchanged(_moved(obj, v, size, inside, step * u)) for step in (0.5, -0.5)):
             flat = [labels[inside[i]] for i in np.flatnonzero(np.abs(u) > 0.1)]
     for i in np.flatnonzero(obj.is_sd & (v < SINGULAR_TOL)):
-        for to in (1.0, 0.3, 0.1) if not flat else ():
+        for to in (1.0, 0.3, 0.1, 0.03) if not flat else ():
             moved = v.copy()
             moved[i] = to
             delta = change(moved)
@@ -380,14 +380,14 @@ def optimize(obj: Objective, v0: np.ndarray, method: str, optimizer: str, tol: f
         converged, n_iter, message = _optimize(obj, v0, method, optimizer, tol, max_iter, log)
         while (restart := check_identified(obj, log)) is not None or (restart := off_saddle(obj, log)) is not None:
             converged, n_iter, message = _optimize(obj, restart, method, optimizer, tol, max_iter, log)
-        if not converged and method != "em" and (held := boundary_sds(obj, log.v_best, log.best.objective,
-                                                                       SINGULAR_TOL)).any():
-            # stalled in the round-off of an sd at 0: hold it there and finish the others (gdag.fitting.boundary)
-            at_boundary = Held(obj, held)
+        if method != "em" and (held := boundary_sds(obj, log.v_best, log.best.objective, SINGULAR_TOL)).any():
+            # an sd at 0, whose floor's round-off stalls or stops the others early: hold it, finish them (boundary.py)
+            at_boundary, before = Held(obj, held), (converged, message)
             more = _optimize(at_boundary, log.v_best[~held], method, optimizer, tol, max_iter, HeldLog(log, at_boundary))
             converged, n_iter, message = more[0], n_iter + more[1], more[2]
             if not converged and at_optimum(at_boundary, log.v_best[~held], log.best.objective, tol):
                 converged, message = True, "at the boundary: an sd held at 0, the others at their optimum"
+            converged, message = (converged, message) if converged or not before[0] else before
     except FitStopped:
         return False, n_iter, STOPPED
     finally:
