@@ -22,53 +22,43 @@ specs, which rebuild the same columns for new data.
 
 from __future__ import annotations
 
-import keyword
-import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .distributed import is_dask
+from .distributed.fit import DaskModel
+from .distributed.posterior import _probe
+from .distributed.rows import _dask, is_dask, levels_of
 from .errors import DataError, FitError, ModelSpecError
 from .expr import dot
-from .formula import ParsedFormula, parse_formula
-from .frame import levels
+from .formula import (
+    Block,
+    Group,
+    ParsedFormula,
+    _as_frame,
+    _blocks,
+    _combined_labels,
+    _fixed,
+    _formulaic,
+    _group_names,
+    _groups,
+    _identifier,
+    _lme4_name,
+    _matrix,
+    _unique,
+    _variables,
+    _variables_of,
+    group_labels,
+    parse_formula,
+)
+from .frame import codes_of
 from .model import Model
 from .profile import profile_confint
 
-__all__ = ["Design", "Block", "Group", "from_formula", "lmer"]
-
-
-@dataclass(frozen=True)
-class Group:
-    """A grouping factor: its lme4 name (``Subject``, ``a:b``), data columns, plate and levels."""
-
-    name: str
-    factors: tuple[str, ...]
-    plate: str
-    labels: pd.Index
-
-
-@dataclass(frozen=True)
-class Block:
-    """Random effects correlated within each level of ``group``: one node per term.
-
-    ``coefs`` lists ``(j, i, param)``: ``param * u_i`` is in the mean of ``u_j``
-    (``i < j``); ``spec`` and ``columns`` rebuild the block's ``Z`` for new data.
-    """
-
-    group: str
-    label: str  # lme4's grp in VarCorr: Subject, then Subject.1 for a second block of the same factor
-    text: str  # the bar as written
-    terms: tuple[str, ...]
-    nodes: tuple[str, ...]
-    sds: tuple[str, ...]
-    coefs: tuple[tuple[int, int, str], ...]
-    spec: Any
-    columns: tuple[int, ...]
+__all__ = ["Design", "Block", "Group", "FormulaRows", "from_formula", "lmer"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,7 +78,7 @@ class Design:
     data: Any  # {response: values}, or the dask DataFrame: what m.fit takes
     names: frozenset  # every node and parameter name taken
     train: tuple | None = field(repr=False)  # (X, codes by group, Z by block) of the rows used; None for a dask frame
-    partition_rows: Any = field(default=None, repr=False)  # a dask frame's rows(m, part) (gdag.distributed_formula)
+    partition_rows: Any = field(default=None, repr=False)  # a dask frame's rows(m, part): FormulaRows
 
     def group(self, name: str) -> Group:
         return next(g for g in self.groups if g.name == name)
@@ -155,8 +145,6 @@ class Design:
         the response is declared per partition (:attr:`partition_rows`).
         """
         if self.train is None:
-            from .distributed import DaskModel
-
             model = DaskModel(name)
         else:
             model = Model(name)
@@ -234,9 +222,7 @@ def from_formula(formula: str, data, *, name: str | None = None, family: str | N
     _check_family(family)
     parsed = parse_formula(formula)
     if is_dask(data):  # rows on a Dask cluster: the latent part here, the response per partition
-        from .distributed_formula import from_formula_dask
-
-        return from_formula_dask(parsed, data, name or _identifier(parsed.response))
+        return _from_dask(parsed, data, name or _identifier(parsed.response))
     frame = _as_frame(data, "data")
     for v in sorted(_group_names(parsed) - set(frame.columns)):
         raise ModelSpecError(f"The grouping factor `{v}` of `{parsed.text}` is not a column of the data.")
@@ -293,143 +279,128 @@ def _check_family(family) -> None:
         raise FitError(f"gdag fits linear-Gaussian models only; family {name!r} (a GLMM) is not supported.")
 
 
-def _fixed(parsed: ParsedFormula, frame: pd.DataFrame):
+# ------------------------------------------------------------------ rows on a dask DataFrame
+
+
+def _from_dask(parsed: ParsedFormula, ddf, name: str):
+    """The latent model of ``parsed`` on the dask DataFrame ``ddf``: a :class:`~gdag.distributed.DaskModel`.
+
+    One pass (one ``dask.compute``) finds the levels of the grouping factors
+    (the combinations present for ``a:b``) and of string predictors; the first
+    rows of the first partition give formulaic's specs.  Each partition's
+    response is declared by :class:`FormulaRows` with these levels and specs,
+    as :func:`from_formula` declares it in memory.
+    """
+    columns = set(ddf.columns)
+    for v in sorted(_group_names(parsed) - columns):
+        raise ModelSpecError(f"The grouping factor `{v}` of `{parsed.text}` is not a column of the data.")
+    used = sorted(v for v in _variables(parsed) if v in columns)
+    rows = ddf[used].dropna() if used else ddf
+    groups = {}  # lme4 name -> factors
+    for bar in parsed.bars:
+        groups.setdefault(bar.group, bar.factors)
+    factors = sorted({f for fs in groups.values() for f in fs})
+    predictors = sorted(v for v in used if v not in factors and _is_text(rows[v].dtype))
+    wanted = {f: rows[f] for f in factors}
+    wanted.update({v: rows[v] for v in predictors})
+    found = levels_of(wanted, drop_unused=True) if wanted else {}
+    combos = _combinations(rows, [fs for fs in groups.values() if len(fs) > 1])
+    categories = {v: pd.CategoricalDtype(found[v]) for v in predictors}
+    for v in used:  # a categorical predictor whose categories dask does not know: they differ by partition
+        dtype = rows[v].dtype
+        if v not in factors and isinstance(dtype, pd.CategoricalDtype) and not rows[v].cat.known:
+            categories[v] = rows[v].cat.as_known().dtype
+    probe = _as_categories(_probe(rows), categories)
+    y, X, fixed_spec = _fixed(parsed, probe)
+    response_spec = _response_spec(parsed, probe)
+    taken: set = set()
+    response = _unique(_identifier(parsed.response), taken)
+    beta = _unique("beta", taken) if X.shape[1] else None
+    group_list, plates = [], set()
+    for gname, fs in groups.items():
+        if len(fs) == 1:
+            labels = found[fs[0]]
+        else:
+            labels = group_labels(fs, combos[fs])[0]
+        group_list.append(Group(gname, fs, _unique(_identifier(gname), plates), labels))
+        plates.add(group_list[-1].plate)
+    blocks, _ = _blocks(parsed, probe, taken)
+    sigma = _unique("sigma", taken)
+    fixed_names = tuple(_lme4_name(c) for c in fixed_spec.column_names)
+    design = Design(parsed, response, fixed_spec, fixed_names, beta, sigma, _unique("obs", plates), tuple(group_list),
+                    tuple(blocks), None, rows, frozenset(taken), None)
+    partition_rows = FormulaRows(replace(design, data=None), response_spec, used, categories)
+    design = replace(design, partition_rows=partition_rows)
+    return design.build(name)
+
+
+def _is_text(dtype) -> bool:
+    """Strings or objects (a categorical predictor keeps its own categories, which every partition shares)."""
+    if isinstance(dtype, pd.CategoricalDtype):
+        return False
+    return pd.api.types.is_string_dtype(dtype) or getattr(dtype, "kind", None) == "O"
+
+
+def _as_categories(frame: pd.DataFrame, categories: dict) -> pd.DataFrame:
+    if not categories:
+        return frame
+    frame = frame.copy()
+    for v, dtype in categories.items():
+        frame[v] = frame[v].astype(dtype)
+    return frame
+
+
+def _combinations(rows, factor_sets) -> dict:
+    """The distinct combinations of each set of factors (``a:b``): small frames, one ``dask.compute``."""
+    if not factor_sets:
+        return {}
+    tasks = {fs: rows[list(fs)].drop_duplicates(split_every=8, split_out=1) for fs in factor_sets}
+    return dict(zip(tasks, _dask()[0].compute(*tasks.values())))
+
+
+def _response_spec(parsed: ParsedFormula, probe: pd.DataFrame):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            mm = _formulaic().model_matrix(f"{parsed.response} ~ {parsed.fixed}", frame, na_action="raise")
+            return _formulaic().model_matrix(f"{parsed.response} ~ 1", probe, na_action="raise").lhs.model_spec
     except (_formulaic().errors.FormulaicError, Warning, ValueError, TypeError, NameError) as err:
-        raise ModelSpecError(f"formulaic could not build the fixed effects of `{parsed.text}`: {err}") from None
-    if mm.lhs.shape[1] != 1:
-        raise ModelSpecError(f"The response `{parsed.response}` must be one numeric column; it gave {mm.lhs.shape[1]}.")
-    y = np.asarray(mm.lhs, dtype=float)[:, 0]
-    return y, np.asarray(mm.rhs, dtype=float), mm.rhs.model_spec
+        raise ModelSpecError(f"formulaic could not build the response of `{parsed.text}`: {err}") from None
 
 
-def _groups(parsed: ParsedFormula, frame: pd.DataFrame):
-    groups, codes = {}, {}
-    for bar in parsed.bars:
-        if bar.group in groups:
-            continue
-        labels, code = group_labels(bar.factors, frame)
-        plates = {g.plate for g in groups.values()}
-        groups[bar.group] = Group(bar.group, bar.factors, _unique(_identifier(bar.group), plates), labels)
-        codes[bar.group] = code
-    return list(groups.values()), codes
+class FormulaRows:
+    """``rows(m, part)`` of a formula: one partition's response declared as :func:`gdag.from_formula` declares it.
 
+    Rows incomplete in the formula's columns are dropped; string predictors
+    take the global levels as categories (formulaic then builds the same
+    columns on every partition); group labels become codes of the global levels.
+    """
 
-def group_labels(factors: tuple, frame: pd.DataFrame) -> tuple[pd.Index, np.ndarray]:
-    """The levels of the grouping factor ``a`` or ``a:b`` (combinations present, R's lexical order) and each row's code."""
-    labels, code = None, None
-    for factor in factors:
-        lab, cod = levels(frame[factor], factor, drop_unused=True)
-        if labels is None:
-            labels, code = lab, cod
-            continue
-        key, inverse = np.unique(code * len(lab) + cod, return_inverse=True)  # a:b in R's lexical order
-        labels = pd.Index([f"{labels[k // len(lab)]}:{lab[k % len(lab)]}" for k in key.tolist()])
-        code = inverse.astype(np.int64).reshape(-1)
-    return labels, code
+    def __init__(self, design: Design, response_spec, used: list, categories: dict):
+        self.design, self.response_spec, self.used, self.categories = design, response_spec, used, categories
 
+    def frame(self, part: pd.DataFrame) -> pd.DataFrame:
+        """``part`` complete in the formula's columns, string predictors as global categoricals."""
+        if self.used:
+            part = part.loc[~part[self.used].isna().any(axis=1).to_numpy()]
+        return _as_categories(part, self.categories)
 
-def _blocks(parsed: ParsedFormula, frame: pd.DataFrame, taken: set):
-    blocks, Z, count = [], [], {}
-    for bar in parsed.bars:
-        mm = _matrix_of(bar.expr, frame, bar.text)
-        spec = mm.model_spec
-        if mm.shape[1] == 0:
-            raise ModelSpecError(f"The random-effect term `{bar.text}` has no columns (`0` alone?).")
-        pieces = [range(mm.shape[1])] if bar.correlated else [range(s.start, s.stop) for s in spec.term_slices.values()]
-        for cols in pieces:
-            cols = tuple(cols)
-            terms = tuple(_lme4_name(spec.column_names[c]) for c in cols)
-            nodes = tuple(_unique(_identifier(f"{bar.group}_{t}"), taken) for t in terms)
-            sds = tuple(_unique(f"sd_{n}", taken) for n in nodes)
-            coefs = tuple((j, i, _unique(f"c_{nodes[j]}_{_identifier(terms[i])}", taken))
-                          for j in range(len(cols)) for i in range(j))
-            k = count.get(bar.group, 0)
-            count[bar.group] = k + 1
-            blocks.append(Block(bar.group, bar.group if k == 0 else f"{bar.group}.{k}", bar.text, terms, nodes, sds,
-                                coefs, spec, cols))
-            Z.append(np.asarray(mm, dtype=float)[:, list(cols)])
-    return blocks, Z
+    def train(self, part: pd.DataFrame):
+        """``(y, (X, codes by group, Z by block))`` of a (complete) partition."""
+        d = self.design
+        y = _matrix(self.response_spec, part, "the response")[:, 0]
+        X = _matrix(d.fixed, part, "the fixed effects")
+        codes = {g.name: codes_of(g.labels, _combined_labels(part, g.factors), f"group `{g.name}`", DataError)
+                 for g in d.groups}
+        Z = [_matrix(b.spec, part, b.text)[:, list(b.columns)] for b in d.blocks]
+        return y, (X, codes, Z)
 
+    def __call__(self, m, part: pd.DataFrame):
+        part = self.frame(part)
+        if len(part) == 0:
+            return {}
+        y, train = self.train(part)
+        self.design.declare_response(m, train)
+        return {self.design.response: pd.Series(y, index=part.index)}  # the rows kept
 
-def _matrix_of(expr: str, frame: pd.DataFrame, where: str):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            return _formulaic().model_matrix(expr, frame, na_action="raise")
-    except (_formulaic().errors.FormulaicError, Warning, ValueError, TypeError, NameError) as err:
-        raise ModelSpecError(f"formulaic could not build the columns of `{where}`: {err}") from None
-
-
-def _matrix(spec, frame: pd.DataFrame, where: str) -> np.ndarray:
-    """``spec``'s columns for new rows; a level the fit never saw is an error, not a silent zero."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            return np.asarray(spec.get_model_matrix(frame, na_action="raise"), dtype=float)
-    except (_formulaic().errors.FormulaicError, Warning, ValueError, TypeError, NameError) as err:
-        raise DataError(f"The columns of {where} could not be built: {err}") from None
-
-
-def _combined_labels(frame: pd.DataFrame, factors: tuple) -> pd.Index:
-    if len(factors) == 1:
-        return pd.Index(frame[factors[0]].to_numpy())
-    parts = [frame[f].astype(str) for f in factors]
-    return pd.Index(parts[0].str.cat(parts[1:], sep=":"))  # a:b as training writes it, column-wise
-
-
-def _as_frame(data, what: str) -> pd.DataFrame:
-    if isinstance(data, pd.DataFrame):
-        return data
-    try:
-        return pd.DataFrame(dict(data))
-    except (TypeError, ValueError) as err:
-        raise DataError(f"`{what}` must be a pandas DataFrame or a mapping of equal-length columns: {err}") from None
-
-
-def _variables(parsed: ParsedFormula) -> set:
-    names = _variables_of(f"{parsed.response} ~ {parsed.fixed}")
-    for bar in parsed.bars:
-        names |= _variables_of(bar.expr) | set(bar.factors)
-    return names
-
-
-def _group_names(parsed: ParsedFormula) -> set:
-    return {f for bar in parsed.bars for f in bar.factors}
-
-
-def _variables_of(expr: str) -> set:
-    return set(_formulaic().Formula(expr).required_variables)
-
-
-def _lme4_name(column: str) -> str:
-    """formulaic's column name as R's ``model.matrix`` writes it: ``(Intercept)``, ``recipeB:temp``, ``I(x^2)``."""
-    if column == "Intercept":
-        return "(Intercept)"
-    return re.sub(r"\s*\*\*\s*", "^", re.sub(r"\[(?:T\.)?([^\[\]]*)\]", r"\1", column))
-
-
-def _identifier(text: str) -> str:
-    name = re.sub(r"\W+", "_", text.replace("(Intercept)", "Intercept")).strip("_") or "x"
-    return "x_" + name if name[0].isdigit() else name
-
-
-def _unique(name: str, taken: set) -> str:
-    """``name``, or ``name_2``, ``name_3``... if taken; recorded in ``taken``."""
-    out, k = name, 1
-    while out in taken or keyword.iskeyword(out):
-        k += 1
-        out = f"{name}_{k}"
-    taken.add(out)
-    return out
-
-
-def _formulaic():
-    """formulaic, imported on a formula's first use: ``import gdag`` does not pay its 0.06 s."""
-    import formulaic
-    import formulaic.errors  # noqa: F401 - FormulaicError, named in except clauses
-
-    return formulaic
+    def empty(self, part: pd.DataFrame) -> bool:
+        return len(self.frame(part)) == 0

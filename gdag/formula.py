@@ -17,16 +17,26 @@ The fixed part is what remains after the bars are taken out (``1`` when
 nothing does, so ``y ~ (1 | g)`` has an intercept, as in lme4).  Inside
 function calls R's ``^`` becomes Python's ``**`` (``I(x^2)``).  Anything
 gdag cannot express is a :class:`~gdag.ModelSpecError` naming the term.
+The second half builds a parsed formula's columns on a data frame
+(formulaic, group levels and codes): what :mod:`gdag.design` declares a
+model from, in memory and per partition of a dask DataFrame.
 """
 
 from __future__ import annotations
 
+import keyword
 import re
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
-from .errors import ModelSpecError
+import numpy as np
+import pandas as pd
 
-__all__ = ["Bar", "ParsedFormula", "parse_formula"]
+from .errors import DataError, ModelSpecError
+from .frame import levels
+
+__all__ = ["Bar", "ParsedFormula", "parse_formula", "Group", "Block", "group_labels"]
 
 _NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
 
@@ -201,3 +211,177 @@ def _python_powers(text: str) -> str:
             calls.pop()
         out.append("**" if ch == "^" and any(calls) else ch)
     return "".join(out)
+
+
+# ------------------------------------------------------------- columns of a frame
+
+
+@dataclass(frozen=True)
+class Group:
+    """A grouping factor: its lme4 name (``Subject``, ``a:b``), data columns, plate and levels."""
+
+    name: str
+    factors: tuple[str, ...]
+    plate: str
+    labels: pd.Index
+
+
+@dataclass(frozen=True)
+class Block:
+    """Random effects correlated within each level of ``group``: one node per term.
+
+    ``coefs`` lists ``(j, i, param)``: ``param * u_i`` is in the mean of ``u_j``
+    (``i < j``); ``spec`` and ``columns`` rebuild the block's ``Z`` for new data.
+    """
+
+    group: str
+    label: str  # lme4's grp in VarCorr: Subject, then Subject.1 for a second block of the same factor
+    text: str  # the bar as written
+    terms: tuple[str, ...]
+    nodes: tuple[str, ...]
+    sds: tuple[str, ...]
+    coefs: tuple[tuple[int, int, str], ...]
+    spec: Any
+    columns: tuple[int, ...]
+
+
+def _groups(parsed: ParsedFormula, frame: pd.DataFrame):
+    groups, codes = {}, {}
+    for bar in parsed.bars:
+        if bar.group in groups:
+            continue
+        labels, code = group_labels(bar.factors, frame)
+        plates = {g.plate for g in groups.values()}
+        groups[bar.group] = Group(bar.group, bar.factors, _unique(_identifier(bar.group), plates), labels)
+        codes[bar.group] = code
+    return list(groups.values()), codes
+
+
+def _blocks(parsed: ParsedFormula, frame: pd.DataFrame, taken: set):
+    blocks, Z, count = [], [], {}
+    for bar in parsed.bars:
+        mm = _matrix_of(bar.expr, frame, bar.text)
+        spec = mm.model_spec
+        if mm.shape[1] == 0:
+            raise ModelSpecError(f"The random-effect term `{bar.text}` has no columns (`0` alone?).")
+        pieces = [range(mm.shape[1])] if bar.correlated else [range(s.start, s.stop) for s in spec.term_slices.values()]
+        for cols in pieces:
+            cols = tuple(cols)
+            terms = tuple(_lme4_name(spec.column_names[c]) for c in cols)
+            nodes = tuple(_unique(_identifier(f"{bar.group}_{t}"), taken) for t in terms)
+            sds = tuple(_unique(f"sd_{n}", taken) for n in nodes)
+            coefs = tuple((j, i, _unique(f"c_{nodes[j]}_{_identifier(terms[i])}", taken))
+                          for j in range(len(cols)) for i in range(j))
+            k = count.get(bar.group, 0)
+            count[bar.group] = k + 1
+            blocks.append(Block(bar.group, bar.group if k == 0 else f"{bar.group}.{k}", bar.text, terms, nodes, sds,
+                                coefs, spec, cols))
+            Z.append(np.asarray(mm, dtype=float)[:, list(cols)])
+    return blocks, Z
+
+
+def _fixed(parsed: ParsedFormula, frame: pd.DataFrame):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            mm = _formulaic().model_matrix(f"{parsed.response} ~ {parsed.fixed}", frame, na_action="raise")
+    except (_formulaic().errors.FormulaicError, Warning, ValueError, TypeError, NameError) as err:
+        raise ModelSpecError(f"formulaic could not build the fixed effects of `{parsed.text}`: {err}") from None
+    if mm.lhs.shape[1] != 1:
+        raise ModelSpecError(f"The response `{parsed.response}` must be one numeric column; it gave {mm.lhs.shape[1]}.")
+    y = np.asarray(mm.lhs, dtype=float)[:, 0]
+    return y, np.asarray(mm.rhs, dtype=float), mm.rhs.model_spec
+
+
+def group_labels(factors: tuple, frame: pd.DataFrame) -> tuple[pd.Index, np.ndarray]:
+    """The levels of the grouping factor ``a`` or ``a:b`` (combinations present, R's lexical order) and each row's code."""
+    labels, code = None, None
+    for factor in factors:
+        lab, cod = levels(frame[factor], factor, drop_unused=True)
+        if labels is None:
+            labels, code = lab, cod
+            continue
+        key, inverse = np.unique(code * len(lab) + cod, return_inverse=True)  # a:b in R's lexical order
+        labels = pd.Index([f"{labels[k // len(lab)]}:{lab[k % len(lab)]}" for k in key.tolist()])
+        code = inverse.astype(np.int64).reshape(-1)
+    return labels, code
+
+
+def _matrix_of(expr: str, frame: pd.DataFrame, where: str):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            return _formulaic().model_matrix(expr, frame, na_action="raise")
+    except (_formulaic().errors.FormulaicError, Warning, ValueError, TypeError, NameError) as err:
+        raise ModelSpecError(f"formulaic could not build the columns of `{where}`: {err}") from None
+
+
+def _matrix(spec, frame: pd.DataFrame, where: str) -> np.ndarray:
+    """``spec``'s columns for new rows; a level the fit never saw is an error, not a silent zero."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            return np.asarray(spec.get_model_matrix(frame, na_action="raise"), dtype=float)
+    except (_formulaic().errors.FormulaicError, Warning, ValueError, TypeError, NameError) as err:
+        raise DataError(f"The columns of {where} could not be built: {err}") from None
+
+
+def _combined_labels(frame: pd.DataFrame, factors: tuple) -> pd.Index:
+    if len(factors) == 1:
+        return pd.Index(frame[factors[0]].to_numpy())
+    parts = [frame[f].astype(str) for f in factors]
+    return pd.Index(parts[0].str.cat(parts[1:], sep=":"))  # a:b as training writes it, column-wise
+
+
+def _as_frame(data, what: str) -> pd.DataFrame:
+    if isinstance(data, pd.DataFrame):
+        return data
+    try:
+        return pd.DataFrame(dict(data))
+    except (TypeError, ValueError) as err:
+        raise DataError(f"`{what}` must be a pandas DataFrame or a mapping of equal-length columns: {err}") from None
+
+
+def _variables(parsed: ParsedFormula) -> set:
+    names = _variables_of(f"{parsed.response} ~ {parsed.fixed}")
+    for bar in parsed.bars:
+        names |= _variables_of(bar.expr) | set(bar.factors)
+    return names
+
+
+def _group_names(parsed: ParsedFormula) -> set:
+    return {f for bar in parsed.bars for f in bar.factors}
+
+
+def _variables_of(expr: str) -> set:
+    return set(_formulaic().Formula(expr).required_variables)
+
+
+def _lme4_name(column: str) -> str:
+    """formulaic's column name as R's ``model.matrix`` writes it: ``(Intercept)``, ``recipeB:temp``, ``I(x^2)``."""
+    if column == "Intercept":
+        return "(Intercept)"
+    return re.sub(r"\s*\*\*\s*", "^", re.sub(r"\[(?:T\.)?([^\[\]]*)\]", r"\1", column))
+
+
+def _identifier(text: str) -> str:
+    name = re.sub(r"\W+", "_", text.replace("(Intercept)", "Intercept")).strip("_") or "x"
+    return "x_" + name if name[0].isdigit() else name
+
+
+def _unique(name: str, taken: set) -> str:
+    """``name``, or ``name_2``, ``name_3``... if taken; recorded in ``taken``."""
+    out, k = name, 1
+    while out in taken or keyword.iskeyword(out):
+        k += 1
+        out = f"{name}_{k}"
+    taken.add(out)
+    return out
+
+
+def _formulaic():
+    """formulaic, imported on a formula's first use: ``import gdag`` does not pay its 0.06 s."""
+    import formulaic
+    import formulaic.errors  # noqa: F401 - FormulaicError, named in except clauses
+
+    return formulaic

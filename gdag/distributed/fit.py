@@ -26,33 +26,22 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import scipy.sparse as sp
 
-from . import timing
-from .distributed import (
-    FAN_IN,
-    LANES,
-    DaskPosterior,
-    RowSums,
-    SummedConditioning,
-    _check_one_entry,
-    _dask,
-    _declare,
-    _plan,
-    _shared_delayed,
-    fitted,
-    reduce_partitions,
-)
-from .errors import ConvergenceWarning, DataError, FitError, ModelSpecError, warn
-from .fitting.fit import METHODS, Deferred, Fit, _make_fit, _positive
-from .fitting.leaves import REFERENCE_ROWS, LeafStatistics
-from .fitting.monitor import STOPPED, Monitor
-from .fitting.optimize import FitLog, optimize, starting_point
-from .fitting.reduced import LeafStart, ReducedObjective, _coefficients, fit_ready, leaf_rows_of, leaf_statistics
-from .fitting.roles import infer_roles
-from .linalg.blas import one_blas_thread
-from .observations import LeafRows
-from .resources import check_memory
+from .. import timing
+from ..errors import ConvergenceWarning, DataError, FitError, ModelSpecError, warn
+from ..fitting.fit import METHODS, Deferred, Fit, _make_fit, _positive
+from ..fitting.leaves import REFERENCE_ROWS, LeafStatistics
+from ..fitting.monitor import STOPPED, Monitor
+from ..fitting.optimize import FitLog, optimize, starting_point
+from ..fitting.reduced import LeafStart, ReducedObjective, _coefficients, fit_ready, leaf_rows_of, leaf_statistics
+from ..fitting.roles import infer_roles
+from ..linalg.blas import one_blas_thread
+from ..model import Model
+from ..observations import LeafRows
+from ..resources import check_memory
+from .posterior import DaskPosterior, SummedConditioning, _plan, _shared_delayed, fitted, posterior
+from .rows import FAN_IN, LANES, RowSums, _check_one_entry, _dask, _declare, is_dask, reduce_partitions
 
-__all__ = ["fit", "DaskFit", "FitSums", "fit_sums", "row_sums_at", "posterior_from_statistics"]
+__all__ = ["fit", "DaskFit", "DaskModel", "FitSums", "fit_sums", "row_sums_at", "posterior_from_statistics"]
 
 
 @dataclass(frozen=True)
@@ -264,3 +253,28 @@ def posterior_from_statistics(name, cm, cond, theta, x, nodes, stats, fixed, blo
     return post
 
 
+# ------------------------------------------------------------------ formula models
+
+
+class DaskModel(Model):
+    """The latent part of a formula model whose rows are a dask DataFrame (``gdag.from_formula(formula, ddf)``).
+
+    ``m.posterior(ddf)`` and ``m.fit(ddf)`` take a dask DataFrame (its
+    ``design.data`` is the one it was built from); any other data go to
+    :class:`~gdag.Model`'s methods.  ``m.design.partition_rows`` declares
+    one partition's response (:class:`gdag.design.FormulaRows`).
+    """
+
+    def posterior(self, data=None, params=None):
+        if is_dask(data):
+            return posterior(self, data, self.design.partition_rows, params=params)
+        return super().posterior(data, params)
+
+    def fit(self, data, method: str = "reml", **options):
+        """ML, REML or EM from a dask DataFrame (:func:`gdag.distributed.fit.fit`); other data as :meth:`Model.fit`."""
+        if is_dask(data):
+            return fit(self, data, self.design.partition_rows, method, **options)
+        return super().fit(data, method, **options)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + ", rows on a dask DataFrame>"
