@@ -32,7 +32,7 @@ import scipy.sparse as sp
 
 from ..cache import QueryCache
 from ..compiler import CompiledModel
-from ..data import data_vector, fully_observed, without
+from ..data import checked, data_vector, without
 from ..errors import ModelSpecError
 from ..linalg import factor as factors
 from ..linalg.blocked import analyze_blocked
@@ -248,10 +248,13 @@ def reduced_setup(spec: ModelSpec, queries: QueryCache, data, profile: bool):
     """``(cm, cond, x, observed, roles, stats, start, full)``: the latent model, the leaves' sums, starting
     values' data and the leaves' validated data (a copy), or None when no
     observed leaf family can be summed (:func:`gdag.observations.reducible_families`, :func:`fit_ready`)."""
-    full = fully_observed(spec, data)
-    leaves = reducible_families(queries.graph(spec), full) if full else ()
+    data = checked(spec, data)
+    # a leaf's unobserved rows integrate out (nothing depends on them): a partly observed leaf is summed too
+    seen = {name: values for name, values in data.items() if not np.isnan(values).all()}
+    leaves = reducible_families(queries.graph(spec), seen) if seen else ()
     if not leaves:
         return None
+    full = {name: seen[name] for name in leaves}  # the leaves' data, NaN where unobserved
     latent_queries, latent = queries.latent(spec, leaves)
     cm = latent_queries.compiled(latent)
     x, observed = data_vector(latent, cm, without(spec, data, leaves))
@@ -259,14 +262,14 @@ def reduced_setup(spec: ModelSpec, queries: QueryCache, data, profile: bool):
     rows = [LeafRows(spec.nodes[name], cm) for name in sorted(leaves)]
     if cm.n_theta == 0 or any(s >= 0 for leaf in rows for s in leaf.scale):
         return None  # nothing to fit, or a parameter scales a leaf's node term: the joint system
-    leaf_rows, leaf_linear = leaf_rows_of(rows, cm.n_theta)
+    leaf_rows, leaf_linear = leaf_rows_of(rows, cm.n_theta, full)
     roles = infer_roles(cm, cond, profile, leaf_rows, leaf_linear)
     if not fit_ready(rows, roles):
         return None
     with phase("assemble"):
         stats = leaf_statistics(rows, full, x, cond.pos_U, cond.n_unobserved, roles.fixed)
     x_R = x[cond.R]
-    start = LeafStart(_spread([x_R[np.isfinite(x_R)], *(full[name] for name in stats.names)]),
+    start = LeafStart(_spread([x_R[np.isfinite(x_R)], *(_seen(full[name]) for name in stats.names)]),
                       _coefficients(stats, cm.sd_param[cond.U], cm.n_theta))
     return cm, cond, x, observed, roles, stats, start, full
 
@@ -284,6 +287,12 @@ class LeafStart:
 
     spread: float
     coefficients: tuple[np.ndarray, np.ndarray]
+
+
+def _seen(values: np.ndarray) -> np.ndarray:
+    """The observed entries of ``values`` (the array itself when all are)."""
+    missing = np.isnan(values)
+    return values[~missing] if missing.any() else values
 
 
 def _spread(parts: list[np.ndarray]) -> float:
@@ -317,14 +326,16 @@ def fit_ready(leaves: list[LeafRows], roles: Roles) -> bool:
     return True
 
 
-def leaf_rows_of(leaves: list[LeafRows], n_theta: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows per sd entry, the last for constant sds; entries in the means)`` for :func:`infer_roles`."""
+def leaf_rows_of(leaves: list[LeafRows], n_theta: int, data: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(observed rows per sd entry, the last for constant sds; entries in the means)`` for :func:`infer_roles`
+    (every row when ``data`` is None)."""
     rows, linear = np.zeros(n_theta + 1, np.int64), np.zeros(n_theta, bool)
     for leaf in leaves:
+        seen = None if data is None or not np.isnan(data[leaf.name]).any() else ~np.isnan(data[leaf.name])
         if leaf.sd_theta is None:
-            rows[n_theta] += leaf.size
+            rows[n_theta] += leaf.size if seen is None else int(seen.sum())
         else:
-            rows[:n_theta] += np.bincount(leaf.sd_theta, minlength=n_theta)
+            rows[:n_theta] += np.bincount(leaf.sd_theta if seen is None else leaf.sd_theta[seen], minlength=n_theta)
         for _, t, _ in leaf.fixed:
             linear[t] = True
     return rows, linear
@@ -340,15 +351,20 @@ def leaf_statistics(leaves: list[LeafRows], data: dict, x: np.ndarray, pos_U: np
         first = leaves[0]
         rows = slice(0, min(first.size, chunk_rows))
         X, y_tilde, _, w, _ = _chunk(first, data[first.name], x, pos_U, column, p, rows, _ascending(first))
-        beta0 = reference_fit(X, y_tilde, w)
+        seen = ~np.isnan(y_tilde)
+        beta0 = reference_fit(X[seen], y_tilde[seen], w[seen])
     classes: dict[int, ClassAccumulator] = {}
     for leaf in leaves:
         ordered = _ascending(leaf)
         for start in range(0, leaf.size, max(chunk_rows, 1)):
             rows = slice(start, min(start + chunk_rows, leaf.size))
             X, y_tilde, cols, w, entries = _chunk(leaf, data[leaf.name], x, pos_U, column, p, rows, ordered)
-            r = y_tilde - X @ beta0
             coefs = _coefs(leaf, rows)
+            seen = ~np.isnan(y_tilde)
+            if not seen.all():  # unobserved rows integrate out: they add nothing
+                X, y_tilde, cols, w, entries, coefs = (X[seen], y_tilde[seen], cols[:, seen], w[seen], entries[seen],
+                                                       coefs[:, seen])
+            r = y_tilde - X @ beta0
             if entries.min(initial=0) == entries.max(initial=0):  # one class (the usual case): no selection
                 entry = int(entries[0]) if entries.size else -1
                 classes.setdefault(entry, ClassAccumulator(entry, n_U, p)).add(cols, coefs, X, r, w)
