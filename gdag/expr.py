@@ -338,7 +338,7 @@ def _multiply(expr: Expr, other) -> Expr:
             f"The product of {_describe(expr)} and {_describe(other_expr)} is not linear. "
             "Multiply nodes only by numbers, arrays or a scalar parameter."
         )
-    factor = _constant_array(other, "multiplier")
+    factor = _constant_array(other, f"array multiplying {_describe(expr)}")
     if factor.ndim == 0:
         factor = factor.reshape(1)
     n = _common_length(expr.length, factor.shape[0])
@@ -402,8 +402,10 @@ def _constant_array(value, what: str) -> np.ndarray:
     arr = as_float_array(value, ModelSpecError, f"The {what} must be a number or a 1-d numeric array; got {type(value).__name__}.")
     if arr.ndim > 1:
         raise ModelSpecError(f"The {what} must be a number or a 1-d array; got shape {arr.shape}. Use gdag.dot for matrices.")
-    if not np.all(np.isfinite(arr)):
-        raise ModelSpecError(f"The {what} has NaN or infinite entries.")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:  # which entry, and that gdag has no missing covariates (lme4 drops such rows)
+        raise ModelSpecError(f"The {what} has NaN or infinite entries ({bad.size}, the first at entry {bad[0]}); a "
+                             "covariate must be known for every row: drop the rows where it is missing, or model it.")
     return arr
 
 

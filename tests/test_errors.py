@@ -239,3 +239,10 @@ def test_model_repr():
     m = gdag.Model("r")
     m.normal("a")
     assert repr(m) == "<gdag.Model `r`: 0 plates, 1 nodes, 0 parameters>"
+
+
+def test_a_nan_covariate_is_named_with_its_entry_and_what_to_do():
+    m = gdag.Model()
+    with pytest.raises(gdag.ModelSpecError, match=r"array multiplying an expression in `b` has NaN or infinite "
+                                                  r"entries \(1, the first at entry 1\); a covariate must be known"):
+        m.param("b") * np.array([1.0, np.nan, 2.0])

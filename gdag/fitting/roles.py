@@ -115,7 +115,8 @@ def not_identified_message(labels) -> str:
     return (
         f"The fixed effects {names} are not identified by the data: in the means of the observed "
         "nodes their columns are zero or linearly dependent (a parameter with no data, or collinear "
-        "predictors). Remove or merge them, or make them random effects."
+        "predictors), or nearly so in double precision (a covariate far from 0, as x + 1000 in a random slope: "
+        "center it). Remove or merge them, or make them random effects."
     )
 
 
