@@ -52,6 +52,7 @@ class LinearSystem:
     g: np.ndarray  # deterministic offsets (|S|)
     M: sp.csr_matrix  # |S| x |R| map from stochastic to deterministic values
     Q_padded: sp.csc_matrix | None = None  # lower triangle of Q' over R (padded mode only)
+    A_U_values: np.ndarray | None = None  # gram.entry_values of this theta, when the assembly formed them (read only)
 
 
 class Conditioning:
@@ -129,8 +130,9 @@ class Conditioning:
         coef, c_R, g, M = self._reduced_coefficients(coef, c)
         d_R = _over_R(self, d)
         r = self._gram.residual(coef, c_R, _over_R(self, x))
-        Q, b = assembly.gram_values(self._gram.structure, self._gram.entry_values(coef), d_R, r, divide=True)
-        return LinearSystem(Q, b, r, d_R, g, M)
+        values = self._gram.entry_values(coef)
+        Q, b = assembly.gram_values(self._gram.structure, values, d_R, r, divide=True)
+        return LinearSystem(Q, b, r, d_R, g, M, A_U_values=values)
 
     # ------------------------------------------------------------------
     # The one road to a factor, for queries and fits: an analysis per pattern, then factors of it.
