@@ -265,7 +265,7 @@ def test_declaration_fixes():
         m.normal("c", sd=1 + 1j)
     with pytest.raises(gdag.ModelSpecError, match="got True/False values"):
         m.normal("c", sd=True)
-    with pytest.raises(gdag.ModelSpecError, match="multiplier must be real"):
+    with pytest.raises(gdag.ModelSpecError, match="array multiplying an expression in `R` must be real"):
         m.nodes["R"] * (1 + 2j)
     with pytest.raises(gdag.ModelSpecError, match="graph\\(expanded=...\\) takes True or False"):
         m.graph(expanded=np.ones(3))
