@@ -261,10 +261,11 @@ class Posterior:
 
     def _entries_of_A_U(self) -> np.ndarray:
         """Values of ``A_U``'s entries, in the order of ``gram.entry_row`` / ``gram.entry_col``."""
-        if self._A_U_values is None:
-            gram = self._cond.gram
+        if self._A_U_values is None and getattr(self._system, "A_U_values", None) is not None:
+            self._A_U_values = self._system.A_U_values  # the assembly formed them for this theta
+        elif self._A_U_values is None:
             coef, _, _ = self._cond.reduced_values(self._theta)
-            self._A_U_values = gram.entry_values(coef)
+            self._A_U_values = self._cond.gram.entry_values(coef)
         return self._A_U_values
 
     @timed("solve")
