@@ -54,7 +54,7 @@ def _params(m):
     return values
 
 
-def run_dask(path: str, what: str) -> dict:
+def run_dask(path: str, what: str, lanes: int | None = None) -> dict:
     import dask.dataframe as dd
     from distributed import Client, LocalCluster
 
@@ -68,7 +68,7 @@ def run_dask(path: str, what: str) -> dict:
         m = gdag.from_formula(FORMULA, ddf)
         built = time.perf_counter() - start
         if what == "fit":
-            fit = m.fit(ddf, method="ml")
+            fit = m.fit(ddf, method="ml", **({} if lanes is None else {"lanes": lanes}))
             summary = {"loglik": float(fit.loglik), "params": {k: _plain(v) for k, v in fit.params.items()},
                        "converged": bool(fit.converged), "pass_and_setup": fit.timings["setup"],
                        "optimize": fit.timings["optimize"]}
@@ -108,10 +108,11 @@ def _plain(v):
     return np.asarray(v).tolist()
 
 
-def measure(kind: str, path: str, what: str) -> dict:
+def measure(kind: str, path: str, what: str, lanes: int | None = None) -> dict:
     """One run in a fresh process (peak memory is per process)."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": HERE}
-    out = subprocess.run([sys.executable, __file__, "--one", kind, path, "--what", what], env=env,
+    extra = [] if lanes is None else ["--lanes", str(lanes)]
+    out = subprocess.run([sys.executable, __file__, "--one", kind, path, "--what", what, *extra], env=env,
                          capture_output=True, text=True, check=False)
     if out.returncode:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
@@ -170,11 +171,12 @@ def main() -> None:
     parser.add_argument("--groups", type=number, default=1_000_000)
     parser.add_argument("--data", default="/tmp/gdag-dask-rows")
     parser.add_argument("--what", choices=("fit", "posterior"), default="fit")
+    parser.add_argument("--lanes", type=int, default=None, help="the dask pass's lanes (default gdag's)")
     parser.add_argument("--table", action="store_true", help="print the table and draw the plot from the results")
     args = parser.parse_args()
     if args.one:
         kind, path = args.one
-        print(json.dumps(run_dask(path, args.what) if kind == "dask" else run_memory(path, args.what)))
+        print(json.dumps(run_dask(path, args.what, args.lanes) if kind == "dask" else run_memory(path, args.what)))
         return
     sys.path.insert(0, HERE)
     from dask_data import write
@@ -184,10 +186,12 @@ def main() -> None:
         path = f"{args.data}-{args.groups}-{rows}"
         write(path, rows, args.groups)
         for kind in (["dask"] if rows in args.sizes else []) + (["memory"] if rows in args.in_memory else []):
-            r = {"rows": rows, "groups": args.groups, "kind": kind, "what": args.what, **measure(kind, path, args.what)}
+            label = kind if kind == "memory" or args.lanes is None else f"dask, lanes={args.lanes}"
+            r = {"rows": rows, "groups": args.groups, "kind": label, "what": args.what,
+                 **measure(kind, path, args.what, args.lanes if kind == "dask" else None)}
             print(json.dumps(r), flush=True)
             results = [o for o in results if (o["rows"], o["kind"], o.get("what"), o.get("groups")) !=
-                       (rows, kind, args.what, args.groups)] + [r]
+                       (rows, label, args.what, args.groups)] + [r]
             json.dump(results, open(RESULTS, "w"), indent=1)
     if args.table or not (args.sizes or args.in_memory):
         chosen = [r for r in results if r.get("what", "fit") == args.what]
