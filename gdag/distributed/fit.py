@@ -27,13 +27,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import timing
-from ..errors import ConvergenceWarning, DataError, FitError, ModelSpecError, warn
-from ..fitting.fit import METHODS, Deferred, Fit, _make_fit, _positive
+from ..errors import DataError, FitError, ModelSpecError
+from ..fitting.fit import Deferred, Fit, make_fit
 from ..fitting.leaves import REFERENCE_ROWS, LeafStatistics
-from ..fitting.monitor import STOPPED, Monitor
-from ..fitting.optimize import FitLog, optimize, starting_point
+from ..fitting.optimize import starting_point
 from ..fitting.reduced import LeafStart, ReducedObjective, _coefficients, fit_ready, leaf_rows_of, leaf_statistics
 from ..fitting.roles import infer_roles
+from ..fitting.run import fit_options, run_optimizer
 from ..linalg.blas import one_blas_thread
 from ..model import Model
 from ..observations import LeafRows
@@ -148,18 +148,7 @@ def fit(m, ddf, rows: Callable, method: str = "reml", *, data: Mapping[str, Any]
     :class:`~gdag.distributed.DaskPosterior`) comes from the same sums.
     """
     dask, _ = _dask()
-    if not isinstance(method, str) or method.lower() not in METHODS:
-        raise FitError(f"Unknown fitting method {method!r}; use one of " + ", ".join(f"'{m}'" for m in METHODS) + ".")
-    method = method.lower()
-    if criterion is not None and method != "em":
-        raise FitError("`criterion` applies to method='em' only; method='ml' or 'reml' names the criterion itself.")
-    criterion = (criterion or "ml").lower() if method == "em" else method
-    if criterion not in ("ml", "reml"):
-        raise FitError(f"EM criterion must be 'ml' or 'reml'; got {criterion!r}.")
-    if optimizer not in ("auto", "scoring", "lbfgs"):
-        raise FitError(f"`optimizer` must be 'auto', 'scoring' or 'lbfgs'; got {optimizer!r}.")
-    tol, max_iter = _positive("tol", tol, float), _positive("max_iter", max_iter, int)
-    tol = (1e-10 if method == "em" else 1e-12) if tol is None else tol
+    method, criterion, tol, max_iter = fit_options(method, criterion, optimizer, tol, max_iter)
     profile = method != "em"
     with one_blas_thread(), timing.record() as phases:
         t_start = time.perf_counter()
@@ -188,23 +177,16 @@ def fit(m, ddf, rows: Callable, method: str = "reml", *, data: Mapping[str, Any]
         v0, scales = starting_point(spec, cm, cond, x, roles, init, start)
         obj = ReducedObjective(cm, cond, x, roles, criterion == "reml", stats, factorization, scales)
         t_setup = time.perf_counter()
-        spans = [cm.param_span(name) for name in cm.param_names]
-        log = FitLog(Monitor(cm.param_names, spans, cm.param_scalar, progress, callback, spec.name))
-        converged, n_iter, message = optimize(obj, v0, method, optimizer, tol, max_iter, log)
+        log, converged, n_iter, message = run_optimizer(spec, cm, obj, v0, method, optimizer, tol, max_iter,
+                                                        progress, callback)
         t_opt = time.perf_counter()
     best = log.best
-    if not converged:
-        warn(f"The fit of model `{spec.name}` did not converge ({message}) after {n_iter} iterations and "
-             f"{obj.n_evaluations} evaluations; kept the best point (objective {best.objective:.10g}, parameters "
-             f"{log.best_text(obj.roles.labels)})." + ("" if message == STOPPED else
-                                                        " Try other `init` values or a larger `max_iter`."),
-             ConvergenceWarning)
     theta = best.theta
     posterior = Deferred(posterior_from_statistics, m.name, cm, cond, theta, x, dict(spec.nodes), stats, roles.fixed,
                          plan.shared["blob"])
     timings = {"setup": t_setup - t_start, "optimize": t_opt - t_setup, "assemble": 0.0, "factor": 0.0, "fixed": 0.0,
                "gradient": 0.0, **phases}
-    result = _make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
+    result = make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
     seen = tuple(name for name in cm.family_names if plan.observed[cm.span(name)].any()) + stats.names
     result = replace(result, spec=spec, observed=seen, message=message, design=getattr(m, "design", None))
     return DaskFit(**{f.name: getattr(result, f.name) for f in fields(Fit)}, rows_data=ddf, rows_function=rows)

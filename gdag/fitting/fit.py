@@ -32,21 +32,20 @@ from .. import tables, timing
 from ..cache import QueryCache
 from ..compiler import CompiledModel
 from ..data import checked, data_vector
-from ..errors import ConvergenceWarning, FitError, warn
+from ..errors import FitError
 from ..linalg.blas import one_blas_thread
 from ..posterior import Posterior
 from ..query import conditioned
 from ..spec import ModelSpec
 from .boundary import objective_at_zero
-from .monitor import STOPPED, Monitor
 from .objective import Objective
-from .optimize import SINGULAR_TOL, FitLog, optimize, starting_point
+from .optimize import SINGULAR_TOL, FitLog, starting_point
 from .reduced import ReducedObjective, own_data, reduced_setup
 from .roles import infer_roles
+from .run import fit_options, run_optimizer
 
 __all__ = ["Fit", "fit"]
 
-METHODS = ("reml", "ml", "em")
 
 
 # ---------------------------------------------------------------- the result
@@ -284,19 +283,7 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
     NotIdentifiedError
         Fixed effects that the data do not identify (named).
     """
-    if not isinstance(method, str) or method.lower() not in METHODS:
-        raise FitError(f"Unknown fitting method {method!r}; use one of " + ", ".join(f"'{m}'" for m in METHODS) + ".")
-    method = method.lower()
-    if criterion is not None and method != "em":
-        raise FitError("`criterion` applies to method='em' only; method='ml' or 'reml' names the criterion itself.")
-    criterion = (criterion or "ml").lower() if method == "em" else method
-    if criterion not in ("ml", "reml"):
-        raise FitError(f"EM criterion must be 'ml' or 'reml'; got {criterion!r}.")
-    if optimizer not in ("auto", "scoring", "lbfgs"):
-        raise FitError(f"`optimizer` must be 'auto', 'scoring' or 'lbfgs'; got {optimizer!r}.")
-    tol, max_iter = _positive("tol", tol, float), _positive("max_iter", max_iter, int)
-    if tol is None:
-        tol = 1e-10 if method == "em" else 1e-12
+    method, criterion, tol, max_iter = fit_options(method, criterion, optimizer, tol, max_iter)
     # One BLAS thread for the whole fit, the optimizer's own work included (OneBlasThread)
     with one_blas_thread(), timing.record() as phases:
         t_start = time.perf_counter()
@@ -319,38 +306,21 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
         else:
             obj = ReducedObjective(cm, cond, x, roles, criterion == "reml", stats, factorization, scales)
         t_setup = time.perf_counter()
-        spans = [cm.param_span(name) for name in cm.param_names]
-        log = FitLog(Monitor(cm.param_names, spans, cm.param_scalar, progress, callback, spec.name))
-        converged, n_iter, message = optimize(obj, v0, method, optimizer, tol, max_iter, log)
+        log, converged, n_iter, message = run_optimizer(spec, cm, obj, v0, method, optimizer, tol, max_iter,
+                                                        progress, callback)
         t_opt = time.perf_counter()
     best = log.best
-    if not converged:
-        warn(
-            f"The fit of model `{spec.name}` did not converge ({message}) after {n_iter} iterations and "
-            f"{obj.n_evaluations} evaluations; kept the best point (objective {best.objective:.10g}, "
-            f"parameters {log.best_text(obj.roles.labels)})." + ("" if message == STOPPED else
-                                                               " Try other `init` values or a larger `max_iter`."),
-            ConvergenceWarning,
-        )
     theta = best.theta
     # the posterior m.posterior(data, params=fit.params) gives, bit for bit (the query's own road)
     posterior = Deferred(conditioned, spec, queries, own_data(spec, data, full if reduced else {}), None, theta)
     timings = {"setup": t_setup - t_start, "optimize": t_opt - t_setup, "assemble": 0.0, "factor": 0.0,
                "fixed": 0.0, "gradient": 0.0, **phases}
-    fit = _make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
+    fit = make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
     seen = tuple(name for name in cm.family_names if observed[cm.span(name)].any()) + tuple(obj.stats.names if reduced else ())
     return replace(fit, spec=spec, observed=seen, message=message)
 
 
-def _positive(option: str, value, kind: type):
-    """``tol`` (a positive finite number) or ``max_iter`` (a positive integer) as ``kind``, or None; else a FitError."""
-    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    if value is None or number and math.isfinite(value) and value > 0 and (kind is float or float(value).is_integer()):
-        return None if value is None else kind(value)
-    raise FitError(f"`{option}` must be {'a positive number' if kind is float else 'a positive whole number'}; got {value!r}.")
-
-
-def _make_fit(spec: ModelSpec, cm: CompiledModel, obj: Objective, log: FitLog, method: str, criterion: str,
+def make_fit(spec: ModelSpec, cm: CompiledModel, obj: Objective, log: FitLog, method: str, criterion: str,
               converged: bool, n_iter: int, posterior: Deferred, timings: dict) -> Fit:
     roles, best, v_best = obj.roles, log.best, log.v_best
     theta = best.theta
