@@ -31,7 +31,16 @@ from ..errors import DataError, FitError, ModelSpecError
 from ..fitting.fit import Deferred, Fit, make_fit
 from ..fitting.leaves import REFERENCE_ROWS, LeafStatistics
 from ..fitting.optimize import starting_point
-from ..fitting.reduced import LeafStart, ReducedObjective, _coefficients, fit_ready, leaf_rows_of, leaf_statistics
+from ..fitting.reduced import (
+    LeafStart,
+    ReducedObjective,
+    fit_ready,
+    leaf_coefficients,
+    leaf_rows_of,
+    leaf_statistics,
+    moments_of,
+    spread_of,
+)
 from ..fitting.roles import infer_roles
 from ..fitting.run import fit_options, run_optimizer
 from ..linalg.blas import one_blas_thread
@@ -127,12 +136,7 @@ def fit_sums(part, shared: dict):
         leaves.append(LeafRows(node, shared["layout"]))
     stats = leaf_statistics(leaves, data, shared["x"], shared["pos_U"], shared["n_U"], shared["fixed"],
                             beta0=shared["beta0"])
-    moments = {}
-    for name in names:
-        y = data[name]
-        mean = float(np.mean(y))
-        moments[name] = (int(y.size), mean, float(np.sum((y - mean) ** 2)))
-    return FitSums(stats, moments)
+    return FitSums(stats, {name: moments_of(data[name]) for name in names})
 
 
 def fit(m, ddf, rows: Callable, method: str = "reml", *, data: Mapping[str, Any] | None = None,
@@ -173,7 +177,7 @@ def fit(m, ddf, rows: Callable, method: str = "reml", *, data: Mapping[str, Any]
         for c in stats.classes:
             leaf_rows[c.entry if c.entry >= 0 else cm.n_theta] += c.count
         roles = infer_roles(cm, cond, profile, leaf_rows, leaf_linear)
-        start = LeafStart(_spread(x[cond.R], total.moments), _coefficients(stats, cm.sd_param[cond.U], cm.n_theta))
+        start = LeafStart(_spread(x[cond.R], total.moments), leaf_coefficients(stats, cm.sd_param[cond.U], cm.n_theta))
         v0, scales = starting_point(spec, cm, cond, x, roles, init, start)
         obj = ReducedObjective(cm, cond, x, roles, criterion == "reml", stats, factorization, scales)
         t_setup = time.perf_counter()
@@ -194,16 +198,7 @@ def fit(m, ddf, rows: Callable, method: str = "reml", *, data: Mapping[str, Any]
 
 def _spread(x_R: np.ndarray, moments: dict) -> float:
     """The sd of the observed latent values and the leaves' data together (as the in-memory fit computes it)."""
-    seen = x_R[np.isfinite(x_R)]
-    parts = [(seen.size, float(seen.mean()) if seen.size else 0.0, float(np.sum((seen - seen.mean()) ** 2)) if seen.size
-              else 0.0)] + [moments[name] for name in sorted(moments)]
-    n = np.array([p[0] for p in parts], dtype=float)
-    if n.sum() < 2:
-        return 1.0
-    means = np.array([p[1] for p in parts])
-    mean = float(n @ means / n.sum())
-    square = sum(p[2] for p in parts) + float(n @ (means - mean) ** 2)
-    return float(np.sqrt(square / n.sum()))
+    return spread_of([moments_of(x_R[np.isfinite(x_R)])] + [moments[name] for name in sorted(moments)])
 
 
 def row_sums_at(stats: LeafStatistics, theta: np.ndarray, fixed: np.ndarray) -> RowSums:

@@ -270,7 +270,7 @@ def reduced_setup(spec: ModelSpec, queries: QueryCache, data, profile: bool):
         stats = leaf_statistics(rows, full, x, cond.pos_U, cond.n_unobserved, roles.fixed)
     x_R = x[cond.R]
     start = LeafStart(_spread([x_R[np.isfinite(x_R)], *(_seen(full[name]) for name in stats.names)]),
-                      _coefficients(stats, cm.sd_param[cond.U], cm.n_theta))
+                      leaf_coefficients(stats, cm.sd_param[cond.U], cm.n_theta))
     return cm, cond, x, observed, roles, stats, start, full
 
 
@@ -296,17 +296,28 @@ def _seen(values: np.ndarray) -> np.ndarray:
 
 
 def _spread(parts: list[np.ndarray]) -> float:
-    """The sd of the values of all ``parts`` together (their counts, means and squared deviations combined)."""
-    n = np.array([p.size for p in parts], dtype=float)
+    """The sd of the values of all ``parts`` together."""
+    return spread_of([moments_of(p) for p in parts])
+
+
+def moments_of(values: np.ndarray) -> tuple[int, float, float]:
+    """``(count, mean, sum of squared deviations)`` of ``values``: what :func:`spread_of` combines."""
+    mean = float(values.mean()) if values.size else 0.0
+    return int(values.size), mean, float(np.sum((values - mean) ** 2))
+
+
+def spread_of(moments: list[tuple[int, float, float]]) -> float:
+    """The sd of several sets of values together, from each set's :func:`moments_of` (1 with fewer than 2 values)."""
+    n = np.array([m[0] for m in moments], dtype=float)
     if n.sum() < 2:
         return 1.0
-    means = np.array([p.mean() if p.size else 0.0 for p in parts])
+    means = np.array([m[1] for m in moments])
     mean = float(n @ means / n.sum())
-    square = sum(float(np.sum((p - m) ** 2)) for p, m in zip(parts, means)) + float(n @ (means - mean) ** 2)
-    return float(np.sqrt(square / n.sum()))
+    return float(np.sqrt((sum(m[2] for m in moments) + float(n @ (means - mean) ** 2)) / n.sum()))
 
 
-def _coefficients(stats: LeafStatistics, sd_of_U: np.ndarray, n_theta: int) -> tuple[np.ndarray, np.ndarray]:
+def leaf_coefficients(stats: LeafStatistics, sd_of_U: np.ndarray, n_theta: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per sd entry, (count, sum of squares) of the coefficients with which its variables enter the leaves' rows."""
     has = sd_of_U >= 0
     count = sum(np.bincount(sd_of_U[has], weights=c.Zn[has], minlength=n_theta) for c in stats.classes)
     square = sum(np.bincount(sd_of_U[has], weights=c.Z2[has], minlength=n_theta) for c in stats.classes)
