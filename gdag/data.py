@@ -83,6 +83,12 @@ def checked(model: ModelSpec, data: Mapping[str, Any]) -> Data:
     if isinstance(data, Data):
         return data
     if not isinstance(data, Mapping):
+        if type(data).__module__.split(".")[0] == "dask":  # rows on a cluster: their own road, named
+            raise DataError(
+                f"`data` is a dask {type(data).__name__}. A model declared in the DSL takes rows on a cluster through "
+                "gdag.distributed.posterior(m, ddf, rows) and gdag.distributed.fit(m, ddf, rows), where rows(m, part) "
+                "declares one partition's observed families; gdag.lmer and gdag.from_formula take a dask DataFrame "
+                "directly (docs/larger-than-memory.md).")
         raise DataError(f"`data` must be a mapping from node names to values, or a DataFrame; got {type(data).__name__}.")
     out = Data()
     for key, value in data.items():

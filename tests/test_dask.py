@@ -322,3 +322,13 @@ def test_the_docs_example_runs(tmp_path):
                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Linear mixed model fit by maximum likelihood" in out.stdout and "Number of obs: 100000" in out.stdout
+
+
+def test_a_dsl_model_given_a_dask_frame_is_pointed_to_its_road():
+    """m.posterior(ddf) on a DSL model said "must be a mapping ...; got DataFrame": it names gdag.distributed."""
+    ddf = dd.from_pandas(pd.DataFrame({"y": np.arange(6.0)}), npartitions=2)
+    m = gdag.Model("dsl")
+    m.normal("y", 0.0, 1.0, plate=m.plate("obs", 6))
+    for call in (lambda: m.posterior(ddf), lambda: m.fit(ddf)):
+        with pytest.raises(gdag.DataError, match=r"gdag.distributed.posterior\(m, ddf, rows\)"):
+            call()
