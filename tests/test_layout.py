@@ -13,7 +13,8 @@ import networkx as nx
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gdag"
 # Imported inside functions on purpose: optional, or slow to import and needed by few calls.
-LAZY_ALLOWED = {"graphviz", "scipy.optimize", "inspect", "formulaic", "formulaic.errors", "arviz", "xarray", "tqdm"}
+LAZY_ALLOWED = {"graphviz", "scipy.optimize", "inspect", "formulaic", "formulaic.errors", "arviz", "xarray", "tqdm",
+                "dask", "dask.dataframe", "distributed"}  # optional extras and slow imports, loaded on first use
 MAX_LINES = 420
 
 

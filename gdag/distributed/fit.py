@@ -29,18 +29,9 @@ import scipy.sparse as sp
 from .. import timing
 from ..errors import DataError, FitError, ModelSpecError
 from ..fitting.fit import Deferred, Fit, make_fit
-from ..fitting.leaves import REFERENCE_ROWS, LeafStatistics
+from ..fitting.leaves import REFERENCE_ROWS, LeafStart, LeafStatistics, leaf_coefficients, moments_of, spread_of
 from ..fitting.optimize import starting_point
-from ..fitting.reduced import (
-    LeafStart,
-    ReducedObjective,
-    fit_ready,
-    leaf_coefficients,
-    leaf_rows_of,
-    leaf_statistics,
-    moments_of,
-    spread_of,
-)
+from ..fitting.reduced import ReducedObjective, fit_ready, leaf_rows_of, leaf_statistics
 from ..fitting.roles import infer_roles
 from ..fitting.run import fit_options, run_optimizer
 from ..linalg.blas import one_blas_thread

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import pickle
 import uuid
 from dataclasses import dataclass
@@ -102,7 +101,9 @@ def _shared_delayed(shared: dict):
     """``shared`` in the graph once: scattered to the workers by an active distributed Client, else embedded."""
     dask, _ = _dask()
     try:
-        client = importlib.import_module("distributed").default_client()
+        import distributed  # the optional extra: imported on first use
+
+        client = distributed.default_client()
     except (ImportError, ValueError):
         client = None
     if client is not None and dask.base.get_scheduler() == client.get:  # the client runs what dask.compute runs

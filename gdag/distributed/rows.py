@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import pickle
 import sys
 from dataclasses import dataclass, field
@@ -30,7 +29,10 @@ LANES = 16
 def _dask():
     """``(dask, dask.dataframe)``, imported on first use: the optional extra, which ``import gdag`` does not load."""
     try:
-        return importlib.import_module("dask"), importlib.import_module("dask.dataframe")
+        import dask
+        import dask.dataframe
+
+        return dask, dask.dataframe
     except ImportError:  # pragma: no cover - the extra is in the test environment
         raise ImportError("gdag's Dask path needs dask and distributed: pip install 'gdag[dask]'.") from None
 

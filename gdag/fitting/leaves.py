@@ -191,3 +191,47 @@ def reference_fit(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(beta0)):
         raise DataError("The observed data or their design overflow double precision; rescale the model's units.")
     return beta0
+
+
+@dataclass(frozen=True)
+class LeafStart:
+    """What starting values read of the data: their sd and, per sd entry, (count, sum of squares) of the
+    coefficients with which its variables enter the leaves' rows."""
+
+    spread: float
+    coefficients: tuple[np.ndarray, np.ndarray]
+
+
+def observed_values(values: np.ndarray) -> np.ndarray:
+    """The observed entries of ``values`` (the array itself when all are)."""
+    missing = np.isnan(values)
+    return values[~missing] if missing.any() else values
+
+
+def spread_of_values(parts: list[np.ndarray]) -> float:
+    """The sd of the values of all ``parts`` together."""
+    return spread_of([moments_of(p) for p in parts])
+
+
+def moments_of(values: np.ndarray) -> tuple[int, float, float]:
+    """``(count, mean, sum of squared deviations)`` of ``values``: what :func:`spread_of` combines."""
+    mean = float(values.mean()) if values.size else 0.0
+    return int(values.size), mean, float(np.sum((values - mean) ** 2))
+
+
+def spread_of(moments: list[tuple[int, float, float]]) -> float:
+    """The sd of several sets of values together, from each set's :func:`moments_of` (1 with fewer than 2 values)."""
+    n = np.array([m[0] for m in moments], dtype=float)
+    if n.sum() < 2:
+        return 1.0
+    means = np.array([m[1] for m in moments])
+    mean = float(n @ means / n.sum())
+    return float(np.sqrt((sum(m[2] for m in moments) + float(n @ (means - mean) ** 2)) / n.sum()))
+
+
+def leaf_coefficients(stats: LeafStatistics, sd_of_U: np.ndarray, n_theta: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per sd entry, (count, sum of squares) of the coefficients with which its variables enter the leaves' rows."""
+    has = sd_of_U >= 0
+    count = sum(np.bincount(sd_of_U[has], weights=c.Zn[has], minlength=n_theta) for c in stats.classes)
+    square = sum(np.bincount(sd_of_U[has], weights=c.Z2[has], minlength=n_theta) for c in stats.classes)
+    return count, square

@@ -24,7 +24,6 @@ Nothing row-sized is kept: the leaves' memory is that of their sums.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as sla
@@ -42,7 +41,7 @@ from ..spec import ModelSpec
 from ..timing import phase
 from . import derivatives
 from .derivatives import Point
-from .leaves import ClassAccumulator, LeafStatistics, reference_fit
+from .leaves import ClassAccumulator, LeafStart, LeafStatistics, leaf_coefficients, observed_values, reference_fit, spread_of_values
 from .objective import Evaluation, Objective
 from .roles import Roles, exact_fit_error, infer_roles
 
@@ -269,7 +268,7 @@ def reduced_setup(spec: ModelSpec, queries: QueryCache, data, profile: bool):
     with phase("assemble"):
         stats = leaf_statistics(rows, full, x, cond.pos_U, cond.n_unobserved, roles.fixed)
     x_R = x[cond.R]
-    start = LeafStart(_spread([x_R[np.isfinite(x_R)], *(_seen(full[name]) for name in stats.names)]),
+    start = LeafStart(spread_of_values([x_R[np.isfinite(x_R)], *(observed_values(full[name]) for name in stats.names)]),
                       leaf_coefficients(stats, cm.sd_param[cond.U], cm.n_theta))
     return cm, cond, x, observed, roles, stats, start, full
 
@@ -278,50 +277,6 @@ def own_data(spec: ModelSpec, data, full: dict) -> dict:
     """The data a reduced fit's posterior reads, copied (the caller may change theirs): the leaves' validated
     values and the rest as given."""
     return {**{k: copy.deepcopy(v) for k, v in without(spec, data, full).items()}, **{k: v.copy() for k, v in full.items()}}
-
-
-@dataclass(frozen=True)
-class LeafStart:
-    """What starting values read of the data: their sd and, per sd entry, (count, sum of squares) of the
-    coefficients with which its variables enter the leaves' rows."""
-
-    spread: float
-    coefficients: tuple[np.ndarray, np.ndarray]
-
-
-def _seen(values: np.ndarray) -> np.ndarray:
-    """The observed entries of ``values`` (the array itself when all are)."""
-    missing = np.isnan(values)
-    return values[~missing] if missing.any() else values
-
-
-def _spread(parts: list[np.ndarray]) -> float:
-    """The sd of the values of all ``parts`` together."""
-    return spread_of([moments_of(p) for p in parts])
-
-
-def moments_of(values: np.ndarray) -> tuple[int, float, float]:
-    """``(count, mean, sum of squared deviations)`` of ``values``: what :func:`spread_of` combines."""
-    mean = float(values.mean()) if values.size else 0.0
-    return int(values.size), mean, float(np.sum((values - mean) ** 2))
-
-
-def spread_of(moments: list[tuple[int, float, float]]) -> float:
-    """The sd of several sets of values together, from each set's :func:`moments_of` (1 with fewer than 2 values)."""
-    n = np.array([m[0] for m in moments], dtype=float)
-    if n.sum() < 2:
-        return 1.0
-    means = np.array([m[1] for m in moments])
-    mean = float(n @ means / n.sum())
-    return float(np.sqrt((sum(m[2] for m in moments) + float(n @ (means - mean) ** 2)) / n.sum()))
-
-
-def leaf_coefficients(stats: LeafStatistics, sd_of_U: np.ndarray, n_theta: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per sd entry, (count, sum of squares) of the coefficients with which its variables enter the leaves' rows."""
-    has = sd_of_U >= 0
-    count = sum(np.bincount(sd_of_U[has], weights=c.Zn[has], minlength=n_theta) for c in stats.classes)
-    square = sum(np.bincount(sd_of_U[has], weights=c.Z2[has], minlength=n_theta) for c in stats.classes)
-    return count, square
 
 
 def fit_ready(leaves: list[LeafRows], roles: Roles) -> bool:
