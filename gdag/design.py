@@ -32,7 +32,7 @@ import pandas as pd
 from .distributed.fit import DaskModel
 from .distributed.posterior import _probe
 from .distributed.rows import _dask, is_dask, levels_of
-from .errors import DataError, FitError, ModelSpecError
+from .errors import DataError, FitError, ModelSpecError, NotIdentifiedError
 from .expr import dot
 from .formula import (
     Block,
@@ -52,6 +52,7 @@ from .formula import (
     _variables,
     _variables_of,
     group_labels,
+    in_lme4_words,
     parse_formula,
 )
 from .frame import codes_of
@@ -228,6 +229,9 @@ def from_formula(formula: str, data, *, name: str | None = None, family: str | N
         raise ModelSpecError(f"The grouping factor `{v}` of `{parsed.text}` is not a column of the data.")
     used = sorted(v for v in _variables(parsed) if v in frame.columns)
     frame = frame.loc[~frame[used].isna().any(axis=1).to_numpy()] if used else frame
+    unused = [v for v in used if isinstance(frame[v].dtype, pd.CategoricalDtype)]
+    if unused:  # categories no row has make all-zero columns: dropped, as lme4 drops rank-deficient ones
+        frame = frame.assign(**{v: frame[v].cat.remove_unused_categories() for v in unused})
     if len(frame) == 0:
         raise DataError(f"No row of the data is complete in the columns `{parsed.text}` reads.")
     y, X, fixed_spec = _fixed(parsed, frame)
@@ -270,7 +274,10 @@ def lmer(formula: str, data, method: str = "reml", *, family: str | None = None,
             raise FitError(f"`REML={REML}` and method={method!r} disagree; give one of them.")
         method = "reml" if REML else "ml"
     model = from_formula(formula, data, family=family)
-    return model.fit(model.design.data, method=method, **options)
+    try:
+        return model.fit(model.design.data, method=method, **options)
+    except (FitError, NotIdentifiedError) as err:  # in lme4's words: lmer's options, the fixed effects' names
+        raise type(err)(in_lme4_words(str(err), model.design)) from None
 
 
 def _check_family(family) -> None:

@@ -385,3 +385,13 @@ def _formulaic():
     import formulaic.errors  # noqa: F401 - FormulaicError, named in except clauses
 
     return formulaic
+
+
+def in_lme4_words(message: str, design) -> str:
+    """``message`` naming the fixed effects as lme4 does (``(Intercept)`` for ``beta[0]``) and lmer's options."""
+    if design.beta is not None:
+        message = re.sub(rf"`{re.escape(design.beta)}\[(\d+)\]`", lambda m: f"`{design.fixed_names[int(m[1])]}`", message)
+    if message.startswith("m.fit() has no option"):
+        message = ("gdag.lmer()" + message[len("m.fit()"):] + " lme4's weights, offset, subset, na.action and "
+                   "control have no counterpart here (rows with missing values are dropped, as lme4's default).")
+    return message

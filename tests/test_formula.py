@@ -145,3 +145,21 @@ def test_insteval_crossed_formula_matches_lme4():
     assert fit.loglik == pytest.approx(ref["loglik"], rel=RTOL_LOGLIK)
     assert fit.params["sd_s_Intercept"] == pytest.approx(ref["sd"]["s"]["(Intercept)"], rel=RTOL_EST)
     assert fit.params["sd_d_Intercept"] == pytest.approx(ref["sd"]["d"]["(Intercept)"], rel=RTOL_EST)
+
+
+def test_lmer_speaks_lme4s_names_drops_unused_levels_and_names_its_options():
+    """User trial: an unused category made an all-zero column ('beta[4] appears in no mean'; lme4 drops it), a
+    constant x was reported as `beta[0]`, `beta[1]`, and lme4's `weights=` was refused as an option of m.fit()."""
+    rng = np.random.default_rng(0)
+    n = 300
+    g, x = rng.integers(0, 20, n), rng.normal(size=n)
+    f = pd.Categorical(rng.choice(["a", "b", "c"], n), categories=["a", "b", "c", "never"])
+    df = pd.DataFrame({"y": x + rng.normal(size=20)[g] + rng.normal(size=n), "x": x, "g": g, "f": f})
+    with_unused = gdag.lmer("y ~ x + f + (1 | g)", df)
+    without = gdag.lmer("y ~ x + f + (1 | g)", df.assign(f=df["f"].astype(str)))
+    assert with_unused.design.fixed_names == without.design.fixed_names == ("(Intercept)", "x", "fb", "fc")
+    assert with_unused.loglik == pytest.approx(without.loglik, rel=1e-12)
+    with pytest.raises(gdag.NotIdentifiedError, match=r"fixed effects `\(Intercept\)`, `x` are not identified"):
+        gdag.lmer("y ~ 1 + x + (1 | g)", df.assign(x=1.0))
+    with pytest.raises(gdag.FitError, match=r"gdag.lmer\(\) has no option `weights`.*lme4's weights, offset"):
+        gdag.lmer("y ~ x + (1 | g)", df, weights=np.ones(n))
