@@ -240,7 +240,8 @@ class _Partition:
     """
 
     def __init__(self, part):
-        self.graph, self.key = dict(part.__dask_graph__()), part.key
+        graph = part.__dask_graph__()  # every partition's graph holds them all: keep what this key needs
+        self.graph, self.key = dict(graph.cull({part.key}) if hasattr(graph, "cull") else graph), part.key
 
     def read(self) -> pd.DataFrame:
         return _dask()[0].get(self.graph, self.key)  # the synchronous scheduler, inside the worker's task
