@@ -332,3 +332,17 @@ def test_a_dsl_model_given_a_dask_frame_is_pointed_to_its_road():
     for call in (lambda: m.posterior(ddf), lambda: m.fit(ddf)):
         with pytest.raises(gdag.DataError, match=r"gdag.distributed.posterior\(m, ddf, rows\)"):
             call()
+
+
+def test_a_fixed_effect_the_first_rows_do_not_see_is_fitted(client):
+    """Dask user trial: the roles came from the first 65,536 rows, where a later period's indicator is all zero,
+    and the fit raised "Parameter entry `z` appears in no mean"; every entry of a parameter in the leaves' means
+    is a fixed effect, and the whole pass says what the data see."""
+    rng = np.random.default_rng(0)
+    n = 80_000
+    g, x = rng.integers(0, 50, n), rng.normal(size=n)
+    z = (np.arange(n) >= 70_000).astype(float)
+    df = pd.DataFrame({"y": x + 0.5 * z + rng.normal(size=50)[g] + rng.normal(size=n), "x": x, "z": z, "g": g})
+    on_cluster = gdag.lmer("y ~ 1 + x + z + (1 | g)", dd.from_pandas(df, npartitions=2), method="ml")
+    in_memory = gdag.lmer("y ~ 1 + x + z + (1 | g)", df, method="ml")
+    assert_same_fit(on_cluster, in_memory)

@@ -154,6 +154,10 @@ def fit(m, ddf, rows: Callable, method: str = "reml", *, data: Mapping[str, Any]
         probe_model, probe_data = _complete((plan.probe_model, plan.probe_data), plan.probe, plan.shared)
         probe_leaves = [LeafRows(probe_model.nodes[name], plan.shared["layout"]) for name in sorted(probe_data)]
         leaf_rows, leaf_linear = leaf_rows_of(probe_leaves, cm.n_theta)
+        # the first rows may not see every entry of a parameter in the means (a column of zeros there: a later
+        # level or period); all its entries are the leaves' fixed effects, and the whole pass says what data see
+        owner = np.repeat(np.arange(len(cm.param_names)), cm.param_size)
+        leaf_linear = np.isin(owner, owner[leaf_linear])
         roles = infer_roles(cm, cond, profile, leaf_rows, leaf_linear)
         if not fit_ready(probe_leaves, roles):
             raise FitError(f"The family `{probe_leaves[0].name}` cannot be summed for a fit: its sd parameter must be "
