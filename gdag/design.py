@@ -387,14 +387,18 @@ class FormulaRows:
 
     def frame(self, part: pd.DataFrame) -> pd.DataFrame:
         """``part`` complete in the formula's columns, string predictors as global categoricals."""
-        if self.used:
-            part = part.loc[~part[self.used].isna().any(axis=1).to_numpy()]
+        used = [c for c in self.used if c in part.columns]  # new rows to predict need no response
+        if used:
+            part = part.loc[~part[used].isna().any(axis=1).to_numpy()]
         return _as_categories(part, self.categories)
 
     def train(self, part: pd.DataFrame):
         """``(y, (X, codes by group, Z by block))`` of a (complete) partition."""
         d = self.design
-        y = _matrix(self.response_spec, part, "the response")[:, 0]
+        if set(_variables_of(d.formula.response)) <= set(part.columns):
+            y = _matrix(self.response_spec, part, "the response")[:, 0]
+        else:  # rows to predict (gdag.distributed.fitted on new rows): their residuals are NaN
+            y = np.full(len(part), np.nan)
         X = _matrix(d.fixed, part, "the fixed effects")
         codes = {g.name: codes_of(g.labels, _combined_labels(part, g.factors), f"group `{g.name}`", DataError)
                  for g in d.groups}

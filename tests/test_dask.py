@@ -346,3 +346,17 @@ def test_a_fixed_effect_the_first_rows_do_not_see_is_fitted(client):
     on_cluster = gdag.lmer("y ~ 1 + x + z + (1 | g)", dd.from_pandas(df, npartitions=2), method="ml")
     in_memory = gdag.lmer("y ~ 1 + x + z + (1 | g)", df, method="ml")
     assert_same_fit(on_cluster, in_memory)
+
+
+def test_fitted_on_new_rows_without_the_response_predicts_their_means(client):
+    """Dask user trial: gd.fitted(fit, new_ddf) raised a raw KeyError without the response column."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    g, x = rng.integers(0, 30, n), rng.normal(size=n)
+    df = pd.DataFrame({"y": x + rng.normal(size=30)[g] + rng.normal(size=n), "x": x, "g": g})
+    fit = gdag.lmer("y ~ x + (1 | g)", dd.from_pandas(df, npartitions=3), method="ml")
+    new = df[["x", "g"]].head(50)
+    out = gd.fitted(fit, dd.from_pandas(new, npartitions=2)).compute()
+    expected = gdag.lmer("y ~ x + (1 | g)", df, method="ml").predict(new)["mean"].to_numpy()
+    np.testing.assert_allclose(out["y_fitted"].to_numpy(), expected, rtol=1e-10)
+    assert out["y_residual"].isna().all()
