@@ -54,6 +54,7 @@ from .formula import (
     group_labels,
     in_lme4_words,
     parse_formula,
+    refuse_stateful,
 )
 from .frame import codes_of
 from .model import Model
@@ -298,6 +299,7 @@ def _from_dask(parsed: ParsedFormula, ddf, name: str):
     response is declared by :class:`FormulaRows` with these levels and specs,
     as :func:`from_formula` declares it in memory.
     """
+    refuse_stateful(parsed)
     columns = set(ddf.columns)
     for v in sorted(_group_names(parsed) - columns):
         raise ModelSpecError(f"The grouping factor `{v}` of `{parsed.text}` is not a column of the data.")
@@ -319,6 +321,7 @@ def _from_dask(parsed: ParsedFormula, ddf, name: str):
             categories[v] = rows[v].cat.as_known().dtype
     probe = _as_categories(_probe(rows), categories)
     y, X, fixed_spec = _fixed(parsed, probe)
+
     response_spec = _response_spec(parsed, probe)
     taken: set = set()
     response = _unique(_identifier(parsed.response), taken)

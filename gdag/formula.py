@@ -395,3 +395,12 @@ def in_lme4_words(message: str, design) -> str:
         message = ("gdag.lmer()" + message[len("m.fit()"):] + " lme4's weights, offset, subset, na.action and "
                    "control have no counterpart here (rows with missing values are dropped, as lme4's default).")
     return message
+
+
+def refuse_stateful(parsed: ParsedFormula) -> None:
+    """A ModelSpecError for transforms whose statistics come from all the rows (on a dask DataFrame formulaic
+    would take the means, scales or knots of ``center``, ``scale``, ``poly`` or splines from the first rows)."""
+    stateful = sorted(set(re.findall(r"\b(center|scale|standardize|poly|bs|cr|cs|cc|te)\s*\(", parsed.text)))
+    if stateful:
+        raise ModelSpecError(f"`{parsed.text}` uses {', '.join(f'{t}()' for t in stateful)}, whose statistics (means, "
+                             "scales, knots) come from all the rows; on a dask DataFrame compute the column beforehand.")

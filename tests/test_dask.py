@@ -360,3 +360,10 @@ def test_fitted_on_new_rows_without_the_response_predicts_their_means(client):
     expected = gdag.lmer("y ~ x + (1 | g)", df, method="ml").predict(new)["mean"].to_numpy()
     np.testing.assert_allclose(out["y_fitted"].to_numpy(), expected, rtol=1e-10)
     assert out["y_residual"].isna().all()
+
+
+def test_a_transform_with_statistics_over_the_rows_is_refused(client):
+    """Dask user trial: center(x) failed with "name 'x' is not defined"; its mean would come from the first rows."""
+    df = pd.DataFrame({"y": np.arange(40.0), "x": np.arange(40.0) % 7, "g": np.arange(40) % 4})
+    with pytest.raises(gdag.ModelSpecError, match=r"uses center\(\), whose statistics .* come from all the rows"):
+        gdag.from_formula("y ~ center(x) + (1 | g)", dd.from_pandas(df, npartitions=2))
