@@ -27,6 +27,7 @@ from .counterfactual import Counterfactual, check_block
 from .data import own
 from .errors import DataError, ModelError
 from .linalg import LOG_2PI
+from .linalg.pairs import diagonal_on_pattern
 from .pattern import Conditioning, LinearSystem
 from .resources import start_draws
 from .spec import Node, Param, label
@@ -367,6 +368,10 @@ class Posterior:
     def _deterministic_variance(self, chunk: int = 256) -> np.ndarray:
         """``diag(M_U Q^{-1} M_U^T)``: squared norms of ``L^{-1} P M_U^T``, in column chunks."""
         M_U = self._system.M[:, self._cond.pos_R[self._cond.U]].tocsr()
+        covariances = getattr(self._factor, "covariances", None)  # the selected inverse, where the pairs allow
+        found = None if covariances is None else diagonal_on_pattern(M_U, self._system.Q, covariances)
+        if found is not None:
+            return found
         out = np.zeros(M_U.shape[0])
         rows = np.flatnonzero(np.diff(M_U.indptr))  # deterministic entries of constants have variance 0
         for start in range(0, rows.shape[0], chunk):

@@ -1,7 +1,9 @@
 """Posteriors against the dense oracle (tests/reference.py) on random models, and against closed forms."""
 
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -133,3 +135,30 @@ def test_querying_does_not_mutate_model_or_earlier_posteriors():
     assert not np.allclose(second.mean("R_i"), before[0])
     with pytest.raises(gdag.DataError, match="extra"):
         first.mean("extra")
+
+
+def test_deterministic_variances_from_the_selected_inverse_equal_the_solves(monkeypatch):
+    """A node the data do not see that reads a few latent variables (predict's rows): its variance from the
+    selected inverse when every pair it reads lies on Q's pattern (nested: school and class), one triangular
+    solve per row otherwise (crossed); the two roads agree (user trial: 100k rows to predict took 22 s)."""
+    import gdag.posterior as posterior_module
+    from gdag.linalg.pairs import diagonal_on_pattern
+
+    rng = np.random.default_rng(0)
+    n, S, C = 2000, 20, 200
+    cls = rng.integers(0, C, n)
+    school, x = cls % S, rng.normal(size=n)
+    df = pd.DataFrame({"y": x + rng.normal(size=S)[school] + rng.normal(size=C)[cls] + rng.normal(size=n), "x": x,
+                       "school": school, "cls": cls})
+    fit = gdag.lmer("y ~ x + (1 | school/cls)", df)
+    fast = fit.predict(df.head(300))
+    monkeypatch.setattr(posterior_module, "diagonal_on_pattern", lambda *args: None)
+    solved = fit.predict(df.head(300))
+    np.testing.assert_allclose(fast["sd"].to_numpy(), solved["sd"].to_numpy(), rtol=1e-12)
+    np.testing.assert_array_equal(fast["mean"].to_numpy(), solved["mean"].to_numpy())
+    # a pair off the pattern (two crossed effects no row of Q joins) is left to the solves
+    pattern = sp.csc_matrix(sp.tril(sp.eye(3)))
+    M = sp.csr_matrix(np.array([[1.0, 1.0, 0.0]]))
+    assert diagonal_on_pattern(M, pattern, lambda a, b: np.ones(a.size)) is None
+    assert diagonal_on_pattern(sp.csr_matrix(np.array([[2.0, 0.0, 0.0]])), pattern,
+                               lambda a, b: np.ones(a.size)) == pytest.approx([4.0])

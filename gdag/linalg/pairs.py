@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+import scipy.sparse as sp
 
 from .gram import bucket
 
@@ -58,3 +59,24 @@ def _row_pairs(indptr, order):
                 second[t] = order[b]
                 t += 1
     return row, first, second
+
+
+def diagonal_on_pattern(M: sp.csr_matrix, pattern: sp.csc_matrix, covariances) -> np.ndarray | None:
+    """``diag(M X M^T)`` from ``covariances(a, b) = X[a, b]`` when every pair of columns one row of ``M`` reads
+    lies on ``pattern`` (a lower triangle, where a selected inverse has ``X``); None when one does not.
+
+    One pass over the pairs instead of a triangular solve per row: nested designs and rows that read one
+    variable qualify; a row reading two crossed effects needs an entry the pattern may not have.
+    """
+    coo = M.tocoo()
+    pairs = row_pairs(coo.row.astype(np.int64), coo.col.astype(np.int64), np.ones(M.shape[0], bool), M.shape[0])
+    n = pattern.shape[0]
+    Q = pattern if pattern.has_sorted_indices else pattern.sorted_indices()
+    keys = np.repeat(np.arange(n, dtype=np.int64), np.diff(Q.indptr)) * n + Q.indices.astype(np.int64)
+    lo, hi = np.minimum(pairs.col_first, pairs.col_second), np.maximum(pairs.col_first, pairs.col_second)
+    at = np.minimum(np.searchsorted(keys, lo * n + hi), max(keys.size - 1, 0))
+    if keys.size == 0 or not np.all(keys[at] == lo * n + hi):
+        return None
+    products = pairs.mult * coo.data[pairs.first] * coo.data[pairs.second]
+    return np.bincount(pairs.row, weights=products * covariances(pairs.col_first, pairs.col_second),
+                       minlength=M.shape[0])
