@@ -367,3 +367,16 @@ def test_a_transform_with_statistics_over_the_rows_is_refused(client):
     df = pd.DataFrame({"y": np.arange(40.0), "x": np.arange(40.0) % 7, "g": np.arange(40) % 4})
     with pytest.raises(gdag.ModelSpecError, match=r"uses center\(\), whose statistics .* come from all the rows"):
         gdag.from_formula("y ~ center(x) + (1 | g)", dd.from_pandas(df, npartitions=2))
+
+
+def test_a_dask_fit_predicts_means_of_pandas_and_dask_rows(client):
+    """Dask user trial: fit.predict(pandas_df) was refused with a message about posteriors."""
+    rng = np.random.default_rng(1)
+    n = 3000
+    g, x = rng.integers(0, 30, n), rng.normal(size=n)
+    df = pd.DataFrame({"y": x + rng.normal(size=30)[g] + rng.normal(size=n), "x": x, "g": g})
+    fit = gdag.lmer("y ~ x + (1 | g)", dd.from_pandas(df, npartitions=3), method="ml")
+    expected = gdag.lmer("y ~ x + (1 | g)", df, method="ml").predict(df.head(40))["mean"].to_numpy()
+    np.testing.assert_allclose(fit.predict(df.head(40)).to_numpy(), expected, rtol=1e-10)
+    lazy = fit.predict(dd.from_pandas(df.head(40)[["x", "g"]], npartitions=2))
+    np.testing.assert_allclose(lazy.compute().to_numpy(), expected, rtol=1e-10)

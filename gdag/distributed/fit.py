@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from .. import timing
@@ -67,6 +68,19 @@ class DaskFit(Fit):
         """Observed minus fitted (lme4's ``residuals()``): a lazy dask Series, partitioned like the data."""
         out, name = self._pass(node)
         return out[f"{name}_residual"].rename("residuals")
+
+    def predict(self, newdata, new_levels: str = "error"):
+        """Predictive means of new rows (lme4's ``predict()``; no sds on the cluster): a lazy dask Series for a
+        dask DataFrame, a pandas Series for a pandas one (one partition, computed).  Their levels must be the fit's."""
+        if new_levels != "error":
+            raise FitError("A fit on a Dask cluster predicts rows of the fit's levels only (new_levels='error').")
+        pandas = isinstance(newdata, pd.DataFrame)
+        rows = _dask()[1].from_pandas(newdata, npartitions=1) if pandas else newdata
+        name = self.posterior.leaves[0] if len(self.posterior.leaves) == 1 else None
+        if name is None:
+            raise FitError("predict() of a fit with several observed families: use gdag.distributed.fitted.")
+        out = fitted(self, rows, self.rows_function)[f"{name}_fitted"].rename("mean")
+        return out.compute() if pandas else out
 
     def simulate(self, n: int = 1, seed=None):
         raise FitError("simulate() of a fit on a Dask cluster would bring row-sized draws to the client; draw the "
