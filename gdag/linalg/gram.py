@@ -191,11 +191,7 @@ def bucket(keys: np.ndarray, n_keys: int, carried: np.ndarray | None = None) -> 
 
 @numba.njit(cache=True)
 def _counting_sort_carrying(keys, n_keys, carried, placed):
-    indptr = np.zeros(n_keys + 1, dtype=keys.dtype)
-    for k in keys:
-        indptr[k + 1] += 1
-    for j in range(n_keys):
-        indptr[j + 1] += indptr[j]
+    indptr = _starts(keys, n_keys, keys)
     order = np.empty(keys.shape[0], dtype=keys.dtype)
     for e in range(keys.shape[0]):
         k = indptr[keys[e]]
@@ -208,17 +204,24 @@ def _counting_sort_carrying(keys, n_keys, carried, placed):
 
 @numba.njit(cache=True)
 def counting_sort(keys, n_keys):
-    indptr = np.zeros(n_keys + 1, dtype=keys.dtype)
-    for k in keys:
-        indptr[k + 1] += 1
-    for j in range(n_keys):
-        indptr[j + 1] += indptr[j]
+    indptr = _starts(keys, n_keys, keys)
     order = np.empty(keys.shape[0], dtype=keys.dtype)
     for e in range(keys.shape[0]):  # indptr[k] serves as key k's cursor, then shifts back
         order[indptr[keys[e]]] = e
         indptr[keys[e]] += 1
     _unshift(indptr)
     return indptr, order
+
+
+@numba.njit(cache=True)
+def _starts(keys, n_keys, like):
+    """Where each key's run starts in a stable sort by key (the counts' prefix sums), in ``like``'s dtype."""
+    indptr = np.zeros(n_keys + 1, dtype=like.dtype)
+    for k in keys:
+        indptr[k + 1] += 1
+    for j in range(n_keys):
+        indptr[j + 1] += indptr[j]
+    return indptr
 
 
 @numba.njit(cache=True)
@@ -232,11 +235,7 @@ def _unshift(indptr):
 @numba.njit(cache=True)
 def _transpose(csr_indptr, csr_cols, csr_entry, n_cols):
     """CSC view from the CSR one: rows sorted within each column, and entry numbers."""
-    indptr = np.zeros(n_cols + 1, dtype=csr_entry.dtype)
-    for c in csr_cols:
-        indptr[c + 1] += 1
-    for j in range(n_cols):
-        indptr[j + 1] += indptr[j]
+    indptr = _starts(csr_cols, n_cols, csr_entry)
     rows = np.empty(csr_entry.shape[0], dtype=csr_entry.dtype)
     entry = np.empty(csr_entry.shape[0], dtype=csr_entry.dtype)
     for r in range(csr_indptr.shape[0] - 1):
