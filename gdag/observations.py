@@ -216,7 +216,27 @@ def _param_start(cm: CompiledModel, name: str) -> int:
     return int(cm.param_offset[cm.param_names.index(name)])
 
 
-class ReducedConditioning:
+class SummedPattern:
+    """A conditioning with rows summed in factors its own ``pattern`` (set with ``_analysis = _size = None``)."""
+
+    def factor_size(self):
+        if self._size is None:
+            self._size = factor_size(self)
+        return self._size
+
+    def analysis(self, factorization: str = "sparse"):  # CHOLMOD's, once, whatever factorization is asked
+        if self._analysis is None:
+            self._analysis = factors.analyze(self.pattern)
+        return self._analysis
+
+    def factor(self, Q: sp.csc_matrix, factorization: str = "sparse"):
+        return self.analysis().factor(Q, self.label_unobserved)
+
+    def factorize(self, system: LinearSystem):
+        return self.factor(system.Q)
+
+
+class ReducedConditioning(SummedPattern):
     """The conditioning of the latent model plus the sums of the leaf families' rows.
 
     Answers what :class:`~gdag.posterior.Posterior` asks of a conditioning
@@ -265,12 +285,6 @@ class ReducedConditioning:
 
     def reduced_values(self, theta):
         return self.latent.reduced_values(theta)
-
-    def factor_size(self):
-        """The size of what is factored: the union pattern, from its analysis."""
-        if self._size is None:
-            self._size = factor_size(self)
-        return self._size
 
     @timed("pattern")
     def _union_pattern(self) -> None:
@@ -347,18 +361,6 @@ class ReducedConditioning:
         return float(sum(rows_kernels.leaf_log_variances(*leaf.kernel_arguments(theta, rows, sd_only=True), theta,
                                                          rows.stop - rows.start)
                          for leaf in self.leaves for rows in _chunks(leaf.size, self.chunk_rows)))
-
-    def analysis(self, factorization: str = "sparse"):
-        """CHOLMOD's analysis of the union pattern (once; timed as "analyze")."""
-        if self._analysis is None:
-            self._analysis = factors.analyze(self.pattern)
-        return self._analysis
-
-    def factor(self, Q: sp.csc_matrix, factorization: str = "sparse"):
-        return self.analysis().factor(Q, self.label_unobserved)
-
-    def factorize(self, system: LinearSystem):
-        return self.factor(system.Q)
 
 
 class _ReducedGram:

@@ -16,11 +16,10 @@ from ..compiler import CompiledModel
 from ..data import data_vector, parameter_vector
 from ..errors import DataError, ModelError, ModelSpecError
 from ..graph import build_graph
-from ..linalg import factor as factors
-from ..observations import LeafRows
+from ..observations import LeafRows, SummedPattern
 from ..pattern import Conditioning, LinearSystem
 from ..posterior import Posterior
-from ..resources import check_memory, factor_size
+from ..resources import check_memory
 from .rows import FAN_IN, LANES, RowSums, _check_frame, _dask, _declare, _Layout, check_rows, reduce_partitions, row_sums
 
 # ------------------------------------------------------------------ the client side
@@ -121,7 +120,7 @@ def reduce_rows(m, ddf, rows: Callable, params=None, data=None, fan_in: int = FA
     return plan, RowSums.zero(plan.shared["n_U"]) if total is None else total
 
 
-class SummedConditioning:
+class SummedConditioning(SummedPattern):
     """The latent model's conditioning plus the leaf rows' :class:`RowSums`: what a Posterior asks of a conditioning."""
 
     def __init__(self, latent: Conditioning, sums: RowSums, theta: np.ndarray, x: np.ndarray, leaves):
@@ -166,22 +165,6 @@ class SummedConditioning:
         Q.sort_indices()
         self.pattern = Q
         return LinearSystem(Q, s.b - self.sums.zwr, s.r, s.d, s.g, s.M, s.Q_padded)
-
-    def factor_size(self):
-        if self._size is None:
-            self._size = factor_size(self)
-        return self._size
-
-    def analysis(self, factorization: str = "sparse"):
-        if self._analysis is None:
-            self._analysis = factors.analyze(self.pattern)
-        return self._analysis
-
-    def factor(self, Q: sp.csc_matrix, factorization: str = "sparse"):
-        return self.analysis().factor(Q, self.label_unobserved)
-
-    def factorize(self, system: LinearSystem):
-        return self.factor(system.Q)
 
     def leaf_residual(self, theta, x, m) -> tuple[float, np.ndarray]:
         """``(e^T W e, A_U^T W e)`` of the rows at ``m`` from the sums (``e = r + Z m``, ``A_U = -Z``)."""
