@@ -34,7 +34,7 @@ from ..fitting.leaves import REFERENCE_ROWS, LeafStart, LeafStatistics, leaf_coe
 from ..fitting.optimize import starting_point
 from ..fitting.reduced import ReducedObjective, fit_ready, leaf_rows_of, leaf_statistics
 from ..fitting.roles import infer_roles
-from ..fitting.run import fit_options, run_optimizer
+from ..fitting.run import fit_options, fit_timings, run_optimizer
 from ..linalg.blas import one_blas_thread
 from ..model import Model
 from ..observations import LeafRows
@@ -197,8 +197,7 @@ def fit(m, ddf, rows: Callable, method: str = "reml", *, data: Mapping[str, Any]
     theta = best.theta
     posterior = Deferred(posterior_from_statistics, m.name, cm, cond, theta, x, dict(spec.nodes), stats, roles.fixed,
                          plan.shared["blob"])
-    timings = {"setup": t_setup - t_start, "optimize": t_opt - t_setup, "assemble": 0.0, "factor": 0.0, "fixed": 0.0,
-               "gradient": 0.0, **phases}
+    timings = fit_timings(t_start, t_setup, t_opt, phases)
     result = make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
     seen = tuple(name for name in cm.family_names if plan.observed[cm.span(name)].any()) + stats.names
     result = replace(result, spec=spec, observed=seen, message=message, design=getattr(m, "design", None))

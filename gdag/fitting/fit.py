@@ -42,7 +42,7 @@ from .objective import Objective
 from .optimize import SINGULAR_TOL, FitLog, starting_point
 from .reduced import ReducedObjective, own_data, reduced_setup
 from .roles import infer_roles
-from .run import fit_options, run_optimizer
+from .run import fit_options, fit_timings, run_optimizer
 
 __all__ = ["Fit", "fit"]
 
@@ -313,8 +313,7 @@ def fit(spec: ModelSpec, queries: QueryCache, data: Mapping[str, Any], method: s
     theta = best.theta
     # the posterior m.posterior(data, params=fit.params) gives, bit for bit (the query's own road)
     posterior = Deferred(conditioned, spec, queries, own_data(spec, data, full if reduced else {}), None, theta)
-    timings = {"setup": t_setup - t_start, "optimize": t_opt - t_setup, "assemble": 0.0, "factor": 0.0,
-               "fixed": 0.0, "gradient": 0.0, **phases}
+    timings = fit_timings(t_start, t_setup, t_opt, phases)
     fit = make_fit(spec, cm, obj, log, method, criterion, converged, n_iter, posterior, timings)
     seen = tuple(name for name in cm.family_names if observed[cm.span(name)].any()) + tuple(obj.stats.names if reduced else ())
     return replace(fit, spec=spec, observed=seen, message=message)

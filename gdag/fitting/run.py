@@ -56,3 +56,9 @@ def _positive(option: str, value, kind: type):
     if value is None or number and math.isfinite(value) and value > 0 and (kind is float or float(value).is_integer()):
         return None if value is None else kind(value)
     raise FitError(f"`{option}` must be {'a positive number' if kind is float else 'a positive whole number'}; got {value!r}.")
+
+
+def fit_timings(t_start: float, t_setup: float, t_opt: float, phases: dict) -> dict:
+    """A Fit's ``timings``: setup and optimize (wall clock) and the phases of :mod:`gdag.timing` (0 when absent)."""
+    return {"setup": t_setup - t_start, "optimize": t_opt - t_setup, "assemble": 0.0, "factor": 0.0, "fixed": 0.0,
+            "gradient": 0.0, **phases}
