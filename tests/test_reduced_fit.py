@@ -321,3 +321,16 @@ def test_a_partly_observed_response_is_summed_over_its_observed_rows(monkeypatch
     for name, value in joint.params.items():
         np.testing.assert_allclose(summed.params[name], value, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(summed.posterior.mean("y"), joint.posterior.mean("y"), rtol=1e-6)
+
+
+def test_the_many_rows_example_runs_and_sums_the_rows(monkeypatch, capsys):
+    """examples/many_rows.py (1M rows by default; 20,000 here): its fit is the joint system's."""
+    import runpy
+    from pathlib import Path
+
+    example = runpy.run_path(str(Path(__file__).parent.parent / "examples" / "many_rows.py"))
+    fit = example["main"](20_000)
+    assert "20,000 rows fitted" in capsys.readouterr().out
+    monkeypatch.setattr(observations, "MIN_ROWS", 10**9)
+    joint = gdag.lmer("y ~ 1 + x + (1 + x | g)", example["simulate"](20_000), method="ml")
+    assert fit.loglik == pytest.approx(joint.loglik, rel=1e-11)
