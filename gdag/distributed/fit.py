@@ -78,7 +78,8 @@ class DaskFit(Fit):
         rows = _dask()[1].from_pandas(newdata, npartitions=1) if pandas else newdata
         name = self.posterior.leaves[0] if len(self.posterior.leaves) == 1 else None
         if name is None:
-            raise FitError("predict() of a fit with several observed families: use gdag.distributed.fitted.")
+            raise FitError(f"predict() of a fit with several observed families ({', '.join(self.posterior.leaves)}): "
+                           "use gdag.distributed.fitted, which gives each one's.")
         out = fitted(self, rows, self.rows_function)[f"{name}_fitted"].rename("mean")
         return out.compute() if pandas else out
 
