@@ -347,13 +347,18 @@ def test_a_fixed_effect_the_first_rows_do_not_see_is_fitted(client):
     assert_same_fit(on_cluster, in_memory)
 
 
-def test_fitted_on_new_rows_without_the_response_predicts_their_means(client):
-    """Dask user trial: gd.fitted(fit, new_ddf) raised a raw KeyError without the response column."""
-    rng = np.random.default_rng(0)
+def intercepts_fit(seed: int):
+    """3000 rows of ``y ~ x + (1 | g)`` (30 groups) and their ML fit on the cluster, 3 partitions."""
+    rng = np.random.default_rng(seed)
     n = 3000
     g, x = rng.integers(0, 30, n), rng.normal(size=n)
     df = pd.DataFrame({"y": x + rng.normal(size=30)[g] + rng.normal(size=n), "x": x, "g": g})
-    fit = gdag.lmer("y ~ x + (1 | g)", dd.from_pandas(df, npartitions=3), method="ml")
+    return df, gdag.lmer("y ~ x + (1 | g)", dd.from_pandas(df, npartitions=3), method="ml")
+
+
+def test_fitted_on_new_rows_without_the_response_predicts_their_means(client):
+    """Dask user trial: gd.fitted(fit, new_ddf) raised a raw KeyError without the response column."""
+    df, fit = intercepts_fit(0)
     new = df[["x", "g"]].head(50)
     out = gd.fitted(fit, dd.from_pandas(new, npartitions=2)).compute()
     expected = gdag.lmer("y ~ x + (1 | g)", df, method="ml").predict(new)["mean"].to_numpy()
@@ -370,11 +375,7 @@ def test_a_transform_with_statistics_over_the_rows_is_refused(client):
 
 def test_a_dask_fit_predicts_means_of_pandas_and_dask_rows(client):
     """Dask user trial: fit.predict(pandas_df) was refused with a message about posteriors."""
-    rng = np.random.default_rng(1)
-    n = 3000
-    g, x = rng.integers(0, 30, n), rng.normal(size=n)
-    df = pd.DataFrame({"y": x + rng.normal(size=30)[g] + rng.normal(size=n), "x": x, "g": g})
-    fit = gdag.lmer("y ~ x + (1 | g)", dd.from_pandas(df, npartitions=3), method="ml")
+    df, fit = intercepts_fit(1)
     expected = gdag.lmer("y ~ x + (1 | g)", df, method="ml").predict(df.head(40))["mean"].to_numpy()
     np.testing.assert_allclose(fit.predict(df.head(40)).to_numpy(), expected, rtol=1e-10)
     lazy = fit.predict(dd.from_pandas(df.head(40)[["x", "g"]], npartitions=2))
