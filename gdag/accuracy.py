@@ -118,7 +118,7 @@ def scaled_condition(Q: sp.csc_matrix, solve: Callable[[np.ndarray], np.ndarray]
     computed from a factor of ``Q`` (docs/accuracy.md).
     """
     n = Q.shape[0]
-    root = np.sqrt(Q.diagonal())
+    root = np.sqrt(lower_diagonal(Q))
     norm_S = scaled_norm(Q, root)
     if n == 1:
         return 1.0, 0
@@ -132,6 +132,15 @@ def scaled_condition(Q: sp.csc_matrix, solve: Callable[[np.ndarray], np.ndarray]
         else:
             estimate, column = inverse_one_norm(apply, n)
     return float(norm_S * estimate), column
+
+
+def lower_diagonal(Q: sp.csc_matrix) -> np.ndarray:
+    """``diag(Q)`` of a lower-triangular CSC ``Q``: one gather when every column starts with its diagonal
+    (gdag's assemblies write it first), else scipy's search of every column."""
+    n, starts = Q.shape[0], Q.indptr[:-1]
+    if n and starts[-1] < Q.nnz and np.array_equal(Q.indices[starts], np.arange(n)):
+        return Q.data[starts]
+    return Q.diagonal()
 
 
 def scaled_norm(Q: sp.csc_matrix, root: np.ndarray) -> float:
@@ -161,7 +170,7 @@ def condition_upper_bound(Q: sp.csc_matrix, variances: np.ndarray) -> float:
     ``||S^{-1}||_1 <= max(sqrt(t)) * sum(sqrt(t))``.  When this bound already
     clears the tolerance, the automatic check needs no estimator (no solves).
     """
-    root = np.sqrt(Q.diagonal())
+    root = np.sqrt(lower_diagonal(Q))
     with np.errstate(over="ignore", invalid="ignore"):
         t = np.sqrt(root * root * variances)
         return scaled_norm(Q, root) * float(np.max(t) * np.sum(t))
@@ -216,7 +225,7 @@ def refined_mean(solve, gram, values: np.ndarray, system: LinearSystem, max_step
     """
     eps = np.finfo(float).eps
     m = solve(system.b)
-    root = np.sqrt(system.Q.diagonal())
+    root = np.sqrt(lower_diagonal(system.Q))
     sizes = []
     with np.errstate(over="ignore", invalid="ignore"):
         _, w, f = gram.weighted_residual(values, m, system.r, system.d)  # w = D^{-1} e

@@ -30,8 +30,8 @@ from .linalg import LOG_2PI
 from .linalg.pairs import diagonal_on_pattern
 from .pattern import Conditioning, LinearSystem
 from .resources import start_draws
-from .spec import Node, Param, label
-from .tables import posterior_frame, posterior_html
+from .spec import Node, Param
+from .tables import posterior_frame, posterior_html, posterior_summary
 from .timing import timed
 
 # The mean check inverts (~ the factor's flops) rather than estimates (~30 solves) while flops <= this * nnz(L).
@@ -62,7 +62,7 @@ class Posterior:
         with np.errstate(over="ignore", invalid="ignore"):
             self._mean = self._full_mean()
         require_finite(self._mean, "posterior mean", cm)
-        self._var = self._G = self._kappa = self._var_U = self._hopeless = None
+        self._var = self._G = self._kappa = self._var_U = self._hopeless = self._cheap_bound = None
 
     def __getstate__(self) -> dict:  # without the factor (CHOLMOD's does not pickle): loading refactors the system
         return {**self.__dict__, "_factor": None, "_nodes": None if self._nodes is None else dict(self._nodes)}
@@ -76,7 +76,7 @@ class Posterior:
         """Put the factor in the one form later calls use: CHOLMOD turns a simplicial ``L D L^T`` into ``L L^T``
         on the first draw, half-solve or selected inversion, and solves before and after differ in their last
         bits; one half-solve right after the mean (O(nnz(L))) makes answers independent of the order of calls."""
-        if self._factor is not None:
+        if self._factor is not None and not getattr(self._factor, "form_fixed", False):
             self._factor.half_solve(np.zeros((self._factor.n, 1)))
 
     # ------------------------------------------------------------------ API
@@ -185,26 +185,7 @@ class Posterior:
         return Counterfactual(self, interventions)
     def summary(self, node, max_rows: int = 10) -> str:
         """A small table of posterior means and sds of ``node``'s first entries."""
-        node = self._node(node)
-        if isinstance(max_rows, (bool, np.bool_)) or not isinstance(max_rows, (int, np.integer)) or max_rows < 0:
-            raise ModelError(f"summary(max_rows=...) needs a non-negative integer; got {max_rows!r:.60}.")
-        mean = np.atleast_1d(self.mean(node))
-        sd = np.atleast_1d(self.sd(node))
-        lines = [f"{'entry':<16}{'mean':>12}{'sd':>12}"]
-        if node.name in self._cond.leaf_data:
-            observed = np.ones(node.size, dtype=bool)
-            plate = None if node.is_scalar else self._cond.leaf_plates[node.name]
-            entries = [label(node.name, plate, k) for k in range(min(node.size, max_rows))]
-        else:
-            span = self._cm.span(node.name)
-            observed = ~np.isnan(self._x[span])
-            entries = self._cm.labels(np.arange(span.start, span.start + min(node.size, max_rows)))  # u[subj=3]
-        for i, entry in enumerate(entries):
-            note = "  (observed)" if observed[i] else ""
-            lines.append(f"{entry:<16}{mean[i]:>12.4f}{sd[i]:>12.4f}{note}")
-        if node.size > max_rows:
-            lines.append(f"... {node.size - max_rows} more")
-        return "\n".join(lines)
+        return posterior_summary(self, self._node(node), max_rows)
 
     def to_frame(self, nodes=None, quantiles=(0.025, 0.975)):
         """Marginals of ``nodes`` (default all) as a DataFrame: ``node, entry, label, level`` (the entry's plate
@@ -289,7 +270,7 @@ class Posterior:
         if self._factor is None:
             return var
         var[cond.U] = self._variances_U()
-        self._check_variance_accuracy(variances_U=var[cond.U])
+        self._check_variance_accuracy()
         with np.errstate(over="ignore", invalid="ignore"):
             if cond.S.size:
                 var[cond.S] = self._deterministic_variance()
@@ -333,7 +314,7 @@ class Posterior:
         if self._mean_error is None:
             size = self._cond.factor_size()  # variances first where selected inversion costs less than the estimator
             if self._kappa is None and (self._var_U is not None or size.flops <= INVERSION_PER_SOLVES * size.nnz_L):
-                if 4 * np.finfo(float).eps * condition_upper_bound(self._system.Q, self._variances_U()) < VARIANCE_HOPELESS:
+                if self._bound_from_variances() < VARIANCE_HOPELESS:
                     return
             if self.variance_error_bound() < VARIANCE_HOPELESS:
                 return
@@ -345,6 +326,12 @@ class Posterior:
                 self._mean = self._full_mean()
             require_finite(self._mean, "posterior mean", self._cm)
 
+    def _bound_from_variances(self) -> float:
+        """``4 eps`` times :func:`~gdag.accuracy.condition_upper_bound` from the exact variances (computed once)."""
+        if self._cheap_bound is None:
+            self._cheap_bound = 4 * np.finfo(float).eps * condition_upper_bound(self._system.Q, self._variances_U())
+        return self._cheap_bound
+
     def _variances_U(self) -> np.ndarray:
         """``diag(Q_UU^{-1})`` by selected inversion, unchecked (computed once)."""
         if self._var_U is None:
@@ -353,13 +340,11 @@ class Posterior:
         return self._var_U
 
     @timed("accuracy check")
-    def _check_variance_accuracy(self, what: str = "variances", variances_U: np.ndarray | None = None) -> None:
+    def _check_variance_accuracy(self, what: str = "variances") -> None:
         """Warn when variances (or the evidence's log-determinant) may have lost digits, refuse when none is
-        left; given the variances, the rigorous :func:`~gdag.accuracy.condition_upper_bound` goes first."""
-        if variances_U is not None and self._kappa is None:
-            cheap = 4 * np.finfo(float).eps * condition_upper_bound(self._system.Q, variances_U)
-            if cheap <= VARIANCE_TOLERANCE:
-                return
+        left; once the variances exist, the rigorous :func:`~gdag.accuracy.condition_upper_bound` goes first."""
+        if self._var_U is not None and self._kappa is None and self._bound_from_variances() <= VARIANCE_TOLERANCE:
+            return
         bound = self.variance_error_bound()
         if bound > VARIANCE_TOLERANCE:
             kappa, j = self._scaled_condition()

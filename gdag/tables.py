@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import chdtrc, ndtri
 
-from .errors import DataError, FitError
+from .errors import DataError, FitError, ModelError
 from .spec import labels as entry_labels
 
 __all__ = ["fixef", "ranef", "varcorr", "block_covariance", "confint", "fitted", "residuals", "predict", "anova", "simulate",
@@ -369,6 +369,27 @@ def fit_html(fit) -> str:
 
 def _fmt(x: float) -> str:
     return f"{x:.6g}" if math.isfinite(x) else str(x)
+
+
+def posterior_summary(post, node, max_rows: int) -> str:
+    """:meth:`gdag.Posterior.summary`: means and sds of ``node``'s first ``max_rows`` entries, observed ones marked."""
+    if isinstance(max_rows, (bool, np.bool_)) or not isinstance(max_rows, (int, np.integer)) or max_rows < 0:
+        raise ModelError(f"summary(max_rows=...) needs a non-negative integer; got {max_rows!r:.60}.")
+    cm, cond = post._cm, post._cond
+    mean, sd = np.atleast_1d(post.mean(node)), np.atleast_1d(post.sd(node))
+    if node.name in cond.leaf_data:
+        observed = np.ones(node.size, dtype=bool)
+        plate = None if node.is_scalar else cond.leaf_plates[node.name]
+        entries = entry_labels(node.name, plate, np.arange(min(node.size, max_rows)))
+    else:
+        span = cm.span(node.name)
+        observed = ~np.isnan(post._x[span])
+        entries = cm.labels(np.arange(span.start, span.start + min(node.size, max_rows)))  # u[subj=3]
+    lines = [f"{'entry':<16}{'mean':>12}{'sd':>12}"] + [
+        f"{entry:<16}{mean[i]:>12.4f}{sd[i]:>12.4f}{'  (observed)' if observed[i] else ''}" for i, entry in enumerate(entries)]
+    if node.size > max_rows:
+        lines.append(f"... {node.size - max_rows} more")
+    return "\n".join(lines)
 
 
 def posterior_html(post) -> str:

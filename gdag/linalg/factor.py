@@ -7,8 +7,7 @@ that pattern; it solves, gives ``log det Q``, ``diag(Q^{-1})`` and entries of
 
 * :class:`CholeskyFactor`: CHOLMOD (scikit-sparse), ``Q[p][:, p] = L L^T``
   with a fill-reducing permutation ``p`` chosen by :func:`analyze`;
-* :class:`PaddedFactor`: the factor of ``Q_UU`` cut out of a factor of the
-  padded ``[[Q_UU, 0], [0, I]]``;
+* :class:`PaddedFactor`: the factor of ``Q_UU`` cut out of that of ``[[Q_UU, 0], [0, I]]``;
 * :class:`gdag.linalg.blocked.BlockedFactor`: a diagonal head and a dense tail.
 
 Failed pivots become :class:`NotIdentifiedError` naming the scalar variable
@@ -247,6 +246,7 @@ class CholeskyFactor(TriangularFactor):
             warnings.simplefilter("ignore", cholmod.CholmodTypeConversionWarning)
             self._P = self._analysis.P()
             reorder, own = self._analysis.reorder, isinstance(self._factor, OWN_FACTORS)
+            self.form_fixed = own  # CHOLMOD's L D L^T turns into L L^T on a half-solve, draw or selected inverse
             prepared = Q if own else self._analysis.prepare(Q)  # gdag's own kernels read through the permutation
             try:
                 if own:
@@ -361,6 +361,7 @@ class PaddedFactor(TriangularFactor):
     interface is :class:`CholeskyFactor`'s, in the positions of ``U``.
     """
 
+    form_fixed = True  # its L is extracted once and read by gdag's kernels only
     def __init__(self, symbolic, Q_padded: sp.csc_matrix, keep: np.ndarray,
                  describe: Callable[[np.ndarray], list[str]]):
         self.n = int(keep.shape[0])
