@@ -135,12 +135,20 @@ def scaled_condition(Q: sp.csc_matrix, solve: Callable[[np.ndarray], np.ndarray]
 
 
 def lower_diagonal(Q: sp.csc_matrix) -> np.ndarray:
-    """``diag(Q)`` of a lower-triangular CSC ``Q``: one gather when every column starts with its diagonal
+    """``diag(Q)`` of a lower-triangular CSC ``Q``: one pass when every column starts with its diagonal
     (gdag's assemblies write it first), else scipy's search of every column."""
-    n, starts = Q.shape[0], Q.indptr[:-1]
-    if n and starts[-1] < Q.nnz and np.array_equal(Q.indices[starts], np.arange(n)):
-        return Q.data[starts]
-    return Q.diagonal()
+    out = np.empty(Q.shape[0])
+    return out if _diagonal_first(Q.indptr, Q.indices, Q.data, out) else Q.diagonal()
+
+
+@numba.njit(cache=True)
+def _diagonal_first(indptr, indices, data, out):
+    for j in range(out.shape[0]):
+        p = indptr[j]
+        if p >= indptr[j + 1] or indices[p] != j:
+            return False
+        out[j] = data[p]
+    return True
 
 
 def scaled_norm(Q: sp.csc_matrix, root: np.ndarray) -> float:
@@ -171,9 +179,22 @@ def condition_upper_bound(Q: sp.csc_matrix, variances: np.ndarray) -> float:
     clears the tolerance, the automatic check needs no estimator (no solves).
     """
     root = np.sqrt(lower_diagonal(Q))
+    sums = np.zeros(Q.shape[0])
+    _scaled_column_sums(Q.indptr, Q.indices, Q.data, root, sums)
     with np.errstate(over="ignore", invalid="ignore"):
-        t = np.sqrt(root * root * variances)
-        return scaled_norm(Q, root) * float(np.max(t) * np.sum(t))
+        t_max, t_sum = _root_products(root, variances)  # NaN or inf carried: then no bound clears a threshold
+        return float(np.max(sums)) * t_max * t_sum
+
+
+@numba.njit(cache=True)
+def _root_products(root, variances):
+    """``max`` and ``sum`` of ``sqrt(root_j^2 variances_j)`` (a NaN in the sum stays there)."""
+    t_max, t_sum = 0.0, 0.0
+    for j in range(root.shape[0]):
+        t = np.sqrt(root[j] * root[j] * variances[j])
+        t_max = max(t_max, t)
+        t_sum += t
+    return t_max, t_sum
 
 
 def check_variance_bound(model: str, what: str, bound: float, kappa: float, label: str) -> None:
