@@ -154,20 +154,29 @@ def _diagonal_first(indptr, indices, data, out):
 def scaled_norm(Q: sp.csc_matrix, root: np.ndarray) -> float:
     """``||S||_1`` exactly, for ``S = diag(Q)^{-1/2} Q diag(Q)^{-1/2}`` (``Q`` by its lower triangle, ``root = sqrt(diag(Q))``)."""
     sums = np.zeros(Q.shape[0])
-    _scaled_column_sums(Q.indptr, Q.indices, Q.data, root, sums)
+    _scaled_column_sums(Q.indptr, Q.indices, Q.data, root, sums, np.zeros(0))
     return float(np.max(sums))
 
 
 @numba.njit(cache=True)
-def _scaled_column_sums(indptr, indices, data, root, sums):
-    """Column sums of ``|S|`` from its lower triangle: an entry off the diagonal counts in its row too."""
+def _scaled_column_sums(indptr, indices, data, root, sums, variances):
+    """Column sums of ``|S|`` from its lower triangle: an entry off the diagonal counts in its row too.
+
+    Given ``variances``, also returns the max and sum of ``t_j = sqrt(root_j^2 variances_j)`` (a NaN stays
+    in the sum): the rest of :func:`condition_upper_bound`, in the same pass."""
+    t_max, t_sum = 0.0, 0.0
     for j in range(indptr.shape[0] - 1):
+        if variances.shape[0]:
+            t = np.sqrt(root[j] * root[j] * variances[j])
+            t_max = max(t_max, t)
+            t_sum += t
         for p in range(indptr[j], indptr[j + 1]):
             i = indices[p]
             v = abs(data[p]) / (root[i] * root[j])
             sums[j] += v
             if i != j:
                 sums[i] += v
+    return t_max, t_sum
 
 
 def condition_upper_bound(Q: sp.csc_matrix, variances: np.ndarray) -> float:
@@ -180,21 +189,9 @@ def condition_upper_bound(Q: sp.csc_matrix, variances: np.ndarray) -> float:
     """
     root = np.sqrt(lower_diagonal(Q))
     sums = np.zeros(Q.shape[0])
-    _scaled_column_sums(Q.indptr, Q.indices, Q.data, root, sums)
+    t_max, t_sum = _scaled_column_sums(Q.indptr, Q.indices, Q.data, root, sums, np.ascontiguousarray(variances))
     with np.errstate(over="ignore", invalid="ignore"):
-        t_max, t_sum = _root_products(root, variances)  # NaN or inf carried: then no bound clears a threshold
-        return float(np.max(sums)) * t_max * t_sum
-
-
-@numba.njit(cache=True)
-def _root_products(root, variances):
-    """``max`` and ``sum`` of ``sqrt(root_j^2 variances_j)`` (a NaN in the sum stays there)."""
-    t_max, t_sum = 0.0, 0.0
-    for j in range(root.shape[0]):
-        t = np.sqrt(root[j] * root[j] * variances[j])
-        t_max = max(t_max, t)
-        t_sum += t
-    return t_max, t_sum
+        return float(np.max(sums)) * t_max * t_sum  # a NaN or inf carried: then no bound clears a threshold
 
 
 def check_variance_bound(model: str, what: str, bound: float, kappa: float, label: str) -> None:
