@@ -219,6 +219,10 @@ def check_variance_bound(model: str, what: str, bound: float, kappa: float, labe
 # models stop after one or two; on random models with sds over 1e-6..1e8, all but those whose
 # scaled condition number exceeds 1e17 settled within 30)
 MEAN_STEPS = 30
+# A step that moves no mean by more than this many posterior sds ends the refinement without another
+# residual pass: the next would move them by about eps kappa(S) times as much, and kappa(S) is checked
+# (variance bound below VARIANCE_HOPELESS, so eps kappa < 0.025) before any mean is read.
+STEP_SETTLED = 1e-8
 
 
 def refined_mean(solve, gram, values: np.ndarray, system: LinearSystem, max_steps: int = MEAN_STEPS):
@@ -231,7 +235,9 @@ def refined_mean(solve, gram, values: np.ndarray, system: LinearSystem, max_step
     gradient computed from the residual itself (corrected semi-normal equations)
     and is kept only if it lowers ``f``, which is summed from non-negative terms.
     The steps contract by about ``eps kappa(S)`` each; they stop when a step gains
-    no more than the rounding of ``f``, or when ``f`` stops falling.
+    no more than the rounding of ``f``, or when ``f`` stops falling, or, without
+    evaluating ``f`` again, when a step moves no mean by more than
+    :data:`STEP_SETTLED` posterior sds (the usual case: one step).
 
     ``doubt`` is None when they stopped so with a small last step.  Otherwise it is
     ``(estimate, j, settled)``: the largest error left in posterior sds, at scalar
@@ -250,6 +256,8 @@ def refined_mean(solve, gram, values: np.ndarray, system: LinearSystem, max_step
         for _ in range(max_steps):
             step = solve(gram.transpose_times(values, w))
             candidate = m + step
+            if np.max(np.abs(step) * root, initial=0.0) <= STEP_SETTLED:  # False for NaN
+                return candidate, None
             _, w_new, f_new = gram.weighted_residual(values, candidate, system.r, system.d)
             if not f_new < f:
                 scaled = np.abs(step) * root
