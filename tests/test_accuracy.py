@@ -574,3 +574,22 @@ def test_qr_mean_agrees_with_the_refined_mean_where_both_are_right(case):
     sd = np.sqrt(post._variances_U())
     m_qr = gdag.accuracy.qr_mean(post._cond.gram, post._entries_of_A_U(), post._system)
     assert np.max(np.abs(m_qr - post._mean_U) / sd) < 1e-10
+
+
+def test_a_settled_first_step_ends_the_refinement_without_another_residual_pass(monkeypatch):
+    """Sds within 1e-1..1e1: the first correction moves no mean by 1e-8 sd, so one residual pass is all;
+    sds from 1e-8 to 1e8: the steps go on, each confirmed by a residual pass. Both right against exact arithmetic."""
+    passes = []
+    real = gdag.linalg.gram.weighted_residual
+    monkeypatch.setattr(gdag.linalg.gram, "weighted_residual", lambda *a, **k: passes.append(1) or real(*a, **k))
+    for seed, lo, hi, expected in ((11, -1, 1, 1), (0, -8, 8, None)):
+        m, families, B, c, d, x, data = random_extreme_model(np.random.default_rng(seed), lo, hi)
+        U, mean, var, _ = exact_posterior(B, c, d, x)
+        passes.clear()
+        post = m.posterior(data)
+        if expected is None:
+            assert len(passes) > 1
+        else:
+            assert len(passes) == expected
+        got = np.concatenate([np.atleast_1d(post.mean(name)) for name in families])
+        assert mean_error(got[U], mean, var) < 1e-6
