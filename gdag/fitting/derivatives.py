@@ -29,6 +29,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 
 from ..linalg.factor import Factor
+from ..linalg.pairs import RowPairs, row_pairs
 from .roles import SD_FLOOR
 
 
@@ -66,6 +67,17 @@ class Point:
 def dense(X) -> np.ndarray:
     """``X`` as a dense array (sparse or not)."""
     return X.toarray() if sp.issparse(X) else np.asarray(X)
+
+
+def entry_pairs(entry_row: np.ndarray, entry_col: np.ndarray, rows: np.ndarray, n_rows: int) -> RowPairs:
+    """The pairs of ``A_U`` entries sharing one of ``rows`` (:func:`gdag.linalg.pairs.row_pairs`); where each of
+    those rows has one entry (a variance component's own rows), the diagonal pairs, found without a kernel."""
+    keep = np.flatnonzero(rows[entry_row])
+    if np.bincount(entry_row[keep], minlength=n_rows).max(initial=0) > 1:
+        return row_pairs(entry_row, entry_col, rows, n_rows)
+    keep = keep[np.argsort(entry_row[keep], kind="stable")]  # by row, as row_pairs
+    col = entry_col[keep].astype(np.int64)
+    return RowPairs(entry_row[keep].astype(np.int64), keep, keep, np.ones(keep.size), col, col)
 
 
 def residual_variances(obj, pt: Point, rows: np.ndarray):

@@ -44,7 +44,7 @@ from ..errors import FitError, NotIdentifiedError
 from ..linalg import LOG_2PI
 from ..linalg import gram as assembly
 from ..linalg.blas import one_blas_thread
-from ..linalg.pairs import RowPairs, row_pairs
+from ..linalg.pairs import RowPairs
 from ..pattern import Conditioning
 from ..timing import phase
 from . import derivatives
@@ -202,7 +202,7 @@ class Objective:
         """Pairs of ``A_U`` entries sharing one of ``rows`` (bool over R), computed once per ``rows``."""
         key = rows.tobytes()
         if key not in self._pairs:
-            self._pairs[key] = row_pairs(self.gram.entry_row, self.gram.entry_col, rows, self.n_R)
+            self._pairs[key] = derivatives.entry_pairs(self.gram.entry_row, self.gram.entry_col, rows, self.n_R)
         return self._pairs[key]
 
     # ------------------------------------------------------------ variables

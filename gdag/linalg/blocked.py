@@ -12,18 +12,26 @@ any two of them (the levels of the largest grouping factor: two students are
 never in the same row of ``A``), and the *tail* ``T`` is everything else.
 Eliminating the head is free, and the Schur complement
 ``K = Q_TT - C D^{-1} C^T`` of a crossed design is nearly dense, so it is
-factored by LAPACK (``K = U^T U``, upper triangle, column-major) at BLAS speed.  This is the structure
+factored by LAPACK (``K = L L^T``, lower triangle, column-major) at BLAS speed.  This is the structure
 MixedModels.jl exploits (a diagonal first block, dense blocks after it).
 
-* ``log|Q| = sum log q_h + 2 sum log U_ii``
-* ``Q^{-1}`` on any pair of variables: with ``Z = K^{-1}`` (``dpotri``),
+* ``log|Q| = sum log q_h + 2 sum log L_ii``
+* ``diag(Q^{-1})`` (all a fit's gradient reads): with ``Y = L^{-1}``
+  (``dtrtri``, half of ``dpotri``'s work) and ``Z = K^{-1} = Y^T Y``,
+  ``Z_tt = |Y e_t|^2`` and ``(Q^{-1})_{hh} = 1/q_h + |Y c_h|^2 / q_h^2``, where
+  ``Y c_h`` sums the columns of ``Y`` at ``c_h``'s rows; column ``t`` of ``Y``
+  is zero above row ``t``, so the tail is ordered by its number of head
+  entries, fewest first (the busiest columns are then the shortest).
+* ``Q^{-1}`` on any other pairs: ``Z`` itself (``dpotri``),
   ``(Q^{-1})_TT = Z``, ``(Q^{-1})_{Th} = -Z c_h / q_h`` and
   ``(Q^{-1})_{hh} = 1/q_h + c_h^T Z c_h / q_h^2``.
 
-The split and the index maps are computed once per pattern
+The split, the tail's order and the index maps are computed once per pattern
 (:func:`analyze_blocked`, a :class:`BlockedAnalysis`); each new set of values
-costs one pass over ``C`` (the Schur update), ``dpotrf`` and, for gradients,
-``dpotri``.  :class:`BlockedFactor` follows :class:`gdag.linalg.factor.Factor`.
+costs one pass over ``C`` (the Schur update) and ``dpotrf``, and for gradients
+``dtrtri`` and one pass over ``C`` again.  The dense blocks live in buffers kept
+by the factor across refactorizations.  :class:`BlockedFactor` follows
+:class:`gdag.linalg.factor.Factor`.
 """
 
 from __future__ import annotations
@@ -35,7 +43,6 @@ from scipy.linalg import lapack
 
 from ..timing import timed
 from .factor import not_identified
-from .gram import counting_sort
 
 # Largest dense tail (its K takes 8 |T|^2 bytes, twice when the inverse is needed).
 MAX_TAIL = 4000
@@ -89,7 +96,7 @@ def analyze_blocked(Q_pattern: sp.csc_matrix, family: np.ndarray, required: bool
         if not required:
             return None
         split = (np.zeros(0, np.int64), np.arange(Q_pattern.shape[0]))
-    analysis = BlockedAnalysis(Q_pattern, split[0], split[1])
+    analysis = BlockedAnalysis(Q_pattern, split[0], split[1], judge=not required)
     return analysis if required or analysis.worthwhile else None
 
 
@@ -101,31 +108,35 @@ class BlockedAnalysis:
     Q_pattern : csc_matrix
         Lower triangle of ``Q`` with the pattern every later matrix will have.
     head, tail : int arrays
-        From :func:`choose_split`.
+        From :func:`choose_split`; the tail is reordered by its number of head entries, fewest first.
+    judge : bool
+        Whether to count the Schur complement's entries for :attr:`worthwhile` (up to the number it needs).
     """
 
-    def __init__(self, Q_pattern: sp.csc_matrix, head: np.ndarray, tail: np.ndarray):
+    def __init__(self, Q_pattern: sp.csc_matrix, head: np.ndarray, tail: np.ndarray, judge: bool = True):
         n = Q_pattern.shape[0]
-        self.n, self.head, self.tail = n, head, tail
-        self.n_H, self.n_T = int(head.shape[0]), int(tail.shape[0])
         Q = sp.csc_matrix(Q_pattern)  # positions below index Q.data of later matrices with this pattern
         self.nnz = Q.nnz
         self.kind = np.zeros(n, np.int8)  # 0 head, 1 tail
         self.kind[tail] = 1
+        rows, cols = Q.indices, np.repeat(np.arange(n), np.diff(Q.indptr))
+        cross = self.kind[rows] != self.kind[cols]
+        degree = np.bincount(np.where(self.kind[rows[cross]] == 1, rows[cross], cols[cross]), minlength=n)
+        tail = tail[np.argsort(degree[tail], kind="stable")]
+        self.n, self.head, self.tail = n, head, tail
+        self.n_H, self.n_T = int(head.shape[0]), int(tail.shape[0])
+        self.dense_enough = int(np.ceil(MIN_DENSITY * self.n_T * (self.n_T + 1) / 2))  # Schur entries worth LAPACK
         self.local = np.empty(n, np.int64)
         self.local[head] = np.arange(self.n_H)
         self.local[tail] = np.arange(self.n_T)
-        (self.pos_qh, self.c_indptr, self.c_rows, self.c_pos, self.tt_pos, self.tt_i,
-         self.tt_j) = _split_indices(Q.indptr.astype(np.int64), Q.indices.astype(np.int64), self.kind, self.local,
-                                     self.n_H)
+        (self.pos_qh, self.c_indptr, self.c_rows, self.c_pos, self.tt_pos, self.tt_i, self.tt_j,
+         self.schur_nnz) = _split_indices(Q.indptr.astype(np.int64), Q.indices.astype(np.int64), self.kind, self.local,
+                                          self.n_H, self.dense_enough if judge and self.n_T > SMALL_TAIL else 0)
 
     @property
     def worthwhile(self) -> bool:
         """Whether the tail's Schur complement is dense enough for LAPACK to beat a sparse factor."""
-        if self.n_T <= SMALL_TAIL:
-            return True
-        nnz = _schur_pattern_size(self.c_indptr, self.c_rows, self.n_T, self.tt_i, self.tt_j)
-        return nnz >= MIN_DENSITY * self.n_T * (self.n_T + 1) / 2
+        return self.n_T <= SMALL_TAIL or self.schur_nnz >= self.dense_enough
 
     def factor(self, Q: sp.csc_matrix, describe) -> "BlockedFactor":
         """A new numeric factor of ``Q`` (this pattern)."""
@@ -146,8 +157,12 @@ class BlockedFactor:
     """
 
     def __init__(self, analysis: BlockedAnalysis, Q: sp.csc_matrix, describe):
-        self._a, self._describe = analysis, describe
-        self.n = analysis.n
+        a = self._a = analysis
+        self._describe, self.n = describe, a.n
+        # C (tail x head) for scipy's products; each refactorization writes its values in place
+        self._C = sp.csc_matrix((np.zeros(a.c_rows.shape[0]), a.c_rows, a.c_indptr), shape=(a.n_T, a.n_H))
+        self._L = np.empty((a.n_T, a.n_T), order="F")  # K, then its factor L (lower triangle)
+        self._Y = None  # L^{-1}, for the inverse's diagonal
         self.refactor_inplace(Q)
 
     @timed("factor")
@@ -160,20 +175,19 @@ class BlockedFactor:
         bad = np.flatnonzero(~(self.q_h > 0))
         if bad.size:
             self._not_identified(a.head[bad[0]])
-        self.c_data = data[a.c_pos]
-        K = np.zeros((a.n_T, a.n_T), order="F")
-        K[a.tt_j, a.tt_i] = data[a.tt_pos]  # upper triangle: column-major friendly
-        if a.n_T and a.n_H:
-            _schur_update(a.c_indptr, a.c_rows, self.c_data, self.q_h, K)
-        self._Z = None
+        self.c_data = np.take(data, a.c_pos, out=self._C.data)
+        self._Z, self._diagonal = None, None
+        self._logdet_T = 0.0
         if a.n_T:
-            L, info = lapack.dpotrf(K, lower=0, overwrite_a=1, clean=0)  # K = U^T U
+            K = self._L
+            K.fill(0.0)
+            K[a.tt_i, a.tt_j] = data[a.tt_pos]  # lower triangle
+            if a.n_H:
+                _schur_update(a.c_indptr, a.c_rows, self.c_data, self.q_h, K)
+            L, info = lapack.dpotrf(K, lower=1, overwrite_a=1, clean=0)  # K = L L^T, in place
             if info != 0:
                 self._not_identified(a.tail[max(info - 1, 0)])
-            self._L = L
             self._logdet_T = 2.0 * float(np.sum(np.log(np.diag(L))))
-        else:
-            self._L, self._logdet_T = None, 0.0
 
     def _not_identified(self, position: int):
         raise not_identified(self._describe(np.array([position]))[0])
@@ -188,12 +202,12 @@ class BlockedFactor:
         b = np.asarray(b, dtype=float)
         vec = b.ndim == 1
         B = b.reshape(self.n, -1)
-        bH, bT = B[an.head] / self.q_h[:, None], B[an.tail].copy()
+        bH, bT = B[an.head] / self.q_h[:, None], B[an.tail]
         if an.n_T:
             if an.n_H:
-                bT -= _c_times(an.c_indptr, an.c_rows, self.c_data, bH, an.n_T)
-            xT, info = lapack.dpotrs(self._L, bT, lower=0)
-            xH = bH - _ct_times(an.c_indptr, an.c_rows, self.c_data, xT) / self.q_h[:, None]
+                bT = bT - self._C @ bH
+            xT, info = lapack.dpotrs(self._L, bT, lower=1)
+            xH = bH - (self._C.T @ xT) / self.q_h[:, None]
         else:
             xT, xH = bT, bH
         out = np.empty_like(B)
@@ -202,22 +216,39 @@ class BlockedFactor:
 
     def covariances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``(Q^{-1})[a[k], b[k]]`` for pairs of positions (see the module docstring)."""
+        if a is b or np.array_equal(a, b):  # variances only: no K^{-1}
+            return self._inverse_diagonal()[a]
         an = self._a
         if an.n_T and self._Z is None:
-            self._Z, info = lapack.dpotri(self._L, lower=0)  # upper triangle of K^{-1}
+            self._Z, info = lapack.dpotri(self._L, lower=1)  # lower triangle of K^{-1}
         Z = self._Z if an.n_T else np.zeros((0, 0), order="F")
         return _pair_values(a, b, an.kind, an.local, self.q_h, an.c_indptr, an.c_rows, self.c_data, Z)
 
     @timed("variances")
     def inverse_diagonal(self) -> np.ndarray:
         """``diag(Q^{-1})`` (see the module docstring)."""
-        every = np.arange(self.n, dtype=np.int64)
-        return self.covariances(every, every)
+        return self._inverse_diagonal().copy()
+
+    def _inverse_diagonal(self) -> np.ndarray:
+        """``diag(Q^{-1})``, computed once per factorization from ``Y = L^{-1}``."""
+        if self._diagonal is None:
+            an, Y = self._a, np.zeros((0, 0), order="F")
+            if an.n_T:
+                if self._Y is None:
+                    self._Y = np.empty_like(self._L, order="F")
+                np.copyto(self._Y, self._L)
+                Y, info = lapack.dtrtri(self._Y, lower=1, overwrite_c=1)  # in place
+            out = np.empty(self.n)
+            out[an.tail], out[an.head] = _diagonal(Y.ravel(order="F"), an.n_T, an.c_indptr, an.c_rows, self.c_data,
+                                                   self.q_h)
+            self._diagonal = out
+        return self._diagonal
 
 
 @numba.njit(cache=True)
-def _split_indices(indptr, indices, kind, local, n_H):
-    """Index maps from ``Q``'s lower CSC data to the head diagonal, ``C`` (by head, tail rows sorted) and ``Q_TT``."""
+def _split_indices(indptr, indices, kind, local, n_H, schur_until):
+    """Index maps from ``Q``'s lower CSC data to the head diagonal, ``C`` (by head, tail rows sorted) and ``Q_TT``
+    (lower: ``tt_i >= tt_j``), and the entries of the Schur complement's lower triangle counted up to ``schur_until``."""
     n = indptr.shape[0] - 1
     pos_qh = np.full(n_H, -1, np.int64)
     counts = np.zeros(n_H + 1, np.int64)
@@ -264,24 +295,42 @@ def _split_indices(indptr, indices, kind, local, n_H):
                 b -= 1
             c_rows[b + 1] = r
             c_pos[b + 1] = q
-    return pos_qh, counts, c_rows, c_pos, tt_pos, tt_i, tt_j
+    n_T = local.shape[0] - n_H
+    schur = _schur_pattern_size(counts, c_rows, n_T, tt_i, tt_j, schur_until) if schur_until > 0 else 0
+    return pos_qh, counts, c_rows, c_pos, tt_pos, tt_i, tt_j, schur
 
 
 @numba.njit(cache=True)
-def _schur_pattern_size(indptr, rows, n_T, tt_i, tt_j):
-    """Entries in the lower triangle of the pattern of ``Q_TT + C C^T``."""
-    # tail -> heads (CSR of C^T)
+def _by_key(keys, n):
+    """Counting sort: ``(starts, order)`` with ``order`` listing positions by key (stable)."""
+    starts = np.zeros(n + 1, np.int64)
+    for k in keys:
+        starts[k + 1] += 1
+    for k in range(n):
+        starts[k + 1] += starts[k]
+    fill = starts[:-1].copy()
+    order = np.empty(keys.shape[0], np.int64)
+    for p in range(keys.shape[0]):
+        order[fill[keys[p]]] = p
+        fill[keys[p]] += 1
+    return starts, order
+
+
+@numba.njit(cache=True)
+def _schur_pattern_size(indptr, rows, n_T, tt_i, tt_j, until):
+    """Entries in the lower triangle of the pattern of ``Q_TT + C C^T``, counted until there are ``until``."""
     head_of = np.empty(rows.shape[0], np.int64)
     for h in range(indptr.shape[0] - 1):
         head_of[indptr[h]:indptr[h + 1]] = h
-    counts, by_tail = counting_sort(rows, n_T)
-    heads = head_of[by_tail]
-    # Q_TT's own entries, by column
-    qcount, by_col = counting_sort(tt_j, n_T)
-    qrows = tt_i[by_col]
+    counts, by_tail = _by_key(rows, n_T)
+    heads = head_of[by_tail]  # tail -> heads (CSR of C^T)
+    qcount, by_col = _by_key(tt_j, n_T)
+    qrows = tt_i[by_col]  # Q_TT's own entries, by column
     marker = np.full(n_T, -1, np.int64)
     total = 0
     for j in range(n_T):
+        if total >= until:
+            break
         marker[j] = j
         total += 1
         for k in range(qcount[j], qcount[j + 1]):
@@ -301,57 +350,63 @@ def _schur_pattern_size(indptr, rows, n_T, tt_i, tt_j):
 
 @numba.njit(cache=True)
 def _schur_update(indptr, rows, vals, q, K):
-    """Upper triangle of ``K -= C diag(1/q) C^T`` (C by head columns, rows sorted; K column-major)."""
+    """Lower triangle of ``K -= C diag(1/q) C^T`` (C by head columns, rows sorted; K column-major)."""
     for h in range(q.shape[0]):
         inv = 1.0 / q[h]
-        for a in range(indptr[h], indptr[h + 1]):
-            j = rows[a]
-            ca = vals[a] * inv
-            for b in range(indptr[h], a + 1):
-                K[rows[b], j] -= ca * vals[b]
+        for b in range(indptr[h], indptr[h + 1]):
+            j = rows[b]
+            cb = vals[b] * inv
+            for a in range(b, indptr[h + 1]):
+                K[rows[a], j] -= cb * vals[a]
 
 
 @numba.njit(cache=True)
-def _c_times(indptr, rows, vals, X, n_T):
-    """``C @ X`` (X: head x k)."""
-    out = np.zeros((n_T, X.shape[1]))
-    for h in range(indptr.shape[0] - 1):
-        for a in range(indptr[h], indptr[h + 1]):
-            for k in range(X.shape[1]):
-                out[rows[a], k] += vals[a] * X[h, k]
-    return out
-
-
-@numba.njit(cache=True)
-def _ct_times(indptr, rows, vals, X):
-    """``C^T @ X`` (X: tail x k)."""
-    n_H = indptr.shape[0] - 1
-    out = np.zeros((n_H, X.shape[1]))
+def _diagonal(Y, n_T, indptr, rows, vals, q):
+    """``(diag(Z) over the tail, diag(Q^{-1}) over the head)`` from ``Y = L^{-1}`` (flat, column-major, lower)."""
+    tail = np.empty(n_T)
+    for t in range(n_T):
+        s, column = 0.0, Y[t * n_T + t:(t + 1) * n_T]
+        for i in range(column.shape[0]):
+            s += column[i] * column[i]
+        tail[t] = s
+    n_H = q.shape[0]
+    head = np.empty(n_H)
+    w = np.zeros(n_T)  # Y c_h, zero above c_h's first row
     for h in range(n_H):
-        for a in range(indptr[h], indptr[h + 1]):
-            for k in range(X.shape[1]):
-                out[h, k] += vals[a] * X[rows[a], k]
-    return out
+        lo, hi = indptr[h], indptr[h + 1]
+        s = 0.0
+        if hi > lo:
+            for a in range(lo, hi):  # slices as loop bounds: LLVM vectorizes these loops
+                r, c = rows[a], vals[a]
+                part, column = w[r:], Y[r * n_T + r:(r + 1) * n_T]
+                for i in range(part.shape[0]):
+                    part[i] += c * column[i]
+            part = w[rows[lo]:]
+            for i in range(part.shape[0]):
+                s += part[i] * part[i]
+                part[i] = 0.0
+        head[h] = 1.0 / q[h] + s / (q[h] * q[h])
+    return tail, head
 
 
 @numba.njit(cache=True)
 def _pair_values(a, b, kind, local, q, indptr, rows, vals, Z):
-    """Entries of ``Q^{-1}`` for pairs, from the upper triangle of ``Z = K^{-1}`` (column-major reads)."""
+    """Entries of ``Q^{-1}`` for pairs, from the lower triangle of ``Z = K^{-1}`` (column-major reads)."""
     out = np.empty(a.shape[0])
     for k in range(a.shape[0]):
         i, j = a[k], b[k]
         if kind[i] == 1 and kind[j] == 1:
             li, lj = local[i], local[j]
-            out[k] = Z[li, lj] if li <= lj else Z[lj, li]
+            out[k] = Z[li, lj] if li >= lj else Z[lj, li]
         elif kind[i] == 0 and kind[j] == 0:  # necessarily i == j
             h = local[i]
             s = 0.0
-            for r in range(indptr[h], indptr[h + 1]):  # rows sorted: Z[rows[p], rows[r]] with p <= r
-                col = rows[r]
-                acc = 0.5 * Z[col, col] * vals[r]
-                for p in range(indptr[h], r):
-                    acc += Z[rows[p], col] * vals[p]
-                s += 2.0 * vals[r] * acc
+            for p in range(indptr[h], indptr[h + 1]):  # rows sorted: Z[rows[r], rows[p]] with r >= p
+                col = rows[p]
+                acc = 0.5 * Z[col, col] * vals[p]
+                for r in range(p + 1, indptr[h + 1]):
+                    acc += Z[rows[r], col] * vals[r]
+                s += 2.0 * vals[p] * acc
             out[k] = 1.0 / q[h] + s / (q[h] * q[h])
         else:
             h = local[i] if kind[i] == 0 else local[j]
@@ -359,6 +414,6 @@ def _pair_values(a, b, kind, local, q, indptr, rows, vals, Z):
             s = 0.0
             for p in range(indptr[h], indptr[h + 1]):
                 r = rows[p]
-                s += (Z[t, r] if t <= r else Z[r, t]) * vals[p]
+                s += (Z[r, t] if r >= t else Z[t, r]) * vals[p]
             out[k] = -s / q[h]
     return out
