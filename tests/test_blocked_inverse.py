@@ -45,6 +45,8 @@ def test_blocked_inverse_entries_match_the_dense_inverse(seed):
     dense = scaled.toarray()
     dense = dense + np.tril(dense, -1).T
     np.testing.assert_allclose(factor.inverse_diagonal(), np.diag(np.linalg.inv(dense)), rtol=1e-12)
+    np.testing.assert_allclose(factor.solve(b), np.linalg.solve(dense, b), rtol=1e-10, atol=1e-12)
+    assert factor.logdet() == pytest.approx(np.linalg.slogdet(dense)[1], rel=1e-12)
 
 
 def test_entry_pairs_of_rows_with_one_entry_are_the_row_pairs():
