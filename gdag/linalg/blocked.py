@@ -17,20 +17,21 @@ MixedModels.jl exploits (a diagonal first block, dense blocks after it).
 
 * ``log|Q| = sum log q_h + 2 sum log L_ii``
 * ``diag(Q^{-1})`` (all a fit's gradient reads): with ``Y = L^{-1}``
-  (``dtrtri``, half of ``dpotri``'s work) and ``Z = K^{-1} = Y^T Y``,
+  (``dtrtri`` in place of ``L``, half of ``dpotri``'s work; solves then
+  multiply by ``Y`` and ``Y^T``) and ``Z = K^{-1} = Y^T Y``,
   ``Z_tt = |Y e_t|^2`` and ``(Q^{-1})_{hh} = 1/q_h + |Y c_h|^2 / q_h^2``, where
   ``Y c_h`` sums the columns of ``Y`` at ``c_h``'s rows; column ``t`` of ``Y``
   is zero above row ``t``, so the tail is ordered by its number of head
   entries, fewest first (the busiest columns are then the shortest).
-* ``Q^{-1}`` on any other pairs: ``Z`` itself (``dpotri``),
+* ``Q^{-1}`` on any other pairs: ``Z`` itself (``dpotri``, or ``dlauum`` of ``Y``),
   ``(Q^{-1})_TT = Z``, ``(Q^{-1})_{Th} = -Z c_h / q_h`` and
   ``(Q^{-1})_{hh} = 1/q_h + c_h^T Z c_h / q_h^2``.
 
 The split, the tail's order and the index maps are computed once per pattern
 (:func:`analyze_blocked`, a :class:`BlockedAnalysis`); each new set of values
 costs one pass over ``C`` (the Schur update) and ``dpotrf``, and for gradients
-``dtrtri`` and one pass over ``C`` again.  The dense blocks live in buffers kept
-by the factor across refactorizations.  :class:`BlockedFactor` follows
+``dtrtri`` and one pass over ``C`` again.  ``K`` (then ``L``, then ``Y``) lives
+in one buffer kept by the factor across refactorizations.  :class:`BlockedFactor` follows
 :class:`gdag.linalg.factor.Factor`.
 """
 
@@ -39,12 +40,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 import scipy.sparse as sp
-from scipy.linalg import lapack
+from scipy.linalg import blas, lapack
 
 from ..timing import timed
 from .factor import not_identified
 
-# Largest dense tail (its K takes 8 |T|^2 bytes, twice when the inverse is needed).
+# Largest dense tail (its K takes 8 |T|^2 bytes, twice when pairs of the inverse other than variances are asked).
 MAX_TAIL = 4000
 # A tail this small is always dense; a larger one only when its Schur
 # complement has at least this density (else the sparse factor is cheaper).
@@ -161,8 +162,7 @@ class BlockedFactor:
         self._describe, self.n = describe, a.n
         # C (tail x head) for scipy's products; each refactorization writes its values in place
         self._C = sp.csc_matrix((np.zeros(a.c_rows.shape[0]), a.c_rows, a.c_indptr), shape=(a.n_T, a.n_H))
-        self._L = np.empty((a.n_T, a.n_T), order="F")  # K, then its factor L (lower triangle)
-        self._Y = None  # L^{-1}, for the inverse's diagonal
+        self._L = np.empty((a.n_T, a.n_T), order="F")  # K, then its factor L, then (for variances) L^{-1}
         self.refactor_inplace(Q)
 
     @timed("factor")
@@ -176,7 +176,7 @@ class BlockedFactor:
         if bad.size:
             self._not_identified(a.head[bad[0]])
         self.c_data = np.take(data, a.c_pos, out=self._C.data)
-        self._Z, self._diagonal = None, None
+        self._Z, self._diagonal, self._inverted = None, None, False
         self._logdet_T = 0.0
         if a.n_T:
             K = self._L
@@ -206,7 +206,10 @@ class BlockedFactor:
         if an.n_T:
             if an.n_H:
                 bT = bT - self._C @ bH
-            xT, info = lapack.dpotrs(self._L, bT, lower=1)
+            if self._inverted:  # K^{-1} = Y^T Y
+                xT = blas.dtrmm(1.0, self._L, blas.dtrmm(1.0, self._L, bT, lower=1), lower=1, trans_a=1, overwrite_b=1)
+            else:
+                xT, info = lapack.dpotrs(self._L, bT, lower=1)
             xH = bH - (self._C.T @ xT) / self.q_h[:, None]
         else:
             xT, xH = bT, bH
@@ -219,8 +222,8 @@ class BlockedFactor:
         if a is b or np.array_equal(a, b):  # variances only: no K^{-1}
             return self._inverse_diagonal()[a]
         an = self._a
-        if an.n_T and self._Z is None:
-            self._Z, info = lapack.dpotri(self._L, lower=1)  # lower triangle of K^{-1}
+        if an.n_T and self._Z is None:  # lower triangle of K^{-1}
+            self._Z, info = lapack.dlauum(self._L, lower=1) if self._inverted else lapack.dpotri(self._L, lower=1)
         Z = self._Z if an.n_T else np.zeros((0, 0), order="F")
         return _pair_values(a, b, an.kind, an.local, self.q_h, an.c_indptr, an.c_rows, self.c_data, Z)
 
@@ -233,11 +236,9 @@ class BlockedFactor:
         """``diag(Q^{-1})``, computed once per factorization from ``Y = L^{-1}``."""
         if self._diagonal is None:
             an, Y = self._a, np.zeros((0, 0), order="F")
-            if an.n_T:
-                if self._Y is None:
-                    self._Y = np.empty_like(self._L, order="F")
-                np.copyto(self._Y, self._L)
-                Y, info = lapack.dtrtri(self._Y, lower=1, overwrite_c=1)  # in place
+            if an.n_T:  # L^{-1} in place of L: later solves multiply by it
+                Y, info = lapack.dtrtri(self._L, lower=1, overwrite_c=1)
+                self._inverted = True
             out = np.empty(self.n)
             out[an.tail], out[an.head] = _diagonal(Y.ravel(order="F"), an.n_T, an.c_indptr, an.c_rows, self.c_data,
                                                    self.q_h)
