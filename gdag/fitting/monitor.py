@@ -66,9 +66,11 @@ class Monitor:
 
 
 def _interactive() -> bool:
-    """Auto progress: on when stderr is a terminal and tqdm is installed."""
+    """Auto progress: on when stderr is a terminal and tqdm is installed (looked for only then: 5 ms to import)."""
+    if not getattr(sys.stderr, "isatty", lambda: False)():
+        return False
     try:
         import tqdm  # noqa: F401
     except ImportError:
         return False
-    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+    return True

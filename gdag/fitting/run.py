@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 
@@ -38,8 +37,6 @@ def run_optimizer(spec: ModelSpec, cm: CompiledModel, obj: Objective, v0, method
                   max_iter: int | None, progress, callback) -> tuple[FitLog, bool, int, str]:
     """Optimize ``obj`` from ``v0`` with a monitor: ``(log, converged, n_iter, message)``; warns when not converged."""
     spans = [cm.param_span(name) for name in cm.param_names]
-    if progress is None and not getattr(sys.stderr, "isatty", lambda: False)():
-        progress = False  # the automatic display is for terminals: no need to look for tqdm (an import of 5 ms)
     log = FitLog(Monitor(cm.param_names, spans, cm.param_scalar, progress, callback, spec.name))
     converged, n_iter, message = optimize(obj, v0, method, optimizer, tol, max_iter, log)
     if not converged:
