@@ -17,6 +17,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
+from .arrays import all_finite
 from .compiler import CompiledModel
 from .entries import GramEntries
 from .errors import AccuracyWarning, ModelError, ModelSpecError, NotIdentifiedError, ParamError, warn
@@ -31,8 +32,19 @@ VARIANCE_HOPELESS = 0.1
 SD_RANGE = "1e-154 and 1e154"
 
 
+def _weights_finite(d: np.ndarray) -> bool:
+    """Whether every variance is positive and finite with a finite inverse (the smallest has the largest)."""
+    if d.size == 0:
+        return True
+    with np.errstate(divide="ignore", over="ignore"):
+        lo = d.min()
+        return bool(np.isfinite(d.max()) and lo > 0 and np.isfinite(1.0 / lo))
+
+
 def check_system(cm: CompiledModel, cond: Conditioning, system: LinearSystem) -> None:
     """Refuse a conditioned system that double precision cannot represent (naming the variable)."""
+    if _weights_finite(system.d) and all_finite(system.r) and all_finite(system.Q.data) and all_finite(system.b):
+        return  # the usual case, in four pairs of reductions; else find what is wrong, in order
     d = system.d
     with np.errstate(divide="ignore", over="ignore"):
         bad = np.flatnonzero(~(np.isfinite(d) & (d > 0) & np.isfinite(1.0 / d)))
@@ -95,6 +107,8 @@ def inverse_one_norm(apply, n: int, itmax: int = 5) -> tuple[float, int]:
 
 
 def require_finite(values: np.ndarray, what: str, cm: CompiledModel) -> None:
+    if all_finite(values):
+        return
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         raise ModelError(

@@ -39,3 +39,8 @@ def compact_values(a: np.ndarray) -> np.ndarray:
     if a.shape[0] > 1 and a.strides != (0,) and np.all(a == a[0]):
         return np.broadcast_to(a[:1].copy()[0], a.shape)
     return a
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether every entry is finite: two reductions, no temporary (min and max carry a NaN or an inf)."""
+    return values.size == 0 or bool(np.isfinite(values.min()) and np.isfinite(values.max()))

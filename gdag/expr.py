@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .arrays import compact_values, identity_rows, is_identity
+from .arrays import all_finite, compact_values, identity_rows, is_identity
 from .errors import ModelSpecError
 from .inputs import _asarray, as_float_array, is_boolean, is_complex  # noqa: F401 (re-exported)
 
@@ -354,7 +354,7 @@ def _multiply(expr: Expr, other) -> Expr:
 
 
 def _check_finite(values: np.ndarray, what: str) -> None:
-    if not np.all(np.isfinite(values[:1] if values.strides == (0,) else values)):  # a broadcast: one value
+    if not all_finite(values[:1] if values.strides == (0,) else values):  # a broadcast: one value
         raise ModelSpecError(
             f"A {what} in a mean expression overflows double precision (beyond 1.8e308); rescale the model's units."
         )
@@ -402,8 +402,8 @@ def _constant_array(value, what: str) -> np.ndarray:
     arr = as_float_array(value, ModelSpecError, f"The {what} must be a number or a 1-d numeric array; got {type(value).__name__}.")
     if arr.ndim > 1:
         raise ModelSpecError(f"The {what} must be a number or a 1-d array; got shape {arr.shape}. Use gdag.dot for matrices.")
-    bad = np.flatnonzero(~np.isfinite(arr))
-    if bad.size:  # which entry, and that gdag has no missing covariates (lme4 drops such rows)
+    bad = [] if all_finite(arr) else np.flatnonzero(~np.isfinite(arr))
+    if len(bad):  # which entry, and that gdag has no missing covariates (lme4 drops such rows)
         raise ModelSpecError(f"The {what} has NaN or infinite entries ({bad.size}, the first at entry {bad[0]}); a "
                              "covariate must be known for every row: drop the rows where it is missing, or model it.")
     return arr

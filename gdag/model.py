@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import expr as terms
+from .arrays import all_finite
 from .cache import QueryCache
 from .errors import FitError, ModelSpecError, declaration_site
 from .expr import Expr, Operand
@@ -371,8 +372,10 @@ class Model:
         )
         if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] not in (1, node.size)):
             raise ModelSpecError(f"{where}: sd has shape {arr.shape}; it needs length {node.size} or a single value.")
-        bad = np.flatnonzero(~np.isfinite(np.atleast_1d(arr)) | (np.atleast_1d(arr) < 0))
-        if bad.size:
+        every = np.atleast_1d(arr)
+        bad = [] if all_finite(every) and (every.size == 0 or every.min() >= 0) else \
+            np.flatnonzero(~np.isfinite(every) | (every < 0))
+        if len(bad):
             raise ModelSpecError(
                 f"{where}: sd must be finite and >= 0; entry {bad[0]} is {np.atleast_1d(arr)[bad[0]]}."
             )
