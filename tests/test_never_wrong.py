@@ -533,3 +533,21 @@ def test_a_covariance_block_too_large_to_hold_is_refused_before_allocating():
         with pytest.raises(gdag.ModelError, match=refusal):
             query()
     assert post.cov("y", "u").shape == (n, 1)
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (x | g)", "y ~ x + (x || g)"])
+def test_a_slope_sd_small_only_in_the_covariates_units_is_fitted_not_held_at_zero(formula):
+    """x * 1e4 only rescales the slope's sd (relative sd 4.6e-5, below lme4's singular tolerance): the fit must
+    keep its optimum inside, with the logLik and the rescaled sd of x * 1; it had held the sd at 0 (logLik 225
+    lower) and called the fit converged and singular."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n, n_groups = 3000, 150
+    g, x = rng.integers(0, n_groups, n), rng.normal(size=n)
+    y = 2 + 0.5 * x + rng.normal(size=n_groups)[g] + 0.5 * rng.normal(size=n_groups)[g] * x + rng.normal(size=n)
+    fits = [gdag.lmer(formula, pd.DataFrame({"y": y, "x": x * scale, "g": g}), method="ml") for scale in (1.0, 1e4)]
+    slope_sd = [f.varcorr().query("var1 == 'x' and var2 != var2").sdcor.iloc[0] for f in fits]
+    assert fits[1].loglik == pytest.approx(fits[0].loglik, abs=1e-6)
+    assert slope_sd[1] * 1e4 == pytest.approx(slope_sd[0], rel=1e-4)
+    assert fits[1].converged and not fits[1].singular

@@ -37,7 +37,7 @@ from ..linalg.blas import one_blas_thread
 from ..posterior import Posterior
 from ..query import conditioned
 from ..spec import ModelSpec
-from .boundary import objective_at_zero
+from .boundary import held_tolerance, objective_at_zero
 from .objective import Objective
 from .optimize import SINGULAR_TOL, FitLog, starting_point
 from .reduced import ReducedObjective, own_data, reduced_setup
@@ -335,8 +335,10 @@ def make_fit(spec: ModelSpec, cm: CompiledModel, obj: Objective, log: FitLog, me
             stderr[name] = float(se_full[span][0]) if cm.param_scalar[i] else se_full[span].copy()
     # boundary: variance components whose (relative) sd ended below SINGULAR_TOL; logLik with them exactly 0
     held = obj.is_sd & (np.maximum(v_best, 0.0) < SINGULAR_TOL) if v_best is not None else np.zeros(0, bool)
-    boundary = [roles.labels[entry] for entry in obj.free[held]]
     objective = objective_at_zero(obj, v_best, held) if held.any() else best.objective
+    if held.any() and objective > best.objective + held_tolerance(best.objective):  # an optimum inside, near 0
+        held[:], objective = False, best.objective
+    boundary = [roles.labels[entry] for entry in obj.free[held]]
     # descriptions for the summary: what each variance component and coefficient belongs to
     fam_of = lambda idx: np.searchsorted(cm.family_offset, idx, side="right") - 1  # noqa: E731
     row_fam, col_fam = fam_of(cm.B_rows), fam_of(cm.B_cols)
