@@ -283,9 +283,9 @@ def _blocks(parsed: ParsedFormula, frame: pd.DataFrame, taken: set):
 def _fixed(parsed: ParsedFormula, frame: pd.DataFrame):
     name = parsed.response
     if name in frame.columns and not pd.api.types.is_numeric_dtype(frame[name].dtype):  # formulaic would one-hot it
-        raise ModelSpecError(f"The response `{name}` has dtype {frame[name].dtype}; it must be numeric. Convert it "
-                             f"first, e.g. `df[\"{name}\"] = pd.to_numeric(df[\"{name}\"])`, which names any entry "
-                             "that is not a number.")
+        raise ModelSpecError(f"The response `{name}` must be one numeric column; it has dtype {frame[name].dtype}. "
+                             f"Convert it first, e.g. `df[\"{name}\"] = pd.to_numeric(df[\"{name}\"])`, which names "
+                             "any entry that is not a number.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")

@@ -171,5 +171,5 @@ def test_a_response_of_text_or_objects_is_refused_before_formulaic_expands_it(va
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"y": rng.normal(size=2000), "x": rng.normal(size=2000), "g": rng.integers(0, 50, 2000)})
     df["y"] = values(df["y"])
-    with pytest.raises(gdag.ModelSpecError, match=r"The response `y` has dtype (object|str); it must be numeric"):
+    with pytest.raises(gdag.ModelSpecError, match=r"The response `y` must be one numeric column; it has dtype (object|str)\."):
         gdag.lmer("y ~ x + (1 | g)", df)
