@@ -154,7 +154,8 @@ class Posterior:
         return block.T if flip else block
 
     def sample(self, n: int, seed=None, nodes=None) -> dict[str, np.ndarray]:
-        """``n`` exact joint draws: ``{name: array (n, size)}`` for ``nodes`` (default all)."""
+        """``n`` exact joint draws: ``{name: array (n, size)}`` for ``nodes`` (default all; a family summed over
+        its observed rows comes as a read-only view of its data in every draw)."""
         if nodes is None:
             names = list(self._cm.family_names) + list(self._cond.leaf_data)
         elif isinstance(nodes, (str, Node, _NodeView)):
@@ -164,7 +165,7 @@ class Posterior:
         else:
             raise DataError(f"sample(nodes=...) takes a node, a name or a list of them; got {type(nodes).__name__}.")
         n_U = self._cond.n_unobserved
-        rng = start_draws(n, seed, n_U + sum(self._node(v).size for v in names))
+        rng = start_draws(n, seed, n_U + sum(self._node(v).size for v in names if v not in self._cond.leaf_data))
         draws_U = np.zeros((n_U, n))
         if self._factor is not None:
             self._check_variance_accuracy("draws")
@@ -173,8 +174,8 @@ class Posterior:
         G = self._affine_map()
         out = {}
         for name in names:
-            if name in self._cond.leaf_data:
-                out[name] = np.tile(self._cond.leaf_data[name], (n, 1))
+            if name in self._cond.leaf_data:  # its data in every draw: a read-only view, no copy per draw
+                out[name] = np.broadcast_to(self._cond.leaf_data[name], (n, self._cond.leaf_data[name].shape[0]))
                 continue
             span = self._cm.span(name)
             out[name] = (self._mean[span][:, None] + G[span] @ draws_U).T.copy()
