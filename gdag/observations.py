@@ -270,8 +270,8 @@ class ReducedConditioning(SummedPattern):
     def with_data(self, full: dict[str, np.ndarray]) -> "ReducedConditioning":
         """This structure with the leaves' observed values (a shallow copy: pattern and analysis shared)."""
         other = copy.copy(self)
-        other.leaf_data = MappingProxyType({leaf.name: full[leaf.name] for leaf in self.leaves})
-        other._leaf_y = {leaf.name: np.ascontiguousarray(full[leaf.name], dtype=float) for leaf in self.leaves}
+        other._leaf_y = {leaf.name: np.array(full[leaf.name], dtype=float) for leaf in self.leaves}  # its own copy:
+        other.leaf_data = MappingProxyType(other._leaf_y)  # the caller may change theirs later
         other.gram = _ReducedGram(other)
         return other
 

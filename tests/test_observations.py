@@ -110,8 +110,10 @@ def test_draws_of_a_summed_family_are_a_read_only_view_of_its_data():
     draws = post.sample(1000, seed=0)
     assert draws["X"].shape == (1000, x.size) and draws["X"].strides[0] == 0 and not draws["X"].flags.writeable
     np.testing.assert_array_equal(draws["X"][-1], x)
-    x[:] = 0.0  # the caller's array changed later: the draws are of the posterior's own copy
+    evidence, mean = post.log_evidence, post.mean("X")
+    x[:] = 0.0  # the caller's array changed later: the posterior keeps its own copy (it had read the caller's)
     assert draws["X"][0, 0] != 0.0 and draws["R_i"].shape == (1000, 2_000)
+    assert post.log_evidence == evidence and np.array_equal(post.mean("X"), mean)
 
 
 def test_reduced_and_general_paths_agree_on_a_crossed_design(monkeypatch):
