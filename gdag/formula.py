@@ -257,7 +257,10 @@ def _groups(parsed: ParsedFormula, frame: pd.DataFrame):
     return list(groups.values()), codes
 
 
-def _blocks(parsed: ParsedFormula, frame: pd.DataFrame, taken: set):
+def _blocks(parsed: ParsedFormula, frame: pd.DataFrame, taken: set, levels: dict | None = None):
+    """The random-effect blocks; given each group's number of ``levels``, a block with as many random effects as
+    observations is refused, as lme4's ``check.nobs.vs.nRE`` does (a 5,000-level text column in ``(x | g)`` would
+    declare 12.5 million correlation coefficients)."""
     blocks, Z, count = [], [], {}
     for bar in parsed.bars:
         mm = _matrix_of(bar.expr, frame, bar.text)
@@ -267,6 +270,12 @@ def _blocks(parsed: ParsedFormula, frame: pd.DataFrame, taken: set):
         pieces = [range(mm.shape[1])] if bar.correlated else [range(s.start, s.stop) for s in spec.term_slices.values()]
         for cols in pieces:
             cols = tuple(cols)
+            if levels is not None and len(cols) * levels[bar.group] >= frame.shape[0]:
+                raise ModelSpecError(
+                    f"number of observations (={frame.shape[0]}) <= number of random effects "
+                    f"(={len(cols) * levels[bar.group]}) for term `{bar.text}` ({len(cols)} columns x "
+                    f"{levels[bar.group]} levels of `{bar.group}`): the random-effect sds and the residual sd are "
+                    "probably not identified (lme4 stops here too). Is a column text that should be numeric?")
             terms = tuple(_lme4_name(spec.column_names[c]) for c in cols)
             nodes = tuple(_unique(_identifier(f"{bar.group}_{t}"), taken) for t in terms)
             sds = tuple(_unique(f"sd_{n}", taken) for n in nodes)

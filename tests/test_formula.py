@@ -173,3 +173,23 @@ def test_a_response_of_text_or_objects_is_refused_before_formulaic_expands_it(va
     df["y"] = values(df["y"])
     with pytest.raises(gdag.ModelSpecError, match=r"The response `y` must be one numeric column; it has dtype (object|str)\."):
         gdag.lmer("y ~ x + (1 | g)", df)
+
+
+def test_predict_with_no_rows_is_empty_and_without_newdata_points_to_fitted():
+    df = frame("sleepstudy")
+    fit = gdag.lmer(FORMULAS["sleepstudy"], df)
+    empty = fit.predict(df.head(0))
+    assert list(empty.columns) == ["mean", "sd", "sd_obs"] and len(empty) == 0
+    with pytest.raises(gdag.FitError, match=re.escape("For the data's own rows, fit.fitted() gives lme4's predict(fit)")):
+        fit.predict()
+
+
+def test_as_many_random_effects_as_observations_is_refused_as_lme4_does():
+    """A text column where a number was meant: (x | g) with 300 levels of x has 300 x 10 random effects."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"y": rng.normal(size=300), "x": rng.normal(size=300).astype(str), "g": rng.integers(0, 10, 300)})
+    with pytest.raises(gdag.ModelSpecError, match=re.escape("number of observations (=300) <= number of random effects "
+                                                            "(=3000) for term `(x | g)` (300 columns x 10 levels of `g`)")):
+        gdag.lmer("y ~ 1 + (x | g)", df)
+    with pytest.raises(gdag.ModelSpecError, match=re.escape("(=300) for term `(1 | h)`")):  # one observation per level
+        gdag.lmer("y ~ 1 + (1 | h)", df.assign(h=np.arange(300)))

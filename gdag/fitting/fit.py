@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import pandas as pd
 
 from .. import tables, timing
 from ..cache import QueryCache
@@ -163,8 +164,13 @@ class Fit:
         """Observed minus fitted (lme4's ``residuals()``), indexed by the data's rows."""
         return tables.residuals(self, node)
 
-    def predict(self, newdata, new_levels: str = "population"):
+    def predict(self, newdata=None, new_levels: str = "population"):
         """Mean, ``sd`` and ``sd_obs`` of new rows of a formula fit; see :func:`gdag.tables.predict`."""
+        if newdata is None:
+            raise FitError("predict() takes the new rows as a DataFrame: fit.predict(newdata). For the data's own "
+                           "rows, fit.fitted() gives lme4's predict(fit) (the fitted means).")
+        if self.design is not None and isinstance(newdata, pd.DataFrame) and len(newdata) == 0:  # as lme4
+            return pd.DataFrame({"mean": [], "sd": [], "sd_obs": []}, index=newdata.index, dtype=float)
         return tables.predict(self, newdata, new_levels)
 
     def simulate(self, n: int = 1, seed=None):
