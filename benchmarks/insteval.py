@@ -165,7 +165,7 @@ def main(argv=None):
     if ref is not None:
         print(f"lme4 fits: {', '.join(f'{t:.3f}' for t in ref[4])} s; {ref[2]} evaluations; BLAS {ref[3]}")
     print("gdag phases (s): " + ", ".join(f"{k} {v:.4f}" for k, v in ph.items()))
-    print(f"gdag BLAS: CHOLMOD on the system OpenBLAS, dense tail (dpotrf/dpotri) on scipy's {_scipy_blas()} "
+    print(f"gdag BLAS: CHOLMOD on the system OpenBLAS, dense tail (dpotrf, dtrtri) on scipy's {_scipy_blas()} "
           "(same speed as the system's 0.3.21 on these calls); one thread inside fits unless "
           "OPENBLAS_NUM_THREADS is set. lme4: the system OpenBLAS, its default threads.")
     tm = fit.timings
