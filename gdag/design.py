@@ -253,8 +253,8 @@ def lmer(formula: str, data, method: str = "reml", *, family: str | None = None,
          **options):
     """Fit an lme4 formula in one call: ``from_formula(formula, data).fit(...)``; returns a :class:`~gdag.Fit`.
 
-    ``method`` is ``"reml"`` (lme4's default ``REML = TRUE``), ``"ml"`` or
-    ``"em"``; lme4's own ``REML=True/False`` is accepted too and names the
+    ``method`` is ``"reml"`` (lme4's default ``REML = TRUE``), ``"ml"`` or ``"em"`` (the ML
+    criterion by EM steps); lme4's ``REML=True/False`` is accepted too and names the
     method.  ``options`` go to :meth:`Model.fit`.  The Fit's tables
     (``fixef``, ``ranef``, ``varcorr``, ...) speak lme4's names and parameterization.
 
