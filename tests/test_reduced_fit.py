@@ -334,3 +334,21 @@ def test_the_many_rows_example_runs_and_sums_the_rows(monkeypatch, capsys):
     monkeypatch.setattr(observations, "MIN_ROWS", 10**9)
     joint = gdag.lmer("y ~ 1 + x + (1 + x | g)", example["simulate"](20_000), method="ml")
     assert fit.loglik == pytest.approx(joint.loglik, rel=1e-11)
+
+
+@pytest.mark.parametrize("method", ["ml", "reml"])
+def test_a_model_with_no_fixed_effect_fits_from_its_sums(monkeypatch, method):
+    """No parameter in any mean (p = 0): the summed fit had crashed reshaping its empty fixed-effect products."""
+    rng = np.random.default_rng(0)
+    who, x = rng.integers(0, 50, 600), rng.normal(3.0, 1.0, 600)
+    x[::7] = np.nan
+    m = gdag.Model("romcom")
+    R = m.normal("R", 3.0, 1.0)
+    R_i = m.normal("R_i", R, m.param("tau", positive=True), plate=m.plate("friend", 50))
+    m.normal("X", R_i[who], m.param("sig", positive=True), plate=m.plate("rating", 600))
+    monkeypatch.setattr(observations, "MIN_ROWS", 10**9)
+    joint = m.fit({"X": x}, method=method)
+    monkeypatch.setattr(observations, "MIN_ROWS", 0)
+    summed = m.fit({"X": x}, method=method)
+    assert summed.loglik == pytest.approx(joint.loglik, abs=1e-8)
+    assert summed.params["tau"] == pytest.approx(joint.params["tau"], rel=1e-5)

@@ -205,7 +205,7 @@ class ReducedObjective(Objective):
         m, delta = pt.m, pt.beta - self.stats.beta0
         U = np.array([-(c.Zr - c.ZX @ delta - (c.ZZ @ m + c.ZZ.T @ m - c.ZZ.diagonal() * m))
                       for c in self.stats.classes]).reshape(len(self.stats.classes), self.n_U)
-        F_e = np.array([c.Xr - c.XX @ delta - c.ZX.T @ m for c in self.stats.classes]).reshape(-1, self.p)
+        F_e = np.array([c.Xr - c.XX @ delta - c.ZX.T @ m for c in self.stats.classes]).reshape(len(self.stats.classes), self.p)
         return U, F_e
 
     def _traces(self, pt: Point) -> np.ndarray:
