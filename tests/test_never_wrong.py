@@ -551,3 +551,24 @@ def test_a_slope_sd_small_only_in_the_covariates_units_is_fitted_not_held_at_zer
     assert fits[1].loglik == pytest.approx(fits[0].loglik, abs=1e-6)
     assert slope_sd[1] * 1e4 == pytest.approx(slope_sd[0], rel=1e-4)
     assert fits[1].converged and not fits[1].singular
+
+
+def test_a_slope_sd_at_its_floor_is_still_a_boundary_with_no_warning():
+    """The other side of the test above: an sd the optimizer takes to its floor (correlation +-1 at unit scale)
+    stays held at 0 and reported singular; comparing it with the floor's round-off had left it there, ABNORMAL,
+    with a ConvergenceWarning and no singular flag (15 of 160 random fits of a second user trial)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(1021)
+    n_groups, per = int(rng.integers(5, 40)), int(rng.integers(3, 15))
+    g = np.repeat(np.arange(n_groups), per)
+    x = rng.normal(size=n_groups * per) * rng.uniform(0.3, 3)
+    tau1, tau0, rho = rng.choice([0.0, 0.0, 0.05, 0.2]), rng.choice([0.0, 0.1, 0.3, 1.0]), rng.choice([0, 1])
+    b0 = rng.normal(size=n_groups)
+    b1 = rho * b0 + (1 - rho) * rng.normal(size=n_groups)
+    y = 1 + x + b0[g] * tau0 + b1[g] * tau1 * x + rng.normal(size=n_groups * per)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = gdag.lmer("y ~ x + (x | g)", pd.DataFrame({"y": y, "x": x, "g": g}))
+    assert fit.converged and fit.singular and fit.boundary == ("sd_g_x",)
+    assert fit.loglik > -121.43568  # lme4 1.1.31 (REML, isSingular TRUE) on these data

@@ -28,9 +28,10 @@ from .roles import SD_FLOOR
 
 def boundary_sds(obj: Objective, v: np.ndarray, best: float, singular_tol: float) -> np.ndarray:
     """Mask of the sd variables below ``singular_tol`` at ``v`` that are at a true boundary: raising each one to
-    ``singular_tol`` does not lower the objective ``best`` by more than its rounding, and holding it at ``HOLD``
-    does not raise it by more than :func:`held_tolerance` (a small sd in large units, a slope on ``x * 1e4``,
-    can have its optimum inside: then it is no boundary)."""
+    ``singular_tol`` does not lower the objective ``best`` by more than its rounding, and either the optimizer
+    took it below ``HOLD`` or holding it there does not raise the objective by more than :func:`held_tolerance`
+    (a small sd in large units, a slope on ``x * 1e4``, can have its optimum inside: then it is no boundary;
+    an sd taken to its floor is compared with nothing there, whose round-off can rank the floor too high)."""
     held = np.zeros(v.shape[0], bool)
     tol = max(1e-8, 1e-12 * abs(best))
     for i in np.flatnonzero(obj.is_sd & (v < singular_tol)):
@@ -38,7 +39,7 @@ def boundary_sds(obj: Objective, v: np.ndarray, best: float, singular_tol: float
         moved[i] = singular_tol
         if obj.evaluate(moved).objective >= best - tol:
             moved[i] = HOLD
-            held[i] = obj.evaluate(moved).objective <= best + held_tolerance(best)
+            held[i] = v[i] < HOLD or obj.evaluate(moved).objective <= best + held_tolerance(best)
     return held
 
 
