@@ -281,8 +281,7 @@ def _blocks(parsed: ParsedFormula, frame: pd.DataFrame, taken: set, levels: dict
             sds = tuple(_unique(f"sd_{n}", taken) for n in nodes)
             coefs = tuple((j, i, _unique(f"c_{nodes[j]}_{_identifier(terms[i])}", taken))
                           for j in range(len(cols)) for i in range(j))
-            k = count.get(bar.group, 0)
-            count[bar.group] = k + 1
+            k = count[bar.group] = count.get(bar.group, -1) + 1  # its blocks so far
             blocks.append(Block(bar.group, bar.group if k == 0 else f"{bar.group}.{k}", bar.text, terms, nodes, sds,
                                 coefs, spec, cols))
             Z.append(np.asarray(mm, dtype=float)[:, list(cols)])
@@ -291,8 +290,9 @@ def _blocks(parsed: ParsedFormula, frame: pd.DataFrame, taken: set, levels: dict
 
 def _fixed(parsed: ParsedFormula, frame: pd.DataFrame):
     name = parsed.response
-    if name in frame.columns and not pd.api.types.is_numeric_dtype(frame[name].dtype):  # formulaic would one-hot it
-        raise ModelSpecError(f"The response `{name}` must be one numeric column; it has dtype {frame[name].dtype}. "
+    dtype = frame[name].dtype if name in frame.columns else None  # text: formulaic would one-hot it; complex: drop
+    if dtype is not None and (not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_complex_dtype(dtype)):
+        raise ModelSpecError(f"The response `{name}` must be one numeric column; it has dtype {dtype}. "
                              f"Convert it first, e.g. `df[\"{name}\"] = pd.to_numeric(df[\"{name}\"])`, which names "
                              "any entry that is not a number.")
     try:

@@ -165,13 +165,13 @@ def test_lmer_speaks_lme4s_names_drops_unused_levels_and_names_its_options():
         gdag.lmer("y ~ x + (1 | g)", df, weights=np.ones(n))
 
 
-@pytest.mark.parametrize("values", [lambda y: y.astype(object), lambda y: y.astype(str)])
+@pytest.mark.parametrize("values", [lambda y: y.astype(object), lambda y: y.astype(str), lambda y: y + 1j])
 def test_a_response_of_text_or_objects_is_refused_before_formulaic_expands_it(values):
     """formulaic one-hot encodes such a column (20k rows: 3.7 GB, then a message about 20,000 columns)."""
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"y": rng.normal(size=2000), "x": rng.normal(size=2000), "g": rng.integers(0, 50, 2000)})
     df["y"] = values(df["y"])
-    with pytest.raises(gdag.ModelSpecError, match=r"The response `y` must be one numeric column; it has dtype (object|str)\."):
+    with pytest.raises(gdag.ModelSpecError, match=r"The response `y` must be one numeric column; it has dtype (object|str|complex128)\."):
         gdag.lmer("y ~ x + (1 | g)", df)
 
 
