@@ -572,3 +572,20 @@ def test_a_slope_sd_at_its_floor_is_still_a_boundary_with_no_warning():
         fit = gdag.lmer("y ~ x + (x | g)", pd.DataFrame({"y": y, "x": x, "g": g}))
     assert fit.converged and fit.singular and fit.boundary == ("sd_g_x",)
     assert fit.loglik > -121.43568  # lme4 1.1.31 (REML, isSingular TRUE) on these data
+
+
+def test_a_singular_fit_in_large_units_claims_no_more_than_its_best_point():
+    """The logLik of an sd at 0 is extrapolated from relative sds 5e-4..2e-3; with x * 100 the objective is not
+    quadratic there and the extrapolation had claimed 0.18 more than the likelihood at sd 0 (second user trial).
+    ML is invariant under rescaling x: the x * 100 fit may not report more than the x * 1 one (lme4's logLik)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(100)
+    n_groups, per = int(rng.integers(8, 40)), int(rng.integers(4, 15))
+    g = np.repeat(np.arange(n_groups), per)
+    x = rng.normal(size=n_groups * per) * rng.uniform(0.3, 3)
+    tau1, tau0 = rng.choice([0.0, 0.05, 0.2, 0.5]), rng.choice([0.0, 0.3, 1.0])
+    y = 1 + x + rng.normal(size=n_groups)[g] * tau0 + rng.normal(size=n_groups)[g] * tau1 * x + rng.normal(size=g.size)
+    fits = [gdag.lmer("y ~ x + (x | g)", pd.DataFrame({"y": y, "x": x * s, "g": g}), method="ml") for s in (1, 100)]
+    assert fits[0].singular and fits[0].loglik == pytest.approx(-642.22432580, abs=1e-6)  # lme4 1.1.31
+    assert fits[0].loglik - 1e-3 < fits[1].loglik <= fits[0].loglik + 1e-6

@@ -345,6 +345,9 @@ def make_fit(spec: ModelSpec, cm: CompiledModel, obj: Objective, log: FitLog, me
     if (held & (v_best >= HOLD)).any() and objective > best.objective + held_tolerance(best.objective):
         held &= v_best < HOLD  # an optimum inside, at or above where sds are held: no boundary
         objective = objective_at_zero(obj, v_best, held) if held.any() else best.objective
+    # the extrapolation to 0 assumes the objective quadratic in the variance over h..4h; where it is not (a
+    # slope in large units), it can claim more than any point reached: then the best point's value stands
+    objective = max(objective, best.objective - held_tolerance(best.objective))
     boundary = [roles.labels[entry] for entry in obj.free[held]]
     # descriptions for the summary: what each variance component and coefficient belongs to
     fam_of = lambda idx: np.searchsorted(cm.family_offset, idx, side="right") - 1  # noqa: E731
