@@ -15,6 +15,7 @@ import numpy as np
 
 from .compiler import CompiledModel, compile_model
 from .graph import ModelGraph, build_graph, check_acyclic
+from .linalg.forest import skeleton_forest_edges
 from .observations import LeafRows, ReducedConditioning, latent_spec
 from .pattern import Conditioning, PaddedConditioning
 from .spec import ModelSpec
@@ -135,8 +136,11 @@ class QueryCache:
         :meth:`query_conditioning` does not depend on which queries came first.
         """
         if self._fills is None:
-            size = self.shared_conditioning(cm).factor_size()
-            self._fills = bool(size.nnz_L and size.flops >= THIN_FACTOR * size.nnz_L)
+            if not cm.deterministic.any() and skeleton_forest_edges(cm.n, cm.B_rows, cm.B_cols) is not None:
+                self._fills = False  # a forest (chains, trees): no fill, and no shared conditioning built to say so
+            else:
+                size = self.shared_conditioning(cm).factor_size()
+                self._fills = bool(size.nnz_L and size.flops >= THIN_FACTOR * size.nnz_L)
         return self._fills
 
     def _remember(self, key, build):
