@@ -553,6 +553,22 @@ def test_a_slope_sd_small_only_in_the_covariates_units_is_fitted_not_held_at_zer
     assert fits[1].converged and not fits[1].singular
 
 
+@pytest.mark.parametrize("slope_sd", [0.5, 0.0])
+def test_rescaling_a_random_slopes_covariate_changes_neither_the_ml_fit_nor_its_singular_flag(slope_sd):
+    """Sds are optimized in units of their covariate's rms: x * 1e-3 .. x * 1e6 fit as x does (at x * 1e6 the slope
+    had stayed at its floor, logLik 7.5 low; at x * 1e3 a fit with no slope variance had lost its singular flag)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    g, x = np.repeat(np.arange(30), 10), rng.normal(size=300)
+    y = 1 + x + 0.8 * rng.normal(size=30)[g] + slope_sd * rng.normal(size=30)[g] * x + rng.normal(size=300)
+    fits = {s: gdag.lmer("y ~ x + (x || g)", pd.DataFrame({"y": y, "x": x * s, "g": g}), method="ml")
+            for s in (1.0, 1e-3, 1e3, 1e6)}
+    for s, fit in fits.items():
+        assert fit.loglik == pytest.approx(fits[1.0].loglik, abs=1e-6), s
+        assert fit.singular == fits[1.0].singular == (slope_sd == 0.0) and fit.converged, s
+
+
 def test_a_slope_sd_at_its_floor_is_still_a_boundary_with_no_warning():
     """The other side of the test above: an sd the optimizer takes to its floor (correlation +-1 at unit scale)
     stays held at 0 and reported singular; comparing it with the floor's round-off had left it there, ABNORMAL,

@@ -66,11 +66,10 @@ def starting_point(spec: ModelSpec, cm: CompiledModel, cond: Conditioning, x: np
     sds ``1/sqrt(k)`` for ``k`` variance components (together as much variance
     as the residual; lme4 starts each at 1, which took more steps on our
     cases), sds equal to the data's spread when nothing is profiled, and
-    coefficients 0.  An sd whose variables enter the observed ones through
-    covariates (a random slope ``age * u1[g]``) starts divided by their root
-    mean square, so that its share of the variance is the same: Orthodont's
-    ``(age | Subject)`` then takes 9 evaluations instead of 26.
-    """
+    coefficients 0.  An sd whose variables enter the observed ones through covariates (a random slope
+    ``age * u1[g]``) is optimized times their root mean square (scale ``1 / rms``): it starts with the same
+    share of the variance (Orthodont's ``(age | Subject)`` in 9 evaluations instead of 26), and its floor,
+    hold and singular tolerance do not depend on the covariate's units (``x * 1e6`` had been 7.5 low)."""
     given = np.full(cm.n_theta, np.nan)
     for i, name in enumerate(cm.param_names):
         if cm.param_default[i] is not None:
@@ -94,8 +93,8 @@ def starting_point(spec: ModelSpec, cm: CompiledModel, cond: Conditioning, x: np
     for i, entry in enumerate(free):
         g = given[entry]
         if roles.sd[entry]:
-            if prof >= 0:  # ratio to the profiled sd (lme4's theta)
-                v0[i] = g / sigma0 if (sigma0 is not None and np.isfinite(g)) else ratio0 / rms[entry]
+            if prof >= 0:  # ratio to the profiled sd (lme4's theta), times the covariate's rms
+                scales[i], v0[i] = 1.0 / rms[entry], g / sigma0 * rms[entry] if sigma0 and np.isfinite(g) else ratio0
             else:  # sd over the data's spread
                 scales[i] = g if np.isfinite(g) else spread / rms[entry]
                 v0[i] = 1.0
