@@ -605,3 +605,20 @@ def test_a_singular_fit_in_large_units_claims_no_more_than_its_best_point():
     fits = [gdag.lmer("y ~ x + (x | g)", pd.DataFrame({"y": y, "x": x * s, "g": g}), method="ml") for s in (1, 100)]
     assert fits[0].singular and fits[0].loglik == pytest.approx(-642.22432580, abs=1e-6)  # lme4 1.1.31
     assert fits[0].loglik - 1e-3 < fits[1].loglik <= fits[0].loglik + 1e-6
+
+
+def test_an_init_value_for_a_profiled_fits_sd_is_used_not_ignored():
+    """init={"sd_g_x": 50} had been dropped unless sigma was given too (the start was the default's)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    g, x = np.repeat(np.arange(30), 10), rng.normal(size=300)
+    y = 1 + x + rng.normal(size=30)[g] + 0.5 * rng.normal(size=30)[g] * x + rng.normal(size=300)
+    df = pd.DataFrame({"y": y, "x": x, "g": g})
+    default, started = (gdag.lmer("y ~ x + (x || g)", df, method="ml", **options)
+                        for options in ({}, {"init": {"sd_g_x": 50.0}}))
+    names, sizes = list(default.params), [np.size(v) for v in default.params.values()]
+    slot = sum(sizes[: names.index("sd_g_x")])  # its entry in theta (beta takes two)
+    first = [np.asarray(f.fitlog[0][0]) for f in (default, started)]
+    assert first[0][slot] < 2.0 < 10.0 < first[1][slot]  # 50 times sigma over the data's spread at the first point
+    assert started.loglik == pytest.approx(default.loglik, abs=1e-6)

@@ -169,7 +169,8 @@ class Fit:
         if newdata is None:
             raise FitError("predict() takes the new rows as a DataFrame: fit.predict(newdata). For the data's own "
                            "rows, fit.fitted() gives lme4's predict(fit) (the fitted means).")
-        if self.design is not None and isinstance(newdata, pd.DataFrame) and len(newdata) == 0:  # as lme4
+        if self.design is not None and self.design.train is not None and isinstance(newdata, pd.DataFrame) \
+                and len(newdata) == 0 and new_levels in ("population", "error"):  # as lme4: nothing to predict
             return pd.DataFrame({"mean": [], "sd": [], "sd_obs": []}, index=newdata.index, dtype=float)
         return tables.predict(self, newdata, new_levels)
 

@@ -94,7 +94,7 @@ def starting_point(spec: ModelSpec, cm: CompiledModel, cond: Conditioning, x: np
         g = given[entry]
         if roles.sd[entry]:
             if prof >= 0:  # ratio to the profiled sd (lme4's theta), times the covariate's rms
-                scales[i], v0[i] = 1.0 / rms[entry], g / sigma0 * rms[entry] if sigma0 and np.isfinite(g) else ratio0
+                scales[i], v0[i] = 1.0 / rms[entry], g / (sigma0 or spread) * rms[entry] if np.isfinite(g) else ratio0
             else:  # sd over the data's spread
                 scales[i] = g if np.isfinite(g) else spread / rms[entry]
                 v0[i] = 1.0
