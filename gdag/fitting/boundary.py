@@ -28,25 +28,15 @@ from .roles import SD_FLOOR
 
 def boundary_sds(obj: Objective, v: np.ndarray, best: float, singular_tol: float) -> np.ndarray:
     """Mask of the sd variables below ``singular_tol`` at ``v`` that are at a true boundary: raising each one to
-    ``singular_tol`` does not lower the objective ``best`` by more than its rounding, and either the optimizer
-    took it below ``HOLD`` or holding it there does not raise the objective by more than :func:`held_tolerance`
-    (a small sd in large units, a slope on ``x * 1e4``, can have its optimum inside: then it is no boundary;
-    an sd taken to its floor is compared with nothing there, whose round-off can rank the floor too high)."""
+    ``singular_tol`` does not lower the objective ``best`` by more than its rounding.  (A random slope's ``v`` is
+    in units of its covariate, :func:`~gdag.fitting.optimize.starting_point`: ``x * 1e4`` moves no sd here.)"""
     held = np.zeros(v.shape[0], bool)
     tol = max(1e-8, 1e-12 * abs(best))
     for i in np.flatnonzero(obj.is_sd & (v < singular_tol)):
         moved = v.copy()
         moved[i] = singular_tol
-        if obj.evaluate(moved).objective >= best - tol:
-            moved[i] = HOLD
-            held[i] = v[i] < HOLD or obj.evaluate(moved).objective <= best + held_tolerance(best)
+        held[i] = obj.evaluate(moved).objective >= best - tol
     return held
-
-
-def held_tolerance(best: float) -> float:
-    """How much worse than the best point the objective may be with sds held at (or extrapolated to) 0 for them to
-    count as at the boundary: the floor's round-off, about 1e-7 relative at ``HOLD`` (see below)."""
-    return max(1e-6, 1e-7 * abs(best))
 
 
 # A held sd's relative value: the objective there differs from the sd 0's by O(HOLD^2) (a bias of 1e-9 in the

@@ -38,7 +38,7 @@ from ..linalg.blas import one_blas_thread
 from ..posterior import Posterior
 from ..query import conditioned
 from ..spec import ModelSpec
-from .boundary import HOLD, held_tolerance, objective_at_zero
+from .boundary import objective_at_zero
 from .objective import Objective
 from .optimize import SINGULAR_TOL, FitLog, starting_point
 from .reduced import ReducedObjective, own_data, reduced_setup
@@ -343,12 +343,6 @@ def make_fit(spec: ModelSpec, cm: CompiledModel, obj: Objective, log: FitLog, me
     # boundary: variance components whose (relative) sd ended below SINGULAR_TOL; logLik with them exactly 0
     held = obj.is_sd & (np.maximum(v_best, 0.0) < SINGULAR_TOL) if v_best is not None else np.zeros(0, bool)
     objective = objective_at_zero(obj, v_best, held) if held.any() else best.objective
-    if (held & (v_best >= HOLD)).any() and objective > best.objective + held_tolerance(best.objective):
-        held &= v_best < HOLD  # an optimum inside, at or above where sds are held: no boundary
-        objective = objective_at_zero(obj, v_best, held) if held.any() else best.objective
-    # the extrapolation to 0 assumes the objective quadratic in the variance over h..4h; where it is not (a
-    # slope in large units), it can claim more than any point reached: then the best point's value stands
-    objective = max(objective, best.objective - held_tolerance(best.objective))
     boundary = [roles.labels[entry] for entry in obj.free[held]]
     # descriptions for the summary: what each variance component and coefficient belongs to
     fam_of = lambda idx: np.searchsorted(cm.family_offset, idx, side="right") - 1  # noqa: E731
